@@ -1,0 +1,483 @@
+//! The DoT client behind `dotgate query`: one verified TLS connection, every
+//! question sent at once without waiting (pipelining, as RFC 7858 intends),
+//! replies matched by ID in whatever order they arrive.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, Query};
+use hickory_proto::rr::{Name, RecordType};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio::io::{AsyncWriteExt, ReadHalf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use crate::dns;
+use crate::framing::FrameReader;
+use crate::tls::ALPN_DOT;
+
+/// Port of DNS over TLS (RFC 7858 §3.1).
+pub const DOT_PORT: u16 = 853;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("server {0:?}: write @IP, @IP:PORT, @[IPv6]:PORT or @NAME[:PORT]")]
+    BadServer(String),
+    #[error("cannot resolve server {host}: {reason}")]
+    Resolve { host: String, reason: String },
+    #[error("{0:?} is not a valid TLS name")]
+    BadTlsName(String),
+    #[error("{0:?} is not a domain name")]
+    BadName(String),
+    #[error("cannot read CA file {path}: {source}")]
+    Ca {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("CA file {0} holds no usable certificate")]
+    NoCa(PathBuf),
+    #[error("no system root certificates found; pass --ca FILE")]
+    NoSystemRoots,
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS handshake with {addr} failed: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("timed out")]
+    Timeout,
+    #[error("TLS: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("cannot encode the query: {0}")]
+    Encode(String),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// How the server's certificate is checked.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// The operating system's root store.
+    System,
+    /// Trust anchors from a PEM file.
+    Ca(PathBuf),
+    /// No verification at all (testing only).
+    Insecure,
+}
+
+/// A server as written on the command line: `@HOST[:PORT]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSpec {
+    pub host: String,
+    pub port: u16,
+}
+
+impl FromStr for ServerSpec {
+    type Err = ClientError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ClientError::BadServer(s.to_string());
+        let rest = s.strip_prefix('@').unwrap_or(s);
+        if rest.is_empty() {
+            return Err(bad());
+        }
+        if let Ok(addr) = rest.parse::<SocketAddr>() {
+            return Ok(Self {
+                host: addr.ip().to_string(),
+                port: addr.port(),
+            });
+        }
+        let unbracketed = rest.strip_prefix('[').and_then(|r| r.strip_suffix(']'));
+        if let Ok(ip) = unbracketed.unwrap_or(rest).parse::<IpAddr>() {
+            return Ok(Self {
+                host: ip.to_string(),
+                port: DOT_PORT,
+            });
+        }
+        match rest.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() => Ok(Self {
+                host: host.to_string(),
+                port: port.parse().map_err(|_| bad())?,
+            }),
+            Some(_) => Err(bad()),
+            None => Ok(Self {
+                host: rest.to_string(),
+                port: DOT_PORT,
+            }),
+        }
+    }
+}
+
+/// Builds a client TLS configuration for the given trust, offering ALPN `dot`.
+pub fn client_config(trust: &Trust) -> Result<Arc<ClientConfig>, ClientError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let mut config = match trust {
+        Trust::Insecure => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+            .with_no_client_auth(),
+        Trust::Ca(path) => builder
+            .with_root_certificates(roots_from_file(path)?)
+            .with_no_client_auth(),
+        Trust::System => builder
+            .with_root_certificates(system_roots()?)
+            .with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![ALPN_DOT.to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn roots_from_file(path: &Path) -> Result<RootCertStore, ClientError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| ClientError::Ca {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let mut roots = RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(ClientError::NoCa(path.to_path_buf()));
+    }
+    Ok(roots)
+}
+
+fn system_roots() -> Result<RootCertStore, ClientError> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(found.certs);
+    if roots.is_empty() {
+        return Err(ClientError::NoSystemRoots);
+    }
+    Ok(roots)
+}
+
+/// Accepts any certificate, but still checks the handshake signatures so the
+/// connection is at least consistent. For `--insecure` only.
+#[derive(Debug)]
+struct AcceptAnyCert(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Resolves the server spec to socket addresses (an IP literal needs no lookup).
+pub async fn resolve(spec: &ServerSpec) -> Result<Vec<SocketAddr>, ClientError> {
+    if let Ok(ip) = spec.host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, spec.port)]);
+    }
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((spec.host.as_str(), spec.port))
+        .await
+        .map_err(|e| ClientError::Resolve {
+            host: spec.host.clone(),
+            reason: e.to_string(),
+        })?
+        .collect();
+    if addrs.is_empty() {
+        return Err(ClientError::Resolve {
+            host: spec.host.clone(),
+            reason: "no addresses".into(),
+        });
+    }
+    Ok(addrs)
+}
+
+/// Opens a TLS connection to `addr`, verifying the certificate for `tls_name`.
+pub async fn connect(
+    addr: SocketAddr,
+    tls_name: &str,
+    config: Arc<ClientConfig>,
+) -> Result<TlsStream<TcpStream>, ClientError> {
+    let name = ServerName::try_from(tls_name.to_string())
+        .map_err(|_| ClientError::BadTlsName(tls_name.to_string()))?;
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|source| ClientError::Connect { addr, source })?;
+    tcp.set_nodelay(true)?;
+    TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|source| ClientError::Handshake { addr, source })
+}
+
+/// One question to ask.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Question {
+    pub name: Name,
+    pub rtype: RecordType,
+}
+
+/// Reads `NAME [TYPE] [NAME [TYPE]]...`: a word that is a record type name
+/// belongs to the name before it.
+pub fn parse_questions(words: &[String]) -> Result<Vec<Question>, ClientError> {
+    let mut out: Vec<Question> = Vec::new();
+    let mut words = words.iter().peekable();
+    while let Some(word) = words.next() {
+        let name = Name::from_utf8(word).map_err(|_| ClientError::BadName(word.clone()))?;
+        let rtype = match words
+            .peek()
+            .and_then(|w| RecordType::from_str(&w.to_ascii_uppercase()).ok())
+        {
+            Some(rtype) => {
+                words.next();
+                rtype
+            }
+            None => RecordType::A,
+        };
+        out.push(Question { name, rtype });
+    }
+    Ok(out)
+}
+
+/// The outcome of one question.
+#[derive(Debug)]
+pub struct Answer {
+    pub question: Question,
+    /// The reply and the time from sending all queries to its arrival.
+    pub reply: Option<(Message, Duration)>,
+}
+
+/// Sends every question at once over `stream`, then reads replies until all
+/// have arrived or `timeout` passes. IDs are distinct per connection.
+pub async fn pipeline(
+    stream: TlsStream<TcpStream>,
+    questions: &[Question],
+    timeout: Duration,
+) -> Result<Vec<Answer>, ClientError> {
+    let mut out = Vec::with_capacity(questions.len() * 64);
+    let mut waiting: HashMap<u16, usize> = HashMap::new();
+    let first_id: u16 = rand::random();
+    for (index, q) in questions.iter().enumerate() {
+        let id = first_id.wrapping_add(index as u16);
+        let mut msg = Message::query();
+        msg.metadata.id = id;
+        msg.metadata.recursion_desired = true;
+        msg.add_query(Query::query(q.name.clone(), q.rtype));
+        let bytes = msg
+            .to_vec()
+            .map_err(|e| ClientError::Encode(e.to_string()))?;
+        out.extend_from_slice(&dns::frame(&bytes));
+        waiting.insert(id, index);
+    }
+    let (read_half, mut write_half) = tokio::io::split(stream);
+    let started = Instant::now();
+    write_half.write_all(&out).await?;
+    write_half.flush().await?;
+    let mut answers: Vec<Answer> = questions
+        .iter()
+        .map(|q| Answer {
+            question: q.clone(),
+            reply: None,
+        })
+        .collect();
+    let mut reader: FrameReader<ReadHalf<_>> = FrameReader::new(read_half);
+    let read_all = async {
+        while !waiting.is_empty() {
+            let Some(frame) = reader.read_frame().await? else {
+                break;
+            };
+            let Some(index) = waiting.remove(&dns::id(&frame)) else {
+                continue;
+            };
+            if let Ok(msg) = Message::from_vec(&frame) {
+                answers[index].reply = Some((msg, started.elapsed()));
+            }
+        }
+        Ok::<(), crate::framing::FrameError>(())
+    };
+    match tokio::time::timeout(timeout, read_all).await {
+        Ok(Ok(())) | Err(_) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "connection ended while reading replies"),
+    }
+    // Polite close: close_notify, then FIN.
+    let _ = tokio::time::timeout(Duration::from_secs(1), write_half.shutdown()).await;
+    Ok(answers)
+}
+
+/// Formats one answer the way dig does, closely enough for a person to read.
+pub fn format_answer(answer: &Answer, server: SocketAddr) -> String {
+    let mut s = String::new();
+    let q = &answer.question;
+    let Some((msg, elapsed)) = &answer.reply else {
+        let _ = writeln!(s, ";; {} {}: no reply", q.name, q.rtype);
+        return s;
+    };
+    let h = &msg.metadata;
+    let mut flags = vec!["qr"];
+    for (on, name) in [
+        (h.authoritative, "aa"),
+        (h.truncation, "tc"),
+        (h.recursion_desired, "rd"),
+        (h.recursion_available, "ra"),
+        (h.authentic_data, "ad"),
+        (h.checking_disabled, "cd"),
+    ] {
+        if on {
+            flags.push(name);
+        }
+    }
+    let _ = writeln!(
+        s,
+        ";; ->>HEADER<<- opcode: {:?}, status: {}, id: {}",
+        h.op_code, h.response_code, h.id
+    );
+    let _ = writeln!(
+        s,
+        ";; flags: {}; QUERY: {}, ANSWER: {}, AUTHORITY: {}, ADDITIONAL: {}",
+        flags.join(" "),
+        msg.queries.len(),
+        msg.answers.len(),
+        msg.authorities.len(),
+        msg.additionals.len() + usize::from(msg.edns.is_some())
+    );
+    let _ = writeln!(s, "\n;; QUESTION SECTION:");
+    for query in &msg.queries {
+        let _ = writeln!(
+            s,
+            ";{}\t\t{}\t{}",
+            query.name(),
+            query.query_class(),
+            query.query_type()
+        );
+    }
+    for (title, records) in [
+        ("ANSWER", &msg.answers),
+        ("AUTHORITY", &msg.authorities),
+        ("ADDITIONAL", &msg.additionals),
+    ] {
+        if !records.is_empty() {
+            let _ = writeln!(s, "\n;; {title} SECTION:");
+            for r in records {
+                let _ = writeln!(s, "{r}");
+            }
+        }
+    }
+    let _ = writeln!(s, "\n;; Query time: {} msec", elapsed.as_millis());
+    let _ = writeln!(s, ";; SERVER: {server} (TLS)");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_forms() {
+        let p = |s: &str| s.parse::<ServerSpec>().unwrap();
+        assert_eq!(
+            p("@127.0.0.1"),
+            ServerSpec {
+                host: "127.0.0.1".into(),
+                port: 853
+            }
+        );
+        assert_eq!(
+            p("@127.0.0.1:8853"),
+            ServerSpec {
+                host: "127.0.0.1".into(),
+                port: 8853
+            }
+        );
+        assert_eq!(
+            p("@::1"),
+            ServerSpec {
+                host: "::1".into(),
+                port: 853
+            }
+        );
+        assert_eq!(
+            p("@[::1]:99"),
+            ServerSpec {
+                host: "::1".into(),
+                port: 99
+            }
+        );
+        assert_eq!(
+            p("@dns.example"),
+            ServerSpec {
+                host: "dns.example".into(),
+                port: 853
+            }
+        );
+        assert_eq!(
+            p("@dns.example:8853"),
+            ServerSpec {
+                host: "dns.example".into(),
+                port: 8853
+            }
+        );
+        assert!("@".parse::<ServerSpec>().is_err());
+        assert!("@host:notaport".parse::<ServerSpec>().is_err());
+    }
+
+    #[test]
+    fn questions_take_an_optional_type() {
+        let words: Vec<String> = ["example.com", "AAAA", "example.org", "a.example", "txt"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let qs = parse_questions(&words).unwrap();
+        let types: Vec<_> = qs.iter().map(|q| q.rtype).collect();
+        assert_eq!(
+            types,
+            vec![RecordType::AAAA, RecordType::A, RecordType::TXT]
+        );
+    }
+}

@@ -1,0 +1,282 @@
+//! One client connection after its TLS handshake: a reader loop, one task per
+//! query, and one writer.
+//!
+//! ```text
+//! reader ──query──> query task ──> upstream ──reply──> channel ──> writer
+//! ```
+//!
+//! Invariants:
+//! * only the writer touches the write half, and it writes each reply's
+//!   length prefix and body as one unit (R9);
+//! * replies are written in the order they are ready, not the order the
+//!   queries came in (R10);
+//! * every query read gets exactly one reply while the client is there
+//!   (R11): the query task always produces one, SERVFAIL at worst;
+//! * at most `max_inflight` queries are in flight; at the limit the reader
+//!   stops reading rather than dropping anything (R16);
+//! * the idle timer runs only while nothing is in flight, and restarts on
+//!   each complete message (R13);
+//! * on every way out (idle, client close, shutdown) reading stops first,
+//!   the replies in flight are written, and then the writer sends
+//!   close_notify and FIN (R7, R15).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Timeouts;
+use crate::dns::{self, Rcode};
+use crate::framing::{FrameError, FrameReader};
+use crate::stats::Stats;
+use crate::upstream::{Reply, Upstream};
+
+/// What every connection shares: the upstream, the counters, the settings.
+pub struct Shared {
+    pub upstream: Upstream,
+    pub stats: Arc<Stats>,
+    pub timeouts: Timeouts,
+    pub max_inflight: usize,
+}
+
+/// Why a connection ended, for logs and counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Nothing in flight and nothing received for the idle timeout.
+    Idle,
+    /// The client closed (close_notify or FIN) between messages.
+    Client,
+    /// The client broke the framing, or the connection failed.
+    Error,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+/// Largest batch of replies the writer coalesces into one write.
+const WRITE_BATCH: usize = 16 * 1024;
+
+/// Serves one connection until it closes; returns why.
+pub async fn serve<S>(
+    stream: S,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) -> CloseReason
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (read_half, write_half) = tokio::io::split(stream);
+    // Capacity equals the in-flight limit: a reply's sender waits only when
+    // the client stops reading, which then stops the reader too.
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(shared.max_inflight);
+    let writer_failed = CancellationToken::new();
+    let writer = tokio::spawn(write_loop(
+        write_half,
+        rx,
+        // A client that takes longer than its own idle allowance to accept
+        // our bytes is treated as gone.
+        shared.timeouts.idle,
+        writer_failed.clone(),
+    ));
+    let inflight = InFlight::new(shared.max_inflight);
+    let mut reader = FrameReader::new(read_half);
+
+    let reason = loop {
+        let permit = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break CloseReason::Shutdown,
+            _ = writer_failed.cancelled() => break CloseReason::Error,
+            permit = inflight.permit() => match permit {
+                Some(permit) => permit,
+                None => break CloseReason::Error,
+            },
+        };
+        let read = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break CloseReason::Shutdown,
+            _ = writer_failed.cancelled() => break CloseReason::Error,
+            _ = inflight.idle_for(shared.timeouts.idle) => break CloseReason::Idle,
+            read = reader.read_frame() => read,
+        };
+        let msg = match read {
+            Ok(Some(msg)) => msg,
+            Ok(None) => break CloseReason::Client,
+            Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                // FIN without close_notify: the client is gone all the same.
+                break CloseReason::Client;
+            }
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "closing connection");
+                break CloseReason::Error;
+            }
+        };
+        let ticket = inflight.start(permit);
+        let shared = shared.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let reply = answer(&shared, msg).await;
+            // The writer is gone only when the client is: drop the reply.
+            let _ = tx.send(reply).await;
+            drop(ticket);
+        });
+    };
+
+    // Stop reading; the writer ends once every query task has sent its reply
+    // and dropped its sender.
+    drop(reader);
+    drop(tx);
+    let written = writer.await;
+    let reason = match written {
+        Ok(Ok(())) => reason,
+        _ => CloseReason::Error,
+    };
+    tracing::debug!(%peer, ?reason, "connection closed");
+    reason
+}
+
+/// Produces the reply to one query: the upstream's answer, FORMERR for a
+/// query dotgate cannot read past the header, SERVFAIL when the upstream
+/// fails. Never fails itself.
+async fn answer(shared: &Shared, msg: Vec<u8>) -> Vec<u8> {
+    let stats = &shared.stats;
+    stats.count(&stats.queries);
+    let info = match dns::parse_query(&msg) {
+        Ok(info) => info,
+        Err(e) => {
+            tracing::debug!(error = %e, "FORMERR");
+            stats.count(&stats.formerr_synthesized);
+            return dns::error_reply(&msg, None, Rcode::FormErr as u8);
+        }
+    };
+    let outcome = shared.upstream.exchange(&msg, &info).await;
+    let failure = match outcome {
+        Ok(Reply::Message(reply)) => match dns::client_reply(reply, &info) {
+            Ok(reply) => return reply,
+            Err(e) => e.to_string(),
+        },
+        Ok(Reply::Rcode(rcode)) => return dns::error_reply(&msg, Some(&info), rcode),
+        Err(e) => e.to_string(),
+    };
+    tracing::debug!(qid = info.id, error = %failure, "SERVFAIL");
+    stats.count(&stats.servfail_synthesized);
+    dns::error_reply(&msg, Some(&info), Rcode::ServFail as u8)
+}
+
+/// Writes replies as they come, coalescing those that are ready together
+/// into one write, then closes with close_notify and FIN.
+async fn write_loop<W>(
+    mut writer: W,
+    mut replies: mpsc::Receiver<Vec<u8>>,
+    write_timeout: Duration,
+    failed: CancellationToken,
+) -> std::io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+{
+    let result = async {
+        let mut batch = Vec::with_capacity(WRITE_BATCH);
+        while let Some(reply) = replies.recv().await {
+            batch.clear();
+            push_framed(&mut batch, &reply);
+            while batch.len() < WRITE_BATCH {
+                match replies.try_recv() {
+                    Ok(reply) => push_framed(&mut batch, &reply),
+                    Err(_) => break,
+                }
+            }
+            with_timeout(write_timeout, async {
+                writer.write_all(&batch).await?;
+                writer.flush().await
+            })
+            .await?;
+        }
+        // All senders are gone: nothing more to write.
+        with_timeout(write_timeout, writer.shutdown()).await
+    }
+    .await;
+    if result.is_err() {
+        failed.cancel();
+    }
+    result
+}
+
+fn push_framed(batch: &mut Vec<u8>, msg: &[u8]) {
+    // Messages are at most 65535 bytes: they come from 16-bit framing or from
+    // a UDP datagram, and synthesized replies are small.
+    batch.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+    batch.extend_from_slice(msg);
+}
+
+async fn with_timeout<F>(limit: Duration, io: F) -> std::io::Result<()>
+where
+    F: std::future::Future<Output = std::io::Result<()>>,
+{
+    tokio::time::timeout(limit, io)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client not reading"))?
+}
+
+/// Counts the queries of one connection that are in flight, and limits them.
+struct InFlight {
+    limit: Arc<Semaphore>,
+    count: AtomicUsize,
+    none_left: Notify,
+}
+
+/// Held by a query task; its drop marks the query answered.
+struct Ticket {
+    _permit: OwnedSemaphorePermit,
+    inflight: Arc<InFlight>,
+}
+
+impl InFlight {
+    fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit: Arc::new(Semaphore::new(max)),
+            count: AtomicUsize::new(0),
+            none_left: Notify::new(),
+        })
+    }
+
+    /// Waits for room for one more query. `None` only if the semaphore were
+    /// closed, which nothing does.
+    async fn permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.limit.clone().acquire_owned().await.ok()
+    }
+
+    fn start(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Ticket {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        Ticket {
+            _permit: permit,
+            inflight: self.clone(),
+        }
+    }
+
+    /// Completes after `idle` has passed with nothing in flight. Only the
+    /// reader starts queries, and it drops this future when it does, so the
+    /// count cannot rise while the timer runs.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let notified = self.none_left.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            notified.await;
+        }
+        tokio::time::sleep(idle).await;
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.inflight.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.inflight.none_left.notify_waiters();
+        }
+    }
+}

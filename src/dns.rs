@@ -1,0 +1,571 @@
+//! DNS wire-format work for the hot path: header checks, ID patching, OPT
+//! presence, and synthesized error replies.
+//!
+//! dotgate never decodes a whole message on the hot path. It reads the header,
+//! walks the question, and steps over resource records only as far as it needs
+//! to find the OPT record. Everything here works on byte slices and is pure, so
+//! it is unit-tested without sockets.
+//!
+//! Invariants:
+//! * a query accepted by [`parse_query`] has exactly one question, written
+//!   without compression pointers, and at most one OPT record;
+//! * a reply handed to a client carries the client's ID and has an OPT record
+//!   exactly when the client's query had one (R17).
+
+use std::ops::Range;
+
+/// Length of the fixed DNS header.
+pub const HEADER_LEN: usize = 12;
+
+/// EDNS UDP payload size advertised toward a UDP upstream, whatever the
+/// client said: a TCP client's buffer size means nothing on the UDP leg, and
+/// 1232 avoids IP fragmentation (DNS flag day 2020, R20).
+pub const UPSTREAM_UDP_PAYLOAD: u16 = 1232;
+
+/// EDNS payload size dotgate itself advertises in OPT records it writes.
+const OWN_PAYLOAD: u16 = 1232;
+
+const TYPE_OPT: u16 = 41;
+const TYPE_TSIG: u16 = 250;
+const OPT_RR_LEN: usize = 11;
+
+/// Response codes dotgate synthesizes or inspects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Rcode {
+    NoError = 0,
+    FormErr = 1,
+    ServFail = 2,
+}
+
+/// Why a query that has a readable header cannot be forwarded. Each of these
+/// is answered with FORMERR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    #[error("the QR bit is set: a response was sent as a query")]
+    NotAQuery,
+    #[error("QDCOUNT is {0}, dotgate forwards exactly one question")]
+    QuestionCount(u16),
+    #[error("the question section is malformed")]
+    BadQuestion,
+    #[error("a resource record runs past the end of the message")]
+    BadRecord,
+    #[error("the query carries more than one OPT record")]
+    MultipleOpt,
+}
+
+/// What dotgate needs to know about a client's query, found in one pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryInfo {
+    /// The client's message ID, restored on the reply.
+    pub id: u16,
+    /// Byte range of the question section (name, type, class).
+    pub question: Range<usize>,
+    /// Byte range of the OPT record, if the query has one.
+    pub opt: Option<Range<usize>>,
+}
+
+/// Reads the message ID. The caller guarantees at least a full header.
+pub fn id(msg: &[u8]) -> u16 {
+    u16::from_be_bytes([msg[0], msg[1]])
+}
+
+/// Overwrites the message ID.
+pub fn set_id(msg: &mut [u8], id: u16) {
+    msg[..2].copy_from_slice(&id.to_be_bytes());
+}
+
+fn is_response(msg: &[u8]) -> bool {
+    msg[2] & 0x80 != 0
+}
+
+/// True when the TC (truncated) bit is set.
+pub fn is_truncated(msg: &[u8]) -> bool {
+    msg.len() >= HEADER_LEN && msg[2] & 0x02 != 0
+}
+
+/// The 4-bit RCODE of the header.
+pub fn rcode(msg: &[u8]) -> u8 {
+    msg[3] & 0x0f
+}
+
+fn count(msg: &[u8], index: usize) -> u16 {
+    let at = 4 + 2 * index;
+    u16::from_be_bytes([msg[at], msg[at + 1]])
+}
+
+fn set_count(msg: &mut [u8], index: usize, value: u16) {
+    let at = 4 + 2 * index;
+    msg[at..at + 2].copy_from_slice(&value.to_be_bytes());
+}
+
+const QD: usize = 0;
+const AN: usize = 1;
+const NS: usize = 2;
+const AR: usize = 3;
+
+/// Steps over an uncompressed name starting at `pos`; returns the offset after
+/// it. Queries have no earlier name a pointer could usefully refer to, so a
+/// pointer in a question is treated as malformed.
+fn skip_plain_name(msg: &[u8], mut pos: usize) -> Option<usize> {
+    let start = pos;
+    loop {
+        let len = *msg.get(pos)? as usize;
+        if len == 0 {
+            pos += 1;
+            break;
+        }
+        if len > 63 {
+            return None;
+        }
+        pos += 1 + len;
+    }
+    (pos - start <= 255 && pos <= msg.len()).then_some(pos)
+}
+
+/// Steps over a possibly compressed name starting at `pos`, without following
+/// pointers: a pointer ends the name in place.
+fn skip_name(msg: &[u8], mut pos: usize) -> Option<usize> {
+    loop {
+        let len = *msg.get(pos)?;
+        match len {
+            0 => return Some(pos + 1),
+            1..=63 => pos += 1 + len as usize,
+            0xc0..=0xff => {
+                msg.get(pos + 1)?;
+                return Some(pos + 2);
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// One resource record's position: its type and byte range.
+struct RecordSpan {
+    rtype: u16,
+    range: Range<usize>,
+}
+
+/// Steps over one resource record starting at `pos`.
+fn skip_record(msg: &[u8], pos: usize) -> Option<RecordSpan> {
+    let after_name = skip_name(msg, pos)?;
+    let fixed = msg.get(after_name..after_name + 10)?;
+    let rtype = u16::from_be_bytes([fixed[0], fixed[1]]);
+    let rdlen = u16::from_be_bytes([fixed[8], fixed[9]]) as usize;
+    let end = after_name + 10 + rdlen;
+    (end <= msg.len()).then_some(RecordSpan {
+        rtype,
+        range: pos..end,
+    })
+}
+
+/// Positions of the question and of the records after it.
+struct Layout {
+    question: Range<usize>,
+    /// Every OPT record found in the additional section.
+    opts: Vec<Range<usize>>,
+    /// Offset just past the last record.
+    end: usize,
+    /// Type of the last record of the message, if any.
+    last_type: Option<u16>,
+}
+
+fn question_end(msg: &[u8]) -> Option<usize> {
+    let name_end = skip_plain_name(msg, HEADER_LEN)?;
+    let end = name_end + 4;
+    (end <= msg.len()).then_some(end)
+}
+
+/// Walks all records after a single question. Returns `None` when any record
+/// runs past the end of the message.
+fn layout(msg: &[u8], question: Range<usize>) -> Option<Layout> {
+    let mut pos = question.end;
+    let mut opts = Vec::new();
+    let mut last_type = None;
+    let in_answer_or_authority = count(msg, AN) as usize + count(msg, NS) as usize;
+    let total = in_answer_or_authority + count(msg, AR) as usize;
+    for index in 0..total {
+        let span = skip_record(msg, pos)?;
+        if index >= in_answer_or_authority && span.rtype == TYPE_OPT {
+            opts.push(span.range.clone());
+        }
+        last_type = Some(span.rtype);
+        pos = span.range.end;
+    }
+    Some(Layout {
+        question,
+        opts,
+        end: pos,
+        last_type,
+    })
+}
+
+/// Checks a client's query and finds its question and OPT record.
+///
+/// The caller has already made sure the message holds a full header (the
+/// framing layer closes the connection on anything shorter).
+pub fn parse_query(msg: &[u8]) -> Result<QueryInfo, QueryError> {
+    debug_assert!(msg.len() >= HEADER_LEN);
+    if is_response(msg) {
+        return Err(QueryError::NotAQuery);
+    }
+    let qdcount = count(msg, QD);
+    if qdcount != 1 {
+        return Err(QueryError::QuestionCount(qdcount));
+    }
+    let question = HEADER_LEN..question_end(msg).ok_or(QueryError::BadQuestion)?;
+    let layout = layout(msg, question).ok_or(QueryError::BadRecord)?;
+    if layout.opts.len() > 1 {
+        return Err(QueryError::MultipleOpt);
+    }
+    Ok(QueryInfo {
+        id: id(msg),
+        question: layout.question,
+        opt: layout.opts.into_iter().next(),
+    })
+}
+
+/// Builds the message sent upstream: the client's query with `upstream_id`
+/// and an EDNS payload size of [`UPSTREAM_UDP_PAYLOAD`].
+///
+/// A query without OPT gets one appended when its additional section is
+/// empty, so that the upstream may answer up to 1232 bytes over UDP instead
+/// of truncating at 512; the OPT is stripped again from the reply.
+pub fn upstream_query(msg: &[u8], info: &QueryInfo, upstream_id: u16) -> Vec<u8> {
+    let mut out = Vec::with_capacity(msg.len() + OPT_RR_LEN);
+    out.extend_from_slice(msg);
+    set_id(&mut out, upstream_id);
+    match &info.opt {
+        Some(opt) => {
+            // OPT owner is the root name (one byte), then TYPE, then CLASS,
+            // which carries the payload size.
+            let class_at = opt.start + 3;
+            out[class_at..class_at + 2].copy_from_slice(&UPSTREAM_UDP_PAYLOAD.to_be_bytes());
+        }
+        None if count(msg, AR) == 0 => {
+            push_opt(&mut out, UPSTREAM_UDP_PAYLOAD);
+            set_count(&mut out, AR, 1);
+        }
+        None => {}
+    }
+    out
+}
+
+fn push_opt(out: &mut Vec<u8>, payload: u16) {
+    out.push(0); // root owner name
+    out.extend_from_slice(&TYPE_OPT.to_be_bytes());
+    out.extend_from_slice(&payload.to_be_bytes());
+    out.extend_from_slice(&[0, 0, 0, 0]); // extended RCODE, version 0, flags
+    out.extend_from_slice(&[0, 0]); // no options
+}
+
+/// Compares two question sections: the name case-insensitively (upstreams
+/// may echo 0x20-randomized case), type and class exactly.
+fn same_question(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len()
+        && a[a.len() - 4..] == b[b.len() - 4..]
+        && a[..a.len() - 4].eq_ignore_ascii_case(&b[..b.len() - 4])
+}
+
+/// How an upstream's message relates to the question dotgate asked.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReplyMatch {
+    /// A reply to this question.
+    Answer,
+    /// An error reply without a question section (some servers send FORMERR
+    /// or REFUSED that way); its RCODE is kept, the question restored.
+    ErrorWithoutQuestion(u8),
+    /// Not a reply to this question: ignored (RFC 5452), the real one may
+    /// still come.
+    Mismatch,
+}
+
+/// Decides whether `reply` answers `question` (the bytes of the question
+/// section that was sent). The caller has already matched source and ID.
+pub fn match_reply(reply: &[u8], question: &[u8]) -> ReplyMatch {
+    if reply.len() < HEADER_LEN || !is_response(reply) {
+        return ReplyMatch::Mismatch;
+    }
+    match count(reply, QD) {
+        0 if rcode(reply) != Rcode::NoError as u8 => ReplyMatch::ErrorWithoutQuestion(rcode(reply)),
+        1 => match question_end(reply) {
+            Some(end) if same_question(&reply[HEADER_LEN..end], question) => ReplyMatch::Answer,
+            _ => ReplyMatch::Mismatch,
+        },
+        _ => ReplyMatch::Mismatch,
+    }
+}
+
+/// Why an upstream reply cannot be passed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyError {
+    #[error("the upstream reply is malformed")]
+    Malformed,
+}
+
+/// Turns an upstream reply into the client's reply, in place where possible:
+/// restores the client's ID and makes OPT presence mirror the query (R17).
+///
+/// Only the OPT record is edited; the rest of the message is passed through
+/// byte for byte.
+pub fn client_reply(mut reply: Vec<u8>, query: &QueryInfo) -> Result<Vec<u8>, ReplyError> {
+    set_id(&mut reply, query.id);
+    let question_end = question_end(&reply).ok_or(ReplyError::Malformed)?;
+    let layout = layout(&reply, HEADER_LEN..question_end).ok_or(ReplyError::Malformed)?;
+    // Anything past the last record (padding garbage) is dropped.
+    reply.truncate(layout.end);
+    let opt_count = layout.opts.len();
+    match (query.opt.is_some(), opt_count) {
+        (true, 0) => {
+            if layout.last_type == Some(TYPE_TSIG) {
+                return reencode(&reply, query);
+            }
+            push_opt(&mut reply, OWN_PAYLOAD);
+            let ar = count(&reply, AR);
+            set_count(&mut reply, AR, ar + 1);
+        }
+        (true, 1) | (false, 0) => {}
+        (_, _) => {
+            // Remove every OPT record. A record is only ever removed from the
+            // end of the message, so no compression pointer can be left
+            // pointing at moved bytes.
+            for opt in layout.opts.iter().rev() {
+                if opt.end != reply.len() {
+                    return reencode(&reply, query);
+                }
+                reply.truncate(opt.start);
+                let ar = count(&reply, AR);
+                set_count(&mut reply, AR, ar - 1);
+            }
+            if query.opt.is_some() {
+                push_opt(&mut reply, OWN_PAYLOAD);
+                let ar = count(&reply, AR);
+                set_count(&mut reply, AR, ar + 1);
+            }
+        }
+    }
+    Ok(reply)
+}
+
+/// The rare slow path of [`client_reply`]: an OPT record that is not at the
+/// end of the message (so removing it in place could move bytes a
+/// compression pointer refers to), or a signed reply. Decodes and re-encodes
+/// the whole message.
+fn reencode(reply: &[u8], query: &QueryInfo) -> Result<Vec<u8>, ReplyError> {
+    use hickory_proto::op::{Edns, Message};
+    let mut msg = Message::from_vec(reply).map_err(|_| ReplyError::Malformed)?;
+    msg.metadata.id = query.id;
+    msg.edns = query.opt.as_ref().map(|_| {
+        let mut edns = Edns::new();
+        edns.set_max_payload(OWN_PAYLOAD);
+        edns
+    });
+    msg.to_vec().map_err(|_| ReplyError::Malformed)
+}
+
+/// Builds an error reply for `query` with the given RCODE.
+///
+/// The reply carries the client's ID, opcode, RD and CD bits, its question
+/// (QDCOUNT 1, which Android's validation requires, R11) when `info` is
+/// known, and an OPT record when the query had one (R17).
+pub fn error_reply(query: &[u8], info: Option<&QueryInfo>, rcode: u8) -> Vec<u8> {
+    let question = info.map(|i| &query[i.question.clone()]).unwrap_or(&[]);
+    let has_opt = info.is_some_and(|i| i.opt.is_some());
+    let mut out = Vec::with_capacity(HEADER_LEN + question.len() + OPT_RR_LEN);
+    out.extend_from_slice(&query[..2]);
+    // QR=1, opcode and RD from the query; RA=1; CD from the query.
+    out.push(0x80 | (query[2] & 0x79));
+    out.push(0x80 | (query[3] & 0x10) | (rcode & 0x0f));
+    out.extend_from_slice(&u16::from(!question.is_empty()).to_be_bytes());
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    out.extend_from_slice(&u16::from(has_opt).to_be_bytes());
+    out.extend_from_slice(question);
+    if has_opt {
+        push_opt(&mut out, OWN_PAYLOAD);
+    }
+    out
+}
+
+/// Prefixes a message with its 2-byte length, making the unit the writer
+/// sends in one piece (RFC 7766 §8).
+pub fn frame(msg: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + msg.len());
+    // Messages longer than 65535 bytes cannot be produced: every path builds
+    // them from a framed query or a reply read through a 16-bit length.
+    out.extend_from_slice(&(msg.len().min(u16::MAX as usize) as u16).to_be_bytes());
+    out.extend_from_slice(msg);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A query for `name` with the given type, optionally with an OPT record.
+    fn query(id: u16, name: &str, qtype: u16, opt: bool) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&id.to_be_bytes());
+        m.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, u8::from(opt)]);
+        for label in name.split('.').filter(|l| !l.is_empty()) {
+            m.push(label.len() as u8);
+            m.extend_from_slice(label.as_bytes());
+        }
+        m.push(0);
+        m.extend_from_slice(&qtype.to_be_bytes());
+        m.extend_from_slice(&1u16.to_be_bytes());
+        if opt {
+            push_opt(&mut m, 4096);
+        }
+        m
+    }
+
+    /// Turns a query into a reply with one A record (compressed owner name).
+    fn answer(q: &[u8], with_opt: bool) -> Vec<u8> {
+        let qend = question_end(q).unwrap();
+        let mut r = q[..qend].to_vec();
+        r[2] |= 0x80;
+        set_count(&mut r, AN, 1);
+        set_count(&mut r, AR, u16::from(with_opt));
+        r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1]);
+        if with_opt {
+            push_opt(&mut r, 1232);
+        }
+        r
+    }
+
+    #[test]
+    fn parses_a_plain_query() {
+        let q = query(7, "example.com", 1, false);
+        let info = parse_query(&q).unwrap();
+        assert_eq!(info.id, 7);
+        assert_eq!(info.question, 12..q.len());
+        assert_eq!(info.opt, None);
+    }
+
+    #[test]
+    fn finds_the_opt_record() {
+        let q = query(7, "example.com", 28, true);
+        let info = parse_query(&q).unwrap();
+        assert_eq!(info.opt, Some(q.len() - OPT_RR_LEN..q.len()));
+    }
+
+    #[test]
+    fn rejects_malformed_queries() {
+        let mut q = query(1, "a.b", 1, false);
+        q[5] = 2;
+        assert_eq!(parse_query(&q), Err(QueryError::QuestionCount(2)));
+
+        let mut q = query(1, "a.b", 1, false);
+        q[2] |= 0x80;
+        assert_eq!(parse_query(&q), Err(QueryError::NotAQuery));
+
+        let q = query(1, "example.com", 1, false);
+        assert_eq!(parse_query(&q[..q.len() - 2]), Err(QueryError::BadQuestion));
+
+        let mut q = query(1, "a.b", 1, false);
+        q[12] = 0xc0; // pointer in the question
+        assert_eq!(parse_query(&q), Err(QueryError::BadQuestion));
+
+        let mut q = query(1, "a.b", 1, true);
+        push_opt(&mut q, 512);
+        set_count(&mut q, AR, 2);
+        assert_eq!(parse_query(&q), Err(QueryError::MultipleOpt));
+
+        let mut q = query(1, "a.b", 1, false);
+        set_count(&mut q, AR, 1);
+        assert_eq!(parse_query(&q), Err(QueryError::BadRecord));
+    }
+
+    #[test]
+    fn upstream_query_rewrites_id_and_payload() {
+        let q = query(7, "example.com", 1, true);
+        let info = parse_query(&q).unwrap();
+        let up = upstream_query(&q, &info, 0xbeef);
+        assert_eq!(id(&up), 0xbeef);
+        let opt = info.opt.unwrap();
+        assert_eq!(&up[opt.start + 3..opt.start + 5], &1232u16.to_be_bytes());
+        assert_eq!(up.len(), q.len());
+
+        let q = query(7, "example.com", 1, false);
+        let info = parse_query(&q).unwrap();
+        let up = upstream_query(&q, &info, 9);
+        let up_info = parse_query(&up).unwrap();
+        assert!(up_info.opt.is_some());
+    }
+
+    #[test]
+    fn matches_replies_by_question() {
+        let q = query(7, "Example.com", 1, false);
+        let info = parse_query(&q).unwrap();
+        let mut r = answer(&q, false);
+        // Case differs: still the same question.
+        r[13] = b'e';
+        assert_eq!(
+            match_reply(&r, &q[info.question.clone()]),
+            ReplyMatch::Answer
+        );
+        let other = answer(&query(7, "example.net", 1, false), false);
+        assert_eq!(
+            match_reply(&other, &q[info.question.clone()]),
+            ReplyMatch::Mismatch
+        );
+        let other_type = answer(&query(7, "Example.com", 28, false), false);
+        assert_eq!(
+            match_reply(&other_type, &q[info.question.clone()]),
+            ReplyMatch::Mismatch
+        );
+        let mut formerr = vec![0, 7, 0x81, 0x01, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(
+            match_reply(&formerr, &q[info.question.clone()]),
+            ReplyMatch::ErrorWithoutQuestion(1)
+        );
+        formerr[3] = 0;
+        assert_eq!(
+            match_reply(&formerr, &q[info.question]),
+            ReplyMatch::Mismatch
+        );
+    }
+
+    #[test]
+    fn client_reply_mirrors_opt_presence() {
+        // No OPT in the query: the upstream's OPT is stripped.
+        let q = query(7, "example.com", 1, false);
+        let info = parse_query(&q).unwrap();
+        let mut r = answer(&q, true);
+        set_id(&mut r, 999);
+        let out = client_reply(r.clone(), &info).unwrap();
+        assert_eq!(id(&out), 7);
+        assert_eq!(count(&out, AR), 0);
+        assert_eq!(out.len(), r.len() - OPT_RR_LEN);
+
+        // OPT in the query, none in the reply: one is added.
+        let q = query(7, "example.com", 1, true);
+        let info = parse_query(&q).unwrap();
+        let out = client_reply(answer(&q, false), &info).unwrap();
+        assert_eq!(count(&out, AR), 1);
+        let l = layout(&out, 12..question_end(&out).unwrap()).unwrap();
+        assert_eq!(l.opts.len(), 1);
+
+        // OPT in both: passed through byte for byte (but the ID).
+        let r = answer(&q, true);
+        assert_eq!(client_reply(r.clone(), &info).unwrap(), r);
+    }
+
+    #[test]
+    fn error_reply_keeps_question_and_opt() {
+        let q = query(0x1234, "example.com", 28, true);
+        let info = parse_query(&q).unwrap();
+        let r = error_reply(&q, Some(&info), Rcode::ServFail as u8);
+        assert_eq!(id(&r), 0x1234);
+        assert!(is_response(&r));
+        assert_eq!(rcode(&r), 2);
+        assert_eq!(count(&r, QD), 1);
+        assert_eq!(count(&r, AR), 1);
+        assert_eq!(&r[12..12 + info.question.len()], &q[info.question.clone()]);
+        assert_eq!(r[2] & 0x01, 0x01, "RD copied");
+
+        let r = error_reply(&q, None, Rcode::FormErr as u8);
+        assert_eq!(r.len(), HEADER_LEN);
+        assert_eq!(rcode(&r), 1);
+    }
+}

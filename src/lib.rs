@@ -1,0 +1,29 @@
+//! dotgate: DNS over TLS (RFC 7858) in front of a plain DNS resolver.
+//!
+//! The path of one query, one module per step:
+//!
+//! ```text
+//! server (accept, caps) -> listener (plaintext refusal, TLS handshake)
+//!   -> connection (framing, in-flight limit, idle) -> upstream (UDP, TCP on TC)
+//!   -> connection's single writer -> client
+//! ```
+//!
+//! * [`config`] validates the command line once into a [`config::Config`];
+//! * [`server::run`] serves already-bound listeners until a shutdown token
+//!   fires, which is how both `main` and the tests start it;
+//! * [`dns`] and [`framing`] are pure wire-format code;
+//! * [`client`] is the pipelining DoT client behind `dotgate query`.
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod connection;
+pub mod dns;
+pub mod duration;
+pub mod framing;
+pub mod listener;
+pub mod server;
+pub mod shutdown;
+pub mod stats;
+pub mod tls;
+pub mod upstream;

@@ -1,0 +1,37 @@
+//! One-shot TCP exchange with the upstream, used when a UDP answer comes back
+//! truncated (R19). TC is rare, so a fresh connection per retry is simple and
+//! sufficient; pooled, pipelined TCP belongs to the upstream pool.
+
+use std::net::SocketAddr;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::{classify, Reply, UpstreamError};
+use crate::dns::{self, QueryInfo};
+use crate::framing::FrameReader;
+use crate::stats::Stats;
+
+pub async fn exchange(
+    upstream: SocketAddr,
+    msg: &[u8],
+    info: &QueryInfo,
+    stats: &Stats,
+) -> Result<Reply, UpstreamError> {
+    let id: u16 = rand::random();
+    let out = dns::frame(&dns::upstream_query(msg, info, id));
+    let mut stream = TcpStream::connect(upstream).await?;
+    stream.set_nodelay(true)?;
+    stream.write_all(&out).await?;
+    let question = &msg[info.question.clone()];
+    let mut reader = FrameReader::new(stream);
+    while let Some(reply) = reader.read_frame().await? {
+        if dns::id(&reply) == id {
+            if let Some(result) = classify(&reply, question) {
+                return Ok(result);
+            }
+        }
+        stats.count(&stats.mismatched_replies);
+    }
+    Err(UpstreamError::Closed)
+}
