@@ -178,7 +178,8 @@ where
     W: AsyncWrite + Unpin,
 {
     let result = async {
-        let mut batch = Vec::with_capacity(WRITE_BATCH);
+        // Grows on first use only: an idle connection holds no write buffer.
+        let mut batch = Vec::new();
         while let Some(reply) = replies.recv().await {
             batch.clear();
             push_framed(&mut batch, &reply);

@@ -301,6 +301,8 @@ pub fn match_reply(reply: &[u8], question: &[u8]) -> ReplyMatch {
 pub enum ReplyError {
     #[error("the upstream reply is malformed")]
     Malformed,
+    #[error("the reply would exceed 65535 bytes")]
+    TooLarge,
 }
 
 /// Turns an upstream reply into the client's reply, in place where possible:
@@ -344,6 +346,14 @@ pub fn client_reply(mut reply: Vec<u8>, query: &QueryInfo) -> Result<Vec<u8>, Re
             }
         }
     }
+    fits_a_frame(reply)
+}
+
+/// A reply must fit the 16-bit length prefix of the TLS leg.
+fn fits_a_frame(reply: Vec<u8>) -> Result<Vec<u8>, ReplyError> {
+    if reply.len() > usize::from(u16::MAX) {
+        return Err(ReplyError::TooLarge);
+    }
     Ok(reply)
 }
 
@@ -360,7 +370,7 @@ fn reencode(reply: &[u8], query: &QueryInfo) -> Result<Vec<u8>, ReplyError> {
         edns.set_max_payload(OWN_PAYLOAD);
         edns
     });
-    msg.to_vec().map_err(|_| ReplyError::Malformed)
+    fits_a_frame(msg.to_vec().map_err(|_| ReplyError::Malformed)?)
 }
 
 /// Builds an error reply for `query` with the given RCODE.
@@ -549,6 +559,23 @@ mod tests {
         // OPT in both: passed through byte for byte (but the ID).
         let r = answer(&q, true);
         assert_eq!(client_reply(r.clone(), &info).unwrap(), r);
+    }
+
+    #[test]
+    fn a_reply_that_would_outgrow_the_length_prefix_is_refused() {
+        let q = query(7, "example.com", 16, true);
+        let info = parse_query(&q).unwrap();
+        let mut r = q[..question_end(&q).unwrap()].to_vec();
+        r[2] |= 0x80;
+        set_count(&mut r, AN, 1);
+        set_count(&mut r, AR, 0);
+        let rdlen = u16::MAX as usize - r.len() - 12;
+        r.extend_from_slice(&[0xc0, 12, 0, 16, 0, 1, 0, 0, 0, 60]);
+        r.extend_from_slice(&(rdlen as u16).to_be_bytes());
+        r.resize(r.len() + rdlen, b'x');
+        assert_eq!(r.len(), u16::MAX as usize);
+        // Adding the OPT record the client is owed would not fit.
+        assert_eq!(client_reply(r, &info), Err(ReplyError::TooLarge));
     }
 
     #[test]

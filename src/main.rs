@@ -1,6 +1,7 @@
 //! The `dotgate` binary: parse the command line, set up logging, and run a
 //! subcommand. `anyhow` lives only here, at the edge.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
@@ -70,8 +71,10 @@ fn init_tracing(flag: Option<&str>, quiet: bool) {
         .map(EnvFilter::new)
         .or_else(|| EnvFilter::try_from_default_env().ok())
         .unwrap_or_else(|| EnvFilter::new(if quiet { "warn" } else { "info" }));
+    // Colour only on a terminal: `docker logs` and journald get plain text.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }

@@ -112,7 +112,15 @@ impl UdpTransport {
         };
         let _guard = PendingGuard { socket, id, seq };
         let out = dns::upstream_query(msg, info, id);
-        socket.sock.send(&out).await?;
+        if let Err(e) = socket.sock.send(&out).await {
+            // A connected UDP socket reports an earlier ICMP "port
+            // unreachable" on whichever call comes next; that error belongs
+            // to an old datagram, not this one, so send once more.
+            if e.kind() != std::io::ErrorKind::ConnectionRefused {
+                return Err(e.into());
+            }
+            socket.sock.send(&out).await?;
+        }
         // The sender lives in the map until the reply or the guard removes it.
         rx.await.map_err(|_| UpstreamError::Closed)
     }
