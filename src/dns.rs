@@ -52,6 +52,8 @@ pub enum QueryError {
     BadRecord,
     #[error("the query carries more than one OPT record")]
     MultipleOpt,
+    #[error("the OPT record's owner is not the root name")]
+    BadOptOwner,
 }
 
 /// What dotgate needs to know about a client's query, found in one pass.
@@ -217,6 +219,11 @@ pub fn parse_query(msg: &[u8]) -> Result<QueryInfo, QueryError> {
     let layout = layout(msg, question).ok_or(QueryError::BadRecord)?;
     if layout.opts.len() > 1 {
         return Err(QueryError::MultipleOpt);
+    }
+    // The OPT owner must be the root name (RFC 6891 §6.1.2); the in-place
+    // edits rely on its fixed fields starting one byte in.
+    if layout.opts.iter().any(|opt| msg[opt.start] != 0) {
+        return Err(QueryError::BadOptOwner);
     }
     Ok(QueryInfo {
         id: id(msg),
@@ -559,6 +566,44 @@ mod tests {
         // OPT in both: passed through byte for byte (but the ID).
         let r = answer(&q, true);
         assert_eq!(client_reply(r.clone(), &info).unwrap(), r);
+    }
+
+    /// Hostile bytes must never panic the parser: mutate valid messages at
+    /// random and feed them to every entry point.
+    #[test]
+    fn mutated_messages_never_panic() {
+        let seeds = [
+            query(1, "example.com", 1, true),
+            answer(&query(2, "a.b.c", 28, false), true),
+            answer(&query(3, "x", 16, true), false),
+        ];
+        for _ in 0..20_000 {
+            let mut m = seeds[rand::random_range(0..seeds.len())].clone();
+            for _ in 0..rand::random_range(1..6) {
+                let at = rand::random_range(0..m.len());
+                match rand::random_range(0..3) {
+                    0 => m[at] = rand::random(),
+                    1 => m.truncate(at.max(HEADER_LEN)),
+                    _ => m.insert(at.max(HEADER_LEN), rand::random()),
+                }
+            }
+            if let Ok(info) = parse_query(&m) {
+                let up = upstream_query(&m, &info, 5);
+                let _ = client_reply(up.clone(), &info);
+                let _ = match_reply(&up, &m[info.question.clone()]);
+                let _ = error_reply(&m, Some(&info), 2);
+            }
+            let _ = error_reply(&m, None, 1);
+            let _ = match_reply(&m, b"\x01a\x00\x00\x01\x00\x01");
+            if question_end(&m).is_some() {
+                let info = QueryInfo {
+                    id: 0,
+                    question: HEADER_LEN..question_end(&m).unwrap(),
+                    opt: Some(0..0),
+                };
+                let _ = client_reply(m.clone(), &info);
+            }
+        }
     }
 
     #[test]
