@@ -1,0 +1,484 @@
+//! Shared helpers: a throwaway PKI, dotgate in-process and as a process, a
+//! raw DoT client, and DNS message helpers.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_proto::op::{Edns, Message, MessageType, Query, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, TXT};
+use hickory_proto::rr::{Name, RData, RecordType};
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+
+use clap::Parser;
+use dotgate::cli::{Cli, Command as CliCommand};
+use dotgate::config::Config;
+
+use crate::upstream::{expected_a, expected_aaaa, expected_txt, lower_fqdn};
+
+/// The name in the test certificate (besides IP 127.0.0.1).
+pub const TLS_NAME: &str = "dns.test";
+
+/// How long a test waits for a reply it expects before failing.
+pub const REPLY_WAIT: Duration = Duration::from_secs(5);
+
+// ---------- temporary files and certificates ----------
+
+/// A directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        let path = std::env::temp_dir().join(format!(
+            "dotgate-it-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A throwaway CA and a server certificate for `dns.test` and 127.0.0.1,
+/// generated at run time and written to a temporary directory.
+pub struct Pki {
+    pub dir: TempDir,
+    /// The CA certificate (PEM), for clients.
+    pub ca: PathBuf,
+    /// The server chain: leaf, then CA (PEM).
+    pub cert: PathBuf,
+    /// The leaf's private key (PEM).
+    pub key: PathBuf,
+    /// A rustls client trusting only the CA, offering ALPN `dot`.
+    pub client: Arc<ClientConfig>,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+            IsCa, KeyPair, KeyUsagePurpose,
+        };
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "dotgate integration test CA");
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+
+        let leaf_key = KeyPair::generate().unwrap();
+        let mut leaf = CertificateParams::new(vec![TLS_NAME.to_string(), "127.0.0.1".into()])
+            .expect("leaf parameters");
+        leaf.distinguished_name
+            .push(DnType::CommonName, TLS_NAME.to_string());
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let leaf_cert = leaf.signed_by(&leaf_key, &ca).unwrap();
+
+        let dir = TempDir::new();
+        let ca_path = dir.path().join("ca.pem");
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&ca_path, ca.pem()).unwrap();
+        std::fs::write(&cert, format!("{}{}", leaf_cert.pem(), ca.pem())).unwrap();
+        std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = vec![b"dot".to_vec()];
+        Pki {
+            dir,
+            ca: ca_path,
+            cert,
+            key,
+            client: Arc::new(client),
+        }
+    }
+}
+
+// ---------- dotgate in-process ----------
+
+/// `dotgate serve` arguments for this PKI and upstream, plus `extra`.
+fn serve_args(pki: &Pki, listen: &str, upstream: SocketAddr, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "serve".into(),
+        "--listen".into(),
+        listen.into(),
+        "--cert".into(),
+        pki.cert.display().to_string(),
+        "--key".into(),
+        pki.key.display().to_string(),
+        "--upstream".into(),
+        upstream.to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// dotgate served in this test's runtime on 127.0.0.1:0; stopped on drop.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub pki: Pki,
+    shutdown: CancellationToken,
+}
+
+impl Server {
+    /// Starts dotgate toward `upstream`, with extra `serve` flags such as
+    /// `["--upstream-timeout", "500ms"]`.
+    pub async fn start(upstream: SocketAddr, extra: &[&str]) -> Server {
+        init_logging();
+        let pki = Pki::new();
+        let mut argv = vec!["dotgate".to_string()];
+        argv.extend(serve_args(&pki, "127.0.0.1:0", upstream, extra));
+        let args = match Cli::try_parse_from(argv).expect("serve flags").command {
+            CliCommand::Serve(args) => *args,
+            CliCommand::Query(_) => unreachable!("built a serve command line"),
+        };
+        let config = Config::from_args(&args, Path::new("/nonexistent/resolv.conf"))
+            .expect("valid configuration");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = dotgate::server::run(config, vec![listener], token).await {
+                panic!("dotgate::server::run failed: {e}");
+            }
+        });
+        Server {
+            addr,
+            pki,
+            shutdown,
+        }
+    }
+
+    /// A TLS connection to this server, verified against the test CA.
+    pub async fn client(&self) -> Client {
+        Client::connect(self.addr, &self.pki).await
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Logs of in-process servers go to the test's captured output, filtered by
+/// RUST_LOG (e.g. `RUST_LOG=dotgate=debug`); nothing without it.
+fn init_logging() {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+// ---------- dotgate as a process ----------
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The real `dotgate serve` binary on a free port; killed on drop.
+pub struct Process {
+    pub addr: SocketAddr,
+    pub pki: Pki,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    /// Starts the binary and waits until its port accepts connections.
+    pub async fn start(upstream: SocketAddr, extra: &[&str]) -> Process {
+        let pki = Pki::new();
+        let mut failures = String::new();
+        // The free port may be taken again before dotgate binds it: retry.
+        for attempt in 0..3 {
+            let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+            let log = pki.dir.path().join(format!("dotgate-{attempt}.log"));
+            let mut child = Command::new(env!("CARGO_BIN_EXE_dotgate"))
+                .args(serve_args(&pki, &addr.to_string(), upstream, extra))
+                .args(["--log-level", "dotgate=debug"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .expect("spawn dotgate");
+            if wait_until_listening(&mut child, addr, Duration::from_secs(10)).await {
+                return Process {
+                    addr,
+                    pki,
+                    child,
+                    log,
+                };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            failures.push_str(&std::fs::read_to_string(&log).unwrap_or_default());
+        }
+        panic!("dotgate did not start listening; its logs:\n{failures}");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM, as `docker stop` or systemd would.
+    pub fn sigterm(&self) {
+        let pid = libc::pid_t::try_from(self.pid()).unwrap();
+        // SAFETY: kill(2) with a child's pid and a valid signal number.
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill(SIGTERM) failed");
+    }
+
+    /// Waits (bounded) for the process to exit; None if it is still running.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// What the process has logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(self.addr, &self.pki).await
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls until `addr` accepts a TCP connection, the child exits, or `limit`
+/// passes. True when it is listening.
+async fn wait_until_listening(child: &mut Child, addr: SocketAddr, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return false;
+        }
+        if TcpStream::connect(addr).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+// ---------- a raw DoT client ----------
+
+/// What reading one frame gave.
+#[derive(Debug)]
+pub enum Read {
+    /// One whole message (without its length prefix).
+    Frame(Vec<u8>),
+    /// A clean end: close_notify (or FIN on plain TCP) between messages.
+    Eof,
+    /// The connection failed, or ended inside a message or without
+    /// close_notify.
+    Error(std::io::Error),
+    /// Nothing complete arrived in time.
+    Timeout,
+}
+
+/// A TLS client that sends raw bytes, so tests control framing, IDs and
+/// segmentation, and reads length-prefixed frames.
+pub struct Client {
+    pub stream: TlsStream<TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr, pki: &Pki) -> Client {
+        Client::try_connect(addr, pki)
+            .await
+            .expect("TLS connection to dotgate")
+    }
+
+    pub async fn try_connect(addr: SocketAddr, pki: &Pki) -> std::io::Result<Client> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let name = ServerName::try_from(TLS_NAME).unwrap();
+        let stream = TlsConnector::from(pki.client.clone())
+            .connect(name, tcp)
+            .await?;
+        Ok(Client {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Writes raw bytes (already framed, or not) and flushes them.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+        self.stream.flush().await.expect("flush");
+    }
+
+    /// Sends one message with its length prefix, in one write.
+    pub async fn send(&mut self, msg: &Message) {
+        self.send_raw(&frame(&encode(msg))).await;
+    }
+
+    /// Reads the next frame, waiting at most `limit`.
+    pub async fn read(&mut self, limit: Duration) -> Read {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.buf.len() >= 2 {
+                let len = usize::from(u16::from_be_bytes([self.buf[0], self.buf[1]]));
+                if self.buf.len() >= 2 + len {
+                    let msg = self.buf[2..2 + len].to_vec();
+                    self.buf.drain(..2 + len);
+                    return Read::Frame(msg);
+                }
+            }
+            let mut chunk = [0u8; 8192];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Err(_) => return Read::Timeout,
+                Ok(Ok(0)) if self.buf.is_empty() => return Read::Eof,
+                Ok(Ok(0)) => {
+                    return Read::Error(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("closed inside a message ({} bytes pending)", self.buf.len()),
+                    ))
+                }
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(Err(e)) => return Read::Error(e),
+            }
+        }
+    }
+
+    /// Reads the next frame as a strictly parsed DNS message; fails the test
+    /// on anything else.
+    pub async fn recv(&mut self) -> Message {
+        match self.read(REPLY_WAIT).await {
+            Read::Frame(bytes) => parse(&bytes),
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+}
+
+// ---------- DNS messages ----------
+
+/// A query with RD set and no EDNS.
+pub fn query(id: u16, name: &str, rtype: RecordType) -> Message {
+    let mut msg = Message::query();
+    msg.metadata.id = id;
+    msg.metadata.recursion_desired = true;
+    msg.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
+    msg
+}
+
+/// The same query with an OPT record (payload 4096, no options).
+pub fn with_opt(mut msg: Message) -> Message {
+    let mut edns = Edns::new();
+    edns.set_max_payload(4096);
+    msg.set_edns(edns);
+    msg
+}
+
+pub fn encode(msg: &Message) -> Vec<u8> {
+    msg.to_vec().expect("encode a test message")
+}
+
+/// A message with its 2-byte length prefix.
+pub fn frame(msg: &[u8]) -> Vec<u8> {
+    let mut out = u16::try_from(msg.len()).unwrap().to_be_bytes().to_vec();
+    out.extend_from_slice(msg);
+    out
+}
+
+/// Parses a reply, failing the test (with the bytes) if it is not a valid
+/// DNS message.
+pub fn parse(bytes: &[u8]) -> Message {
+    Message::from_vec(bytes)
+        .unwrap_or_else(|e| panic!("reply is not a valid DNS message ({e}): {bytes:02x?}"))
+}
+
+/// Checks that `reply` answers the query (`id`, `name`, `rtype`) with the
+/// scripted upstream's records for that name.
+pub fn assert_answer(reply: &Message, id: u16, name: &str, rtype: RecordType) {
+    assert_reply_header(reply, id, name, rtype, ResponseCode::NoError);
+    let wanted = match rtype {
+        RecordType::A => RData::A(A(expected_a(name))),
+        RecordType::AAAA => RData::AAAA(AAAA(expected_aaaa(name))),
+        RecordType::TXT => {
+            let txt = expected_txt(name);
+            RData::TXT(TXT::from_bytes(txt.iter().map(Vec::as_slice).collect()))
+        }
+        other => panic!("no expected answer for {other}"),
+    };
+    assert_eq!(reply.answers.len(), 1, "one answer for {name}: {reply:?}");
+    let record = &reply.answers[0];
+    assert_eq!(lower_fqdn(&record.name.to_ascii()), lower_fqdn(name));
+    assert_eq!(record.data, wanted, "answer for {name} {rtype}");
+}
+
+/// Checks ID, QR, RCODE and that the question is exactly `name` `rtype`.
+pub fn assert_reply_header(
+    reply: &Message,
+    id: u16,
+    name: &str,
+    rtype: RecordType,
+    rcode: ResponseCode,
+) {
+    assert_eq!(reply.metadata.id, id, "reply ID for {name}");
+    assert_eq!(reply.metadata.message_type, MessageType::Response);
+    assert_eq!(
+        reply.metadata.response_code, rcode,
+        "RCODE of the reply for {name}"
+    );
+    assert_eq!(reply.queries.len(), 1, "QDCOUNT of the reply for {name}");
+    let q = &reply.queries[0];
+    assert_eq!(lower_fqdn(&q.name().to_ascii()), lower_fqdn(name));
+    assert_eq!(q.query_type(), rtype);
+}

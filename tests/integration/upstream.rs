@@ -1,0 +1,428 @@
+//! A scripted upstream resolver: UDP and TCP on one 127.0.0.1 port.
+//!
+//! What it does is chosen by the labels of the query name:
+//! * `delay-<ms>`: reply after that many milliseconds;
+//! * `drop`: never reply;
+//! * `tc`: over UDP, an empty reply with TC set; over TCP, a big complete
+//!   TXT answer ([`big_txt`], several KB);
+//! * `spoof`: over UDP, first a reply with a wrong ID, then one with the
+//!   right ID but another question, then one with the right ID and question
+//!   but from another port, and only then the real reply;
+//! * otherwise: A, AAAA or TXT records derived from the name
+//!   ([`expected_a`], [`expected_aaaa`], [`expected_txt`]), so that an answer
+//!   delivered to the wrong query is detectable.
+//!
+//! Every reply echoes the upstream's ID and question, and has an OPT record
+//! exactly when the query had one. Every query received is logged.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hickory_proto::op::{Edns, Message, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, TXT};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::task::JoinHandle;
+
+/// Address the spoofed replies claim; never the right answer.
+pub const SPOOFED_A: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 66);
+
+/// Transport a query arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// One query as the upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub transport: Transport,
+    pub id: u16,
+    /// Lower-case name, with the trailing dot.
+    pub name: String,
+    pub rtype: RecordType,
+    pub had_opt: bool,
+}
+
+#[derive(Default)]
+struct State {
+    log: Mutex<Vec<Received>>,
+    /// Queries received and not yet answered (delayed ones included).
+    outstanding: AtomicUsize,
+    max_outstanding: AtomicUsize,
+}
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Upstream {
+    /// Binds UDP on a free port, then TCP on the same port (retrying with a
+    /// new port when the TCP port is taken).
+    pub async fn start() -> Upstream {
+        let mut last_error = None;
+        for _ in 0..20 {
+            let udp = bind_udp();
+            let addr = udp.local_addr().expect("UDP address");
+            let tcp = match TcpListener::bind(addr).await {
+                Ok(tcp) => tcp,
+                Err(e) => {
+                    last_error = Some(e);
+                    continue;
+                }
+            };
+            let state = Arc::new(State::default());
+            let udp = Arc::new(udp);
+            let tasks = vec![
+                tokio::spawn(udp_loop(udp, state.clone())),
+                tokio::spawn(tcp_loop(tcp, state.clone())),
+            ];
+            return Upstream { addr, state, tasks };
+        }
+        panic!("no port free for both UDP and TCP: {last_error:?}");
+    }
+
+    /// Every query received so far, in arrival order.
+    pub fn received(&self) -> Vec<Received> {
+        self.state.log.lock().unwrap().clone()
+    }
+
+    pub fn count(&self, transport: Transport) -> usize {
+        self.received()
+            .iter()
+            .filter(|r| r.transport == transport)
+            .count()
+    }
+
+    /// The largest number of queries that were waiting for their reply at
+    /// the same time.
+    pub fn max_outstanding(&self) -> usize {
+        self.state.max_outstanding.load(Ordering::SeqCst)
+    }
+
+    /// Waits until at least `n` queries have been received (bounded).
+    pub async fn wait_for_queries(&self, n: usize, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.received().len() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "upstream received {} queries, expected {n} within {limit:?}",
+                self.received().len()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// A UDP socket on a free 127.0.0.1 port with a large receive buffer, so that
+/// bursts of hundreds of queries are not dropped by the kernel before this
+/// upstream reads them (the default buffer holds only about 200 datagrams).
+fn bind_udp() -> UdpSocket {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+    let _ = sock.set_recv_buffer_size(4 << 20);
+    sock.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind UDP");
+    sock.set_nonblocking(true).unwrap();
+    UdpSocket::from_std(sock.into()).unwrap()
+}
+
+// ---------- what the answers are ----------
+
+fn fnv1a(name: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in name.to_ascii_lowercase().bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// The A record the upstream gives `name`: 192.0.2.x, x from a hash.
+pub fn expected_a(name: &str) -> Ipv4Addr {
+    Ipv4Addr::new(192, 0, 2, (fnv1a(name) % 256) as u8)
+}
+
+/// The AAAA record: 2001:db8::/64 with the low 64 bits a hash of the name.
+pub fn expected_aaaa(name: &str) -> Ipv6Addr {
+    let h = fnv1a(name);
+    Ipv6Addr::new(
+        0x2001,
+        0xdb8,
+        0,
+        0,
+        (h >> 48) as u16,
+        (h >> 32) as u16,
+        (h >> 16) as u16,
+        h as u16,
+    )
+}
+
+/// The TXT record: one string naming the question exactly.
+pub fn expected_txt(name: &str) -> Vec<Vec<u8>> {
+    vec![format!("answer-for={}", lower_fqdn(name)).into_bytes()]
+}
+
+/// The TXT answer to a `tc` name over TCP: 20 strings of 250 bytes.
+pub fn big_txt(name: &str) -> Vec<Vec<u8>> {
+    let name = lower_fqdn(name);
+    (0..20)
+        .map(|i| {
+            let mut s = format!("{i:02}-{name}-").into_bytes();
+            s.resize(250, b'a' + (i % 26) as u8);
+            s
+        })
+        .collect()
+}
+
+/// `name` in lower case with a trailing dot.
+pub fn lower_fqdn(name: &str) -> String {
+    let mut s = name.to_ascii_lowercase();
+    if !s.ends_with('.') {
+        s.push('.');
+    }
+    s
+}
+
+// ---------- the scripted behaviour ----------
+
+/// One message to send, after a pause.
+struct Step {
+    pause: Duration,
+    msg: Vec<u8>,
+    /// Send from another UDP port than the upstream's (a forged source).
+    other_port: bool,
+}
+
+impl Step {
+    fn after(pause: Duration, msg: Vec<u8>) -> Step {
+        Step {
+            pause,
+            msg,
+            other_port: false,
+        }
+    }
+}
+
+/// What to send for one query.
+type Script = Vec<Step>;
+
+fn script(query: &Message, transport: Transport) -> Script {
+    let Some(q) = query.queries.first() else {
+        return Vec::new();
+    };
+    let name = lower_fqdn(&q.name().to_ascii());
+    let labels: Vec<&str> = name.trim_end_matches('.').split('.').collect();
+    let delay = labels
+        .iter()
+        .find_map(|l| l.strip_prefix("delay-")?.parse::<u64>().ok())
+        .map(Duration::from_millis)
+        .unwrap_or_default();
+    let has = |label: &str| labels.contains(&label);
+
+    if has("drop") {
+        return Vec::new();
+    }
+    if has("tc") {
+        let mut reply = reply_to(query);
+        match transport {
+            Transport::Udp => reply.metadata.truncation = true,
+            Transport::Tcp => {
+                let data = big_txt(&name);
+                let parts: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
+                reply.add_answer(record(q.name(), RData::TXT(TXT::from_bytes(parts))));
+            }
+        }
+        return vec![Step::after(delay, encode(&reply))];
+    }
+    let real = encode(&answer(query));
+    if has("spoof") && transport == Transport::Udp {
+        let mut wrong_id = answer(query);
+        wrong_id.metadata.id = query.metadata.id ^ 0x5a5a;
+        wrong_id.answers = vec![record(q.name(), RData::A(A(SPOOFED_A)))];
+        let mut wrong_question = reply_to(query);
+        let other = Name::from_ascii("other.spoof.test.").unwrap();
+        wrong_question.queries[0] = hickory_proto::op::Query::query(other.clone(), q.query_type());
+        wrong_question.add_answer(record(&other, RData::A(A(SPOOFED_A))));
+        let mut wrong_port = answer(query);
+        wrong_port.answers = vec![record(q.name(), RData::A(A(SPOOFED_A)))];
+        return vec![
+            Step::after(delay, encode(&wrong_id)),
+            Step::after(Duration::ZERO, encode(&wrong_question)),
+            Step {
+                pause: Duration::ZERO,
+                msg: encode(&wrong_port),
+                other_port: true,
+            },
+            Step::after(Duration::from_millis(30), real),
+        ];
+    }
+    vec![Step::after(delay, real)]
+}
+
+/// An empty NOERROR reply echoing the query's ID, question and RD, with OPT
+/// exactly when the query had one.
+fn reply_to(query: &Message) -> Message {
+    let mut reply = Message::response(query.metadata.id, query.metadata.op_code);
+    reply.metadata.recursion_desired = query.metadata.recursion_desired;
+    reply.metadata.recursion_available = true;
+    reply.metadata.response_code = ResponseCode::NoError;
+    reply.queries = query.queries.clone();
+    if query.edns.is_some() {
+        let mut edns = Edns::new();
+        edns.set_max_payload(1232);
+        reply.set_edns(edns);
+    }
+    reply
+}
+
+fn answer(query: &Message) -> Message {
+    let mut reply = reply_to(query);
+    if let Some(q) = query.queries.first() {
+        let name = q.name().to_ascii();
+        let data = match q.query_type() {
+            RecordType::A => Some(RData::A(A(expected_a(&name)))),
+            RecordType::AAAA => Some(RData::AAAA(AAAA(expected_aaaa(&name)))),
+            RecordType::TXT => {
+                let txt = expected_txt(&name);
+                let parts: Vec<&[u8]> = txt.iter().map(Vec::as_slice).collect();
+                Some(RData::TXT(TXT::from_bytes(parts)))
+            }
+            _ => None,
+        };
+        if let Some(data) = data {
+            reply.add_answer(record(q.name(), data));
+        }
+    }
+    reply
+}
+
+fn record(name: &Name, data: RData) -> Record {
+    Record::from_rdata(name.clone(), 60, data)
+}
+
+fn encode(msg: &Message) -> Vec<u8> {
+    msg.to_vec().expect("the upstream encodes its reply")
+}
+
+/// Logs a query and returns its script, or None for a message that is not a
+/// DNS query (then nothing is sent).
+fn receive(state: &State, bytes: &[u8], transport: Transport) -> Option<Script> {
+    let query = Message::from_vec(bytes).ok()?;
+    let q = query.queries.first()?;
+    state.log.lock().unwrap().push(Received {
+        transport,
+        id: query.metadata.id,
+        name: lower_fqdn(&q.name().to_ascii()),
+        rtype: q.query_type(),
+        had_opt: query.edns.is_some(),
+    });
+    Some(script(&query, transport))
+}
+
+/// Tracks one query from arrival until just before its last message is sent.
+struct Outstanding(Arc<State>);
+
+impl Outstanding {
+    fn new(state: &Arc<State>) -> Self {
+        let now = state.outstanding.fetch_add(1, Ordering::SeqCst) + 1;
+        state.max_outstanding.fetch_max(now, Ordering::SeqCst);
+        Outstanding(state.clone())
+    }
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn udp_loop(sock: Arc<UdpSocket>, state: Arc<State>) {
+    let mut buf = vec![0u8; 65535];
+    loop {
+        let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        };
+        let Some(script) = receive(&state, &buf[..n], Transport::Udp) else {
+            continue;
+        };
+        let sock = sock.clone();
+        let guard = Outstanding::new(&state);
+        tokio::spawn(async move {
+            let mut guard = Some(guard);
+            let last = script.len().saturating_sub(1);
+            for (index, step) in script.into_iter().enumerate() {
+                tokio::time::sleep(step.pause).await;
+                if index == last {
+                    // Answered from here on: the reply may reach dotgate,
+                    // and its next query come in, before this task resumes.
+                    guard.take();
+                }
+                if step.other_port {
+                    let forger = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                    let _ = forger.send_to(&step.msg, peer).await;
+                } else {
+                    let _ = sock.send_to(&step.msg, peer).await;
+                }
+            }
+        });
+    }
+}
+
+async fn tcp_loop(listener: TcpListener, state: Arc<State>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        };
+        tokio::spawn(tcp_connection(stream, state.clone()));
+    }
+}
+
+async fn tcp_connection(stream: TcpStream, state: Arc<State>) {
+    let (mut read, write) = stream.into_split();
+    let write = Arc::new(tokio::sync::Mutex::new(write));
+    loop {
+        let mut len = [0u8; 2];
+        if read.read_exact(&mut len).await.is_err() {
+            return;
+        }
+        let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        if read.read_exact(&mut msg).await.is_err() {
+            return;
+        }
+        let Some(script) = receive(&state, &msg, Transport::Tcp) else {
+            continue;
+        };
+        let write = write.clone();
+        let guard = Outstanding::new(&state);
+        tokio::spawn(async move {
+            let mut guard = Some(guard);
+            let last = script.len().saturating_sub(1);
+            for (index, step) in script.into_iter().enumerate() {
+                tokio::time::sleep(step.pause).await;
+                if index == last {
+                    guard.take();
+                }
+                let mut framed = (step.msg.len() as u16).to_be_bytes().to_vec();
+                framed.extend_from_slice(&step.msg);
+                let _ = write.lock().await.write_all(&framed).await;
+            }
+        });
+    }
+}
