@@ -28,6 +28,9 @@ use crate::stats::Stats;
 /// spread the receive work over tasks.
 const SOCKETS: usize = 4;
 
+/// Requested receive buffer per socket.
+const RECV_BUFFER: usize = 4 << 20;
+
 /// Largest datagram the receive buffer takes.
 const MAX_DATAGRAM: usize = 65_535;
 
@@ -70,6 +73,10 @@ impl UdpTransport {
         let mut receivers = Vec::with_capacity(SOCKETS);
         for _ in 0..SOCKETS {
             let sock = UdpSocket::bind(bind).await?;
+            // Replies to a burst of queries arrive together; a larger receive
+            // buffer (capped by net.core.rmem_max) keeps them from being
+            // dropped before the receive task reads them.
+            let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(RECV_BUFFER);
             sock.connect(upstream).await?;
             let socket = Arc::new(Socket {
                 sock,
