@@ -86,9 +86,49 @@ pub struct ServeArgs {
     #[arg(long, env = "DOTGATE_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
 
+    /// Lowest TLS version accepted: 1.2 (Android, resolved and dnsperf need it) or 1.3.
+    #[arg(long, env = "DOTGATE_TLS_MIN_VERSION", default_value = "1.2")]
+    pub tls_min_version: TlsVersion,
+
+    /// The name clients use for this server: the certificate is checked to cover it.
+    #[arg(long, env = "DOTGATE_TLS_NAME", value_name = "NAME")]
+    pub tls_name: Option<String>,
+
+    /// File with a secret (at least 32 bytes, e.g. `openssl rand 80`) from which
+    /// session-ticket keys are derived, so replicas resume each other's sessions.
+    #[arg(long, env = "DOTGATE_TICKET_KEY_FILE", value_name = "PATH")]
+    pub ticket_key_file: Option<PathBuf>,
+
+    /// Retire a connection after this many queries: stop reading, answer what is
+    /// in flight, close. Off by default.
+    #[arg(long, env = "DOTGATE_MAX_QUERIES_PER_CONNECTION", value_name = "N")]
+    pub max_queries_per_connection: Option<u64>,
+
+    /// Retire a connection this long after it opened. Off by default.
+    #[arg(long, env = "DOTGATE_MAX_CONNECTION_AGE", value_name = "D")]
+    pub max_connection_age: Option<Duration>,
+
+    /// Open connections per client IP address (generous: many users share one
+    /// address behind NAT).
+    #[arg(long, env = "DOTGATE_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub max_connections_per_ip: usize,
+
+    /// New TLS handshakes per client IP address per second. Off by default.
+    #[arg(long, env = "DOTGATE_MAX_HANDSHAKES_PER_IP_PER_SEC", value_name = "N")]
+    pub max_handshakes_per_ip_per_sec: Option<u32>,
+
     /// Log filter, e.g. `info` or `dotgate=debug` (default: RUST_LOG, else `info`).
     #[arg(long, env = "DOTGATE_LOG_LEVEL")]
     pub log_level: Option<String>,
+}
+
+/// A TLS protocol version, as written on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TlsVersion {
+    #[value(name = "1.2")]
+    Tls12,
+    #[value(name = "1.3")]
+    Tls13,
 }
 
 #[derive(Debug, Args)]

@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::ServeArgs;
+use crate::cli::{ServeArgs, TlsVersion};
 
 /// Where the server's certificate comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +43,26 @@ pub struct Limits {
     pub max_inflight: usize,
     /// Open connections in total; over it, new ones are closed at once.
     pub max_connections: usize,
+    /// Open connections per client address; loose, for NAT (RFC 7766 §6.2.2).
+    pub max_connections_per_ip: usize,
+    /// New handshakes per client address per second, if limited.
+    pub max_handshakes_per_ip_per_sec: Option<u32>,
+    /// Queries after which a connection is retired (R15), if limited.
+    pub max_queries_per_connection: Option<u64>,
+    /// Age after which a connection is retired (R15), if limited.
+    pub max_connection_age: Option<Duration>,
+}
+
+/// TLS settings beyond the certificate itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// TLS 1.2 by default: Android, systemd-resolved and dnsperf need it (R2).
+    pub min_version: TlsVersion,
+    /// The name clients use; the certificate is checked to cover it (R3).
+    pub name: Option<String>,
+    /// Shared secret for session-ticket keys, so replicas resume each other's
+    /// sessions (R6); without it, keys are per process.
+    pub ticket_key_file: Option<PathBuf>,
 }
 
 /// The whole validated configuration of `dotgate serve`.
@@ -50,6 +70,7 @@ pub struct Limits {
 pub struct Config {
     pub listen: Vec<SocketAddr>,
     pub cert: CertSource,
+    pub tls: TlsSettings,
     /// Upstream resolvers in order; the first is used (failover comes with the
     /// upstream pool).
     pub upstreams: Vec<SocketAddr>,
@@ -128,19 +149,43 @@ impl Config {
                 flag: "--max-inflight",
             });
         }
-        if args.max_connections == 0 {
-            return Err(ConfigError::Zero {
-                flag: "--max-connections",
-            });
+        for (value, flag) in [
+            (args.max_connections, "--max-connections"),
+            (args.max_connections_per_ip, "--max-connections-per-ip"),
+            (
+                args.max_queries_per_connection.map_or(1, |n| n as usize),
+                "--max-queries-per-connection",
+            ),
+            (
+                args.max_handshakes_per_ip_per_sec.map_or(1, |n| n as usize),
+                "--max-handshakes-per-ip-per-sec",
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero { flag });
+            }
         }
+        let max_connection_age = args
+            .max_connection_age
+            .map(|age| nonzero(age, "--max-connection-age"))
+            .transpose()?;
         Ok(Config {
             listen: args.listen.clone(),
             cert,
+            tls: TlsSettings {
+                min_version: args.tls_min_version,
+                name: args.tls_name.clone(),
+                ticket_key_file: args.ticket_key_file.clone(),
+            },
             upstreams,
             timeouts,
             limits: Limits {
                 max_inflight: args.max_inflight,
                 max_connections: args.max_connections,
+                max_connections_per_ip: args.max_connections_per_ip,
+                max_handshakes_per_ip_per_sec: args.max_handshakes_per_ip_per_sec,
+                max_queries_per_connection: args.max_queries_per_connection,
+                max_connection_age,
             },
         })
     }
@@ -246,6 +291,13 @@ mod tests {
         assert_eq!(c.timeouts.upstream, Duration::from_secs(2));
         assert_eq!(c.limits.max_inflight, 128);
         assert_eq!(c.limits.max_connections, 10_000);
+        assert_eq!(c.limits.max_connections_per_ip, 256);
+        assert_eq!(c.limits.max_handshakes_per_ip_per_sec, None);
+        assert_eq!(c.limits.max_queries_per_connection, None);
+        assert_eq!(c.limits.max_connection_age, None);
+        assert_eq!(c.tls.min_version, TlsVersion::Tls12);
+        assert_eq!(c.tls.name, None);
+        assert_eq!(c.tls.ticket_key_file, None);
         assert_eq!(c.cert, CertSource::SelfSigned("localhost".into()));
     }
 

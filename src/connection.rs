@@ -21,7 +21,7 @@
 //!   close_notify and FIN (R7, R15).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +41,10 @@ pub struct Shared {
     pub stats: Arc<Stats>,
     pub timeouts: Timeouts,
     pub max_inflight: usize,
+    /// Queries after which a connection is retired, if limited.
+    pub max_queries: Option<u64>,
+    /// Age after which a connection is retired, if limited.
+    pub max_age: Option<Duration>,
 }
 
 /// Why a connection ended, for logs and counters.
@@ -54,6 +58,8 @@ pub enum CloseReason {
     Error,
     /// The server is shutting down.
     Shutdown,
+    /// `--max-queries-per-connection` or `--max-connection-age` was reached.
+    Retired,
 }
 
 /// Largest batch of replies the writer coalesces into one write.
@@ -84,12 +90,17 @@ where
     ));
     let inflight = InFlight::new(shared.max_inflight);
     let mut reader = FrameReader::new(read_half);
+    let lifetime = Lifetime::new(shared.max_queries, shared.max_age);
+    // Without a maximum age this sleep never completes.
+    let too_old = lifetime.retire_at(tokio::time::Instant::now());
+    tokio::pin!(too_old);
 
     let reason = loop {
         let permit = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break CloseReason::Shutdown,
             _ = writer_failed.cancelled() => break CloseReason::Error,
+            _ = &mut too_old => break CloseReason::Retired,
             permit = inflight.permit() => match permit {
                 Some(permit) => permit,
                 None => break CloseReason::Error,
@@ -99,6 +110,7 @@ where
             biased;
             _ = shutdown.cancelled() => break CloseReason::Shutdown,
             _ = writer_failed.cancelled() => break CloseReason::Error,
+            _ = &mut too_old => break CloseReason::Retired,
             _ = inflight.idle_for(shared.timeouts.idle) => break CloseReason::Idle,
             read = reader.read_frame() => read,
         };
@@ -114,16 +126,25 @@ where
                 break CloseReason::Error;
             }
         };
+        // The last query before retirement already learns of it (keepalive 0).
+        let last = lifetime.count_query();
         let ticket = inflight.start(permit);
         let shared = shared.clone();
         let tx = tx.clone();
+        let lifetime_view = lifetime.clone();
         tokio::spawn(async move {
-            let reply = answer(&shared, msg).await;
+            let reply = answer(&shared, msg, &lifetime_view).await;
             // The writer is gone only when the client is: drop the reply.
             let _ = tx.send(reply).await;
             drop(ticket);
         });
+        if last {
+            break CloseReason::Retired;
+        }
     };
+    // Replies still in flight tell keepalive-aware clients not to reuse this
+    // connection (R15).
+    lifetime.retire();
 
     // Stop reading; the writer ends once every query task has sent its reply
     // and dropped its sender.
@@ -141,7 +162,8 @@ where
 /// Produces the reply to one query: the upstream's answer, FORMERR for a
 /// query dotgate cannot read past the header, SERVFAIL when the upstream
 /// fails. Never fails itself.
-async fn answer(shared: &Shared, msg: Vec<u8>) -> Vec<u8> {
+async fn answer(shared: &Shared, msg: Vec<u8>, lifetime: &Lifetime) -> Vec<u8> {
+    let _ = lifetime.is_retiring();
     let stats = &shared.stats;
     stats.count(&stats.queries);
     let info = match dns::parse_query(&msg) {
@@ -279,5 +301,58 @@ impl Drop for Ticket {
         if self.inflight.count.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.inflight.none_left.notify_waiters();
         }
+    }
+}
+
+/// Where a connection stands in its life: how many queries it has read, and
+/// whether it is being retired. Shared by the reader and its query tasks, so
+/// that replies written after retirement began can say so (keepalive 0).
+#[derive(Clone)]
+pub struct Lifetime(Arc<LifetimeInner>);
+
+struct LifetimeInner {
+    max_queries: Option<u64>,
+    max_age: Option<Duration>,
+    queries: AtomicU64,
+    retiring: AtomicBool,
+}
+
+impl Lifetime {
+    fn new(max_queries: Option<u64>, max_age: Option<Duration>) -> Self {
+        Self(Arc::new(LifetimeInner {
+            max_queries,
+            max_age,
+            queries: AtomicU64::new(0),
+            retiring: AtomicBool::new(false),
+        }))
+    }
+
+    /// Sleeps until the connection is too old; forever without a maximum age.
+    async fn retire_at(&self, opened: tokio::time::Instant) {
+        match self.0.max_age {
+            Some(age) => tokio::time::sleep_until(opened + age).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Counts one query read; true when it is the last one allowed, in which
+    /// case retirement has begun.
+    fn count_query(&self) -> bool {
+        let n = self.0.queries.fetch_add(1, Ordering::Relaxed) + 1;
+        let last = self.0.max_queries.is_some_and(|max| n >= max);
+        if last {
+            self.retire();
+        }
+        last
+    }
+
+    fn retire(&self) {
+        self.0.retiring.store(true, Ordering::Relaxed);
+    }
+
+    /// True once the connection has stopped reading: its replies should
+    /// advertise a keepalive of 0 (R14, R15).
+    pub fn is_retiring(&self) -> bool {
+        self.0.retiring.load(Ordering::Relaxed)
     }
 }

@@ -56,6 +56,8 @@ pub async fn run(
         stats: stats.clone(),
         timeouts: config.timeouts,
         max_inflight: config.limits.max_inflight,
+        max_queries: config.limits.max_queries_per_connection,
+        max_age: config.limits.max_connection_age,
     });
     let slots = Arc::new(Semaphore::new(config.limits.max_connections));
     let tracker = TaskTracker::new();
