@@ -22,6 +22,7 @@ pub mod dns;
 pub mod duration;
 pub mod framing;
 pub mod listener;
+pub mod per_ip;
 pub mod server;
 pub mod shutdown;
 pub mod stats;

@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::connection::{self, Shared};
 use crate::listener::{self, HandshakeError};
+use crate::per_ip::{IpSlot, PerIp, Refusal};
 use crate::stats::Stats;
 use crate::tls::{self, ServerConfigs};
 use crate::upstream::Upstream;
@@ -60,6 +61,11 @@ pub async fn run(
         max_age: config.limits.max_connection_age,
     });
     let slots = Arc::new(Semaphore::new(config.limits.max_connections));
+    let per_ip = PerIp::new(
+        config.limits.max_connections_per_ip,
+        config.limits.max_handshakes_per_ip_per_sec,
+        std::time::Instant::now(),
+    );
     let tracker = TaskTracker::new();
     for listener in listeners {
         if let Ok(local) = listener.local_addr() {
@@ -68,6 +74,7 @@ pub async fn run(
         let accept = AcceptLoop {
             listener,
             slots: slots.clone(),
+            per_ip: per_ip.clone(),
             configs: configs.clone(),
             shared: shared.clone(),
             shutdown: shutdown.clone(),
@@ -93,6 +100,7 @@ pub async fn run(
 struct AcceptLoop {
     listener: TcpListener,
     slots: Arc<Semaphore>,
+    per_ip: Arc<PerIp>,
     configs: ServerConfigs,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
@@ -125,11 +133,28 @@ impl AcceptLoop {
                 }
             };
             let stats = &self.shared.stats;
-            let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            let Ok(global) = self.slots.clone().try_acquire_owned() else {
                 stats.count(&stats.refused_over_capacity);
                 tracing::debug!(%peer, "over --max-connections: closed");
                 drop(tcp);
                 continue;
+            };
+            let ip = match self.per_ip.admit(peer.ip(), std::time::Instant::now()) {
+                Ok(ip) => ip,
+                Err(refusal) => {
+                    let counter = match refusal {
+                        Refusal::TooManyConnections => &stats.refused_per_ip,
+                        Refusal::HandshakeRate => &stats.refused_handshake_rate,
+                    };
+                    stats.count(counter);
+                    tracing::debug!(%peer, ?refusal, "over a per-address limit: closed");
+                    drop(tcp);
+                    continue;
+                }
+            };
+            let slot = Admission {
+                _global: global,
+                _ip: ip,
             };
             stats.count(&stats.connections_accepted);
             self.tracker.spawn(handle(
@@ -144,12 +169,19 @@ impl AcceptLoop {
     }
 }
 
+/// A connection's places under the global and the per-address caps, held
+/// for its whole life and released together.
+struct Admission {
+    _global: OwnedSemaphorePermit,
+    _ip: IpSlot,
+}
+
 /// One connection's whole life, from TCP accept to close. Holds its slot of
 /// the global cap until the end.
 async fn handle(
     tcp: TcpStream,
     peer: SocketAddr,
-    _slot: OwnedSemaphorePermit,
+    _slot: Admission,
     configs: ServerConfigs,
     shared: Arc<Shared>,
     shutdown: CancellationToken,

@@ -13,6 +13,10 @@ pub struct Stats {
     pub refused_plaintext: AtomicU64,
     /// Over `--max-connections`.
     pub refused_over_capacity: AtomicU64,
+    /// Over `--max-connections-per-ip`.
+    pub refused_per_ip: AtomicU64,
+    /// Over `--max-handshakes-per-ip-per-sec`.
+    pub refused_handshake_rate: AtomicU64,
     pub handshake_failures: AtomicU64,
     pub queries: AtomicU64,
     pub formerr_synthesized: AtomicU64,
@@ -38,6 +42,8 @@ impl Stats {
             connections_accepted = Self::get(&self.connections_accepted),
             refused_plaintext = Self::get(&self.refused_plaintext),
             refused_over_capacity = Self::get(&self.refused_over_capacity),
+            refused_per_ip = Self::get(&self.refused_per_ip),
+            refused_handshake_rate = Self::get(&self.refused_handshake_rate),
             handshake_failures = Self::get(&self.handshake_failures),
             queries = Self::get(&self.queries),
             formerr_synthesized = Self::get(&self.formerr_synthesized),

@@ -110,3 +110,132 @@ async fn inflight_cap_applies_backpressure_without_drops() {
     );
     assert_eq!(up.received().len(), QUERIES as usize);
 }
+
+/// Expects a connection attempt to be refused at once: either the handshake
+/// fails or the first read sees the connection closed.
+async fn assert_refused_at_once(server: &Server) {
+    let started = Instant::now();
+    let attempt = tokio::time::timeout(
+        Duration::from_secs(3),
+        Client::try_connect(server.addr, &server.pki),
+    )
+    .await
+    .expect("a refused connection must be closed, not left hanging");
+    if let Ok(mut client) = attempt {
+        client
+            .send(&query(99, "refused.test.", RecordType::A))
+            .await;
+        match client.read(Duration::from_secs(2)).await {
+            Read::Eof | Read::Error(_) => {}
+            other => panic!("the connection should be refused, got {other:?}"),
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused at once, took {:?}",
+        started.elapsed()
+    );
+}
+
+/// R16: over --max-connections-per-ip, a new connection from the same
+/// address is refused at once while the open ones keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_over_the_per_address_cap_is_refused() {
+    let up = Upstream::start().await;
+    let server = Server::start(up.addr, &["--max-connections-per-ip", "2"]).await;
+    let mut first = server.client().await;
+    let mut second = server.client().await;
+    assert_refused_at_once(&server).await;
+    for (id, client) in [(1, &mut first), (2, &mut second)] {
+        let name = format!("c{id}.per-ip.test.");
+        client.send(&query(id, &name, RecordType::A)).await;
+        assert_answer(&client.recv().await, id, &name, RecordType::A);
+    }
+    assert_eq!(
+        up.received().len(),
+        2,
+        "the refused connection sent nothing upstream"
+    );
+}
+
+/// R16: with --max-handshakes-per-ip-per-sec 2, a third handshake within the
+/// same second is refused, and the allowance comes back a moment later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_over_the_per_address_rate_are_refused() {
+    let up = Upstream::start().await;
+    let server = Server::start(up.addr, &["--max-handshakes-per-ip-per-sec", "2"]).await;
+    let mut first = server.client().await;
+    let _second = server.client().await;
+    assert_refused_at_once(&server).await;
+    // The open connections are not affected.
+    first.send(&query(1, "rate.test.", RecordType::A)).await;
+    assert_answer(&first.recv().await, 1, "rate.test.", RecordType::A);
+    // Refilled at 2 per second: a new handshake is allowed again soon.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut later = server.client().await;
+    later
+        .send(&query(2, "later.rate.test.", RecordType::A))
+        .await;
+    assert_answer(&later.recv().await, 2, "later.rate.test.", RecordType::A);
+}
+
+/// R15: with --max-queries-per-connection 3, dotgate reads three queries,
+/// answers all three even though they are slow, then closes cleanly
+/// (close_notify); the queries after the third are never read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retirement_after_max_queries_answers_what_is_in_flight() {
+    let up = Upstream::start().await;
+    let server = Server::start(
+        up.addr,
+        &["--max-queries-per-connection", "3", "--idle-timeout", "10s"],
+    )
+    .await;
+    let mut client = server.client().await;
+    let mut batch = Vec::new();
+    for id in 0..5u16 {
+        let name = format!("delay-300.q{id}.retire.test.");
+        batch.extend(frame(&encode(&query(id, &name, RecordType::A))));
+    }
+    client.send_raw(&batch).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let reply = client.recv().await;
+        let name = format!("delay-300.q{}.retire.test.", reply.metadata.id);
+        assert_answer(&reply, reply.metadata.id, &name, RecordType::A);
+        ids.push(reply.metadata.id);
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, vec![0, 1, 2]);
+    match client.read(Duration::from_secs(3)).await {
+        Read::Eof => {}
+        other => panic!("expected a clean close after the third reply, got {other:?}"),
+    }
+    assert_eq!(up.received().len(), 3);
+}
+
+/// R15: with --max-connection-age 1s, a query in flight when the age is
+/// reached is still answered, then the connection closes cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retirement_at_max_age_answers_what_is_in_flight() {
+    let up = Upstream::start().await;
+    let server = Server::start(
+        up.addr,
+        &["--max-connection-age", "1s", "--idle-timeout", "10s"],
+    )
+    .await;
+    let mut client = server.client().await;
+    let opened = Instant::now();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let name = "delay-800.age.test.";
+    client.send(&query(7, name, RecordType::A)).await;
+    assert_answer(&client.recv().await, 7, name, RecordType::A);
+    match client.read(Duration::from_secs(3)).await {
+        Read::Eof => {}
+        other => panic!("expected a clean close after the reply, got {other:?}"),
+    }
+    let lived = opened.elapsed();
+    assert!(
+        lived >= Duration::from_millis(1400) && lived < Duration::from_secs(4),
+        "closed after {lived:?}: not before the reply, not much later"
+    );
+}
