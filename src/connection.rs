@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Timeouts;
 use crate::dns::{self, Rcode};
+use crate::edns::LegOptions;
 use crate::framing::{FrameError, FrameReader};
 use crate::stats::Stats;
 use crate::upstream::{Reply, Upstream};
@@ -160,10 +161,9 @@ where
 }
 
 /// Produces the reply to one query: the upstream's answer, FORMERR for a
-/// query dotgate cannot read past the header, SERVFAIL when the upstream
-/// fails. Never fails itself.
+/// query dotgate cannot read past the header, FORMERR or BADVERS for an OPT
+/// record it refuses, SERVFAIL when the upstream fails. Never fails itself.
 async fn answer(shared: &Shared, msg: Vec<u8>, lifetime: &Lifetime) -> Vec<u8> {
-    let _ = lifetime.is_retiring();
     let stats = &shared.stats;
     stats.count(&stats.queries);
     let info = match dns::parse_query(&msg) {
@@ -171,21 +171,35 @@ async fn answer(shared: &Shared, msg: Vec<u8>, lifetime: &Lifetime) -> Vec<u8> {
         Err(e) => {
             tracing::debug!(error = %e, "FORMERR");
             stats.count(&stats.formerr_synthesized);
-            return dns::error_reply(&msg, None, Rcode::FormErr as u8);
+            return dns::error_reply(&msg, None, Rcode::FormErr as u16, LegOptions::NONE);
         }
     };
+    if let Some(refused) = info.edns_error {
+        // Answered here, not forwarded: the version or the hop-by-hop
+        // options are dotgate's to judge (RFC 6891 §6.1.3, RFC 7828).
+        tracing::debug!(qid = info.id, error = %refused, "EDNS refused");
+        if refused.rcode() == Rcode::FormErr as u16 {
+            stats.count(&stats.formerr_synthesized);
+        }
+        return dns::error_reply(&msg, Some(&info), refused.rcode(), LegOptions::NONE);
+    }
     let outcome = shared.upstream.exchange(&msg, &info).await;
+    // Decided now, not when the query was read: a connection that began
+    // retiring in the meantime advertises a keepalive of 0 (R14, R15).
+    let leg = LegOptions::for_request(info.edns, shared.timeouts.idle, lifetime.is_retiring());
     let failure = match outcome {
-        Ok(Reply::Message(reply)) => match dns::client_reply(reply, &info) {
+        Ok(Reply::Message(reply)) => match dns::client_reply(reply, &info, leg) {
             Ok(reply) => return reply,
             Err(e) => e.to_string(),
         },
-        Ok(Reply::Rcode(rcode)) => return dns::error_reply(&msg, Some(&info), rcode),
+        Ok(Reply::Rcode(rcode)) => {
+            return dns::error_reply(&msg, Some(&info), u16::from(rcode), leg)
+        }
         Err(e) => e.to_string(),
     };
     tracing::debug!(qid = info.id, error = %failure, "SERVFAIL");
     stats.count(&stats.servfail_synthesized);
-    dns::error_reply(&msg, Some(&info), Rcode::ServFail as u8)
+    dns::error_reply(&msg, Some(&info), Rcode::ServFail as u16, leg)
 }
 
 /// Writes replies as they come, coalescing those that are ready together

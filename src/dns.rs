@@ -1,5 +1,5 @@
 //! DNS wire-format work for the hot path: header checks, ID patching, OPT
-//! presence, and synthesized error replies.
+//! presence and editing, and synthesized error replies.
 //!
 //! dotgate never decodes a whole message on the hot path. It reads the header,
 //! walks the question, and steps over resource records only as far as it needs
@@ -10,9 +10,15 @@
 //! * a query accepted by [`parse_query`] has exactly one question, written
 //!   without compression pointers, and at most one OPT record;
 //! * a reply handed to a client carries the client's ID and has an OPT record
-//!   exactly when the client's query had one (R17).
+//!   exactly when the client's query had one (R17);
+//! * only the OPT record of an upstream reply is ever edited (the options of
+//!   the TLS leg, [`crate::edns`]); every other byte passes through, unless
+//!   the OPT is not the last record and must change (the rare re-encoding
+//!   path).
 
 use std::ops::Range;
+
+use crate::edns::{self, EdnsError, LegOptions};
 
 /// Length of the fixed DNS header.
 pub const HEADER_LEN: usize = 12;
@@ -31,11 +37,13 @@ const OPT_RR_LEN: usize = 11;
 
 /// Response codes dotgate synthesizes or inspects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
+#[repr(u16)]
 pub enum Rcode {
     NoError = 0,
     FormErr = 1,
     ServFail = 2,
+    /// Extended (RFC 6891): the header carries 0, the OPT record 1.
+    BadVers = edns::BADVERS,
 }
 
 /// Why a query that has a readable header cannot be forwarded. Each of these
@@ -65,6 +73,12 @@ pub struct QueryInfo {
     pub question: Range<usize>,
     /// Byte range of the OPT record, if the query has one.
     pub opt: Option<Range<usize>>,
+    /// What the OPT record asks of the TLS leg (keepalive, padding); nothing
+    /// without an OPT record or when it is refused.
+    pub edns: edns::Request,
+    /// Set when the OPT record is refused (BADVERS, or FORMERR for its
+    /// options): such a query is answered by dotgate, not forwarded.
+    pub edns_error: Option<EdnsError>,
 }
 
 /// Reads the message ID. The caller guarantees at least a full header.
@@ -90,6 +104,13 @@ pub fn is_truncated(msg: &[u8]) -> bool {
 pub fn rcode(msg: &[u8]) -> u8 {
     msg[3] & 0x0f
 }
+
+/// Offsets within an OPT record whose owner is the root name (one byte):
+/// TYPE at 1, CLASS (payload size) at 3, extended RCODE at 5, version at 6,
+/// flags at 7, RDLENGTH at 9, RDATA from 11.
+const OPT_EXT_RCODE: usize = 5;
+const OPT_VERSION: usize = 6;
+const OPT_RDLEN: usize = 9;
 
 fn count(msg: &[u8], index: usize) -> u16 {
     let at = 4 + 2 * index;
@@ -225,22 +246,53 @@ pub fn parse_query(msg: &[u8]) -> Result<QueryInfo, QueryError> {
     if layout.opts.iter().any(|opt| msg[opt.start] != 0) {
         return Err(QueryError::BadOptOwner);
     }
+    let opt = layout.opts.into_iter().next();
+    let request = match &opt {
+        Some(opt) => edns::read_request(
+            msg[opt.start + OPT_VERSION],
+            &msg[opt.start + OPT_RR_LEN..opt.end],
+        ),
+        None => Ok(edns::Request::default()),
+    };
+    let (edns, edns_error) = match request {
+        Ok(request) => (request, None),
+        Err(e) => (edns::Request::default(), Some(e)),
+    };
     Ok(QueryInfo {
         id: id(msg),
         question: layout.question,
-        opt: layout.opts.into_iter().next(),
+        opt,
+        edns,
+        edns_error,
     })
 }
 
-/// Builds the message sent upstream: the client's query with `upstream_id`
-/// and an EDNS payload size of [`UPSTREAM_UDP_PAYLOAD`].
+/// Builds the message sent upstream: the client's query with `upstream_id`,
+/// an EDNS payload size of [`UPSTREAM_UDP_PAYLOAD`], and without the
+/// hop-by-hop options 11 and 12 (R22). Every other byte, the other options
+/// (cookies, ECS...), the DO bit and the header flags are the client's.
 ///
 /// A query without OPT gets one appended when its additional section is
 /// empty, so that the upstream may answer up to 1232 bytes over UDP instead
 /// of truncating at 512; the OPT is stripped again from the reply.
 pub fn upstream_query(msg: &[u8], info: &QueryInfo, upstream_id: u16) -> Vec<u8> {
     let mut out = Vec::with_capacity(msg.len() + OPT_RR_LEN);
-    out.extend_from_slice(msg);
+    match &info.opt {
+        Some(opt) if info.edns.has_hop_by_hop() => {
+            // One copy still: the bytes up to the OPT's options, the options
+            // that are forwarded, then whatever follows the OPT. Only bytes
+            // after the OPT move; in a query that is at most a TSIG record,
+            // whose owner can only point at the question, which stays put.
+            let rdata = opt.start + OPT_RR_LEN;
+            out.extend_from_slice(&msg[..rdata]);
+            let kept = edns::push_forwarded_options(&mut out, &msg[rdata..opt.end]);
+            // No longer than the RDLENGTH it replaces.
+            let rdlen_at = opt.start + OPT_RDLEN;
+            out[rdlen_at..rdlen_at + 2].copy_from_slice(&(kept as u16).to_be_bytes());
+            out.extend_from_slice(&msg[opt.end..]);
+        }
+        _ => out.extend_from_slice(msg),
+    }
     set_id(&mut out, upstream_id);
     match &info.opt {
         Some(opt) => {
@@ -313,47 +365,86 @@ pub enum ReplyError {
 }
 
 /// Turns an upstream reply into the client's reply, in place where possible:
-/// restores the client's ID and makes OPT presence mirror the query (R17).
+/// restores the client's ID, makes OPT presence mirror the query (R17), and
+/// replaces the upstream's hop-by-hop options with the TLS leg's `leg`
+/// (keepalive, padding: R14, R18).
 ///
 /// Only the OPT record is edited; the rest of the message is passed through
-/// byte for byte.
-pub fn client_reply(mut reply: Vec<u8>, query: &QueryInfo) -> Result<Vec<u8>, ReplyError> {
+/// byte for byte, and a reply that needs no change is not changed at all.
+/// The fast path is an OPT record at the end of the message (the common
+/// case), whose options are rewritten in place; anything else that needs a
+/// change takes the [`reencode`] slow path.
+pub fn client_reply(
+    mut reply: Vec<u8>,
+    query: &QueryInfo,
+    leg: LegOptions,
+) -> Result<Vec<u8>, ReplyError> {
     set_id(&mut reply, query.id);
     let question_end = question_end(&reply).ok_or(ReplyError::Malformed)?;
     let layout = layout(&reply, HEADER_LEN..question_end).ok_or(ReplyError::Malformed)?;
     // Anything past the last record (padding garbage) is dropped.
     reply.truncate(layout.end);
-    let opt_count = layout.opts.len();
-    match (query.opt.is_some(), opt_count) {
-        (true, 0) => {
+    let wants_opt = query.opt.is_some();
+    match layout.opts.as_slice() {
+        [] if !wants_opt => {}
+        [] => {
             if layout.last_type == Some(TYPE_TSIG) {
-                return reencode(&reply, query);
+                return reencode(&reply, query, leg);
             }
-            push_opt(&mut reply, OWN_PAYLOAD);
-            let ar = count(&reply, AR);
-            set_count(&mut reply, AR, ar + 1);
+            push_own_opt(&mut reply, leg)?;
         }
-        (true, 1) | (false, 0) => {}
-        (_, _) => {
+        [opt] if wants_opt => {
+            let rdlen_at = rdlen_offset(&reply, opt).ok_or(ReplyError::Malformed)?;
+            if opt.end == reply.len() {
+                edns::rewrite_tail(&mut reply, rdlen_at, leg).map_err(ReplyError::from)?;
+            } else if !leg.is_empty() || edns::needs_rewrite(&reply[rdlen_at + 2..opt.end]) {
+                return reencode(&reply, query, leg);
+            }
+        }
+        opts => {
             // Remove every OPT record. A record is only ever removed from the
             // end of the message, so no compression pointer can be left
             // pointing at moved bytes.
-            for opt in layout.opts.iter().rev() {
+            for opt in opts.iter().rev() {
                 if opt.end != reply.len() {
-                    return reencode(&reply, query);
+                    return reencode(&reply, query, leg);
                 }
                 reply.truncate(opt.start);
                 let ar = count(&reply, AR);
-                set_count(&mut reply, AR, ar - 1);
+                set_count(&mut reply, AR, ar.saturating_sub(1));
             }
-            if query.opt.is_some() {
-                push_opt(&mut reply, OWN_PAYLOAD);
-                let ar = count(&reply, AR);
-                set_count(&mut reply, AR, ar + 1);
+            if wants_opt {
+                push_own_opt(&mut reply, leg)?;
             }
         }
     }
     fits_a_frame(reply)
+}
+
+/// Where the RDLENGTH field of the record at `record` is (its owner may be
+/// any name in an upstream's reply).
+fn rdlen_offset(msg: &[u8], record: &Range<usize>) -> Option<usize> {
+    let at = skip_name(msg, record.start)? + 8;
+    (at + 2 <= record.end).then_some(at)
+}
+
+/// Appends dotgate's own OPT record, carrying `leg`'s options, to a message
+/// that has none.
+fn push_own_opt(reply: &mut Vec<u8>, leg: LegOptions) -> Result<(), ReplyError> {
+    push_opt(reply, OWN_PAYLOAD);
+    let ar = count(reply, AR);
+    set_count(reply, AR, ar.saturating_add(1));
+    let rdlen_at = reply.len() - 2;
+    edns::rewrite_tail(reply, rdlen_at, leg).map_err(ReplyError::from)
+}
+
+impl From<edns::RewriteError> for ReplyError {
+    fn from(e: edns::RewriteError) -> Self {
+        match e {
+            edns::RewriteError::Malformed => ReplyError::Malformed,
+            edns::RewriteError::TooLarge => ReplyError::TooLarge,
+        }
+    }
 }
 
 /// A reply must fit the 16-bit length prefix of the TLS leg.
@@ -364,41 +455,79 @@ fn fits_a_frame(reply: Vec<u8>) -> Result<Vec<u8>, ReplyError> {
     Ok(reply)
 }
 
-/// The rare slow path of [`client_reply`]: an OPT record that is not at the
-/// end of the message (so removing it in place could move bytes a
-/// compression pointer refers to), or a signed reply. Decodes and re-encodes
-/// the whole message.
-fn reencode(reply: &[u8], query: &QueryInfo) -> Result<Vec<u8>, ReplyError> {
+/// The rare slow path of [`client_reply`]: an OPT record that must change
+/// but is not at the end of the message (so editing it in place could move
+/// bytes a compression pointer refers to), or a signed reply. Decodes and
+/// re-encodes the whole message, keeping the upstream's EDNS fields and
+/// options except the hop-by-hop ones, which are replaced by `leg`'s.
+fn reencode(reply: &[u8], query: &QueryInfo, leg: LegOptions) -> Result<Vec<u8>, ReplyError> {
     use hickory_proto::op::{Edns, Message};
+    use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
     let mut msg = Message::from_vec(reply).map_err(|_| ReplyError::Malformed)?;
     msg.metadata.id = query.id;
-    msg.edns = query.opt.as_ref().map(|_| {
-        let mut edns = Edns::new();
-        edns.set_max_payload(OWN_PAYLOAD);
-        edns
-    });
+    let upstream_edns = msg.edns.take();
+    if query.opt.is_some() {
+        let mut edns = upstream_edns.unwrap_or_else(|| {
+            let mut edns = Edns::new();
+            edns.set_max_payload(OWN_PAYLOAD);
+            edns
+        });
+        let options = edns.options_mut();
+        options.remove(EdnsCode::Keepalive);
+        options.remove(EdnsCode::Padding);
+        if let Some(timeout) = leg.keepalive {
+            options.insert(EdnsOption::Unknown(
+                edns::KEEPALIVE,
+                timeout.to_be_bytes().to_vec(),
+            ));
+        }
+        msg.edns = Some(edns);
+    }
+    let encoded = msg.to_vec().map_err(|_| ReplyError::Malformed)?;
+    if !leg.padding || msg.edns.is_none() {
+        return fits_a_frame(encoded);
+    }
+    let Some(pad) = edns::padding_len(encoded.len()) else {
+        return fits_a_frame(encoded);
+    };
+    // The padding option adds exactly its own length: the encoding is
+    // otherwise the same.
+    if let Some(edns) = msg.edns.as_mut() {
+        edns.options_mut()
+            .insert(EdnsOption::Unknown(edns::PADDING, vec![0; pad]));
+    }
     fits_a_frame(msg.to_vec().map_err(|_| ReplyError::Malformed)?)
 }
 
-/// Builds an error reply for `query` with the given RCODE.
+/// Builds an error reply for `query` with the given RCODE, which may be an
+/// extended one (BADVERS).
 ///
 /// The reply carries the client's ID, opcode, RD and CD bits, its question
 /// (QDCOUNT 1, which Android's validation requires, R11) when `info` is
-/// known, and an OPT record when the query had one (R17).
-pub fn error_reply(query: &[u8], info: Option<&QueryInfo>, rcode: u8) -> Vec<u8> {
+/// known, and an OPT record (version 0) when the query had one (R17), with
+/// the options of `leg`. An extended RCODE is only expressible with an OPT
+/// record; without one, its lower four bits are all that is sent.
+pub fn error_reply(query: &[u8], info: Option<&QueryInfo>, rcode: u16, leg: LegOptions) -> Vec<u8> {
     let question = info.map(|i| &query[i.question.clone()]).unwrap_or(&[]);
     let has_opt = info.is_some_and(|i| i.opt.is_some());
     let mut out = Vec::with_capacity(HEADER_LEN + question.len() + OPT_RR_LEN);
     out.extend_from_slice(&query[..2]);
     // QR=1, opcode and RD from the query; RA=1; CD from the query.
     out.push(0x80 | (query[2] & 0x79));
-    out.push(0x80 | (query[3] & 0x10) | (rcode & 0x0f));
+    out.push(0x80 | (query[3] & 0x10) | (rcode & 0x0f) as u8);
     out.extend_from_slice(&u16::from(!question.is_empty()).to_be_bytes());
     out.extend_from_slice(&[0, 0, 0, 0]);
     out.extend_from_slice(&u16::from(has_opt).to_be_bytes());
     out.extend_from_slice(question);
     if has_opt {
+        let opt_start = out.len();
         push_opt(&mut out, OWN_PAYLOAD);
+        // The upper eight bits of a 12-bit RCODE.
+        out[opt_start + OPT_EXT_RCODE] = (rcode >> 4) as u8;
+        let rdlen_at = out.len() - 2;
+        // Cannot fail: the RDATA is empty and the message a few hundred
+        // bytes at most. Should it, the reply simply goes without options.
+        let _ = edns::rewrite_tail(&mut out, rdlen_at, leg);
     }
     out
 }
@@ -449,6 +578,52 @@ mod tests {
         }
         r
     }
+
+    /// Adds options to the OPT record that ends `m`.
+    fn with_options(mut m: Vec<u8>, options: &[(u16, &[u8])]) -> Vec<u8> {
+        let rdlen_at = m.len() - 2;
+        assert_eq!(&m[rdlen_at..], &[0, 0], "an empty OPT ends the message");
+        for (code, data) in options {
+            m.extend_from_slice(&code.to_be_bytes());
+            m.extend_from_slice(&(data.len() as u16).to_be_bytes());
+            m.extend_from_slice(data);
+        }
+        let rdlen = (m.len() - rdlen_at - 2) as u16;
+        m[rdlen_at..rdlen_at + 2].copy_from_slice(&rdlen.to_be_bytes());
+        m
+    }
+
+    /// A reply to `q` whose additional section holds an OPT record with
+    /// `options` and then an A record: the OPT is not the last record.
+    fn opt_then_a(q: &[u8], options: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut r = with_options(answer(q, true), options);
+        set_count(&mut r, AR, 2);
+        r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 2]);
+        r
+    }
+
+    /// The options of the only OPT record of `m`, as (code, data).
+    fn opt_options(m: &[u8]) -> Vec<(u16, Vec<u8>)> {
+        let l = layout(m, 12..question_end(m).unwrap()).unwrap();
+        assert_eq!(l.opts.len(), 1, "one OPT record");
+        let opt = &l.opts[0];
+        let mut rd = &m[opt.start + OPT_RR_LEN..opt.end];
+        let rdlen = u16::from_be_bytes([m[opt.start + 9], m[opt.start + 10]]);
+        assert_eq!(usize::from(rdlen), rd.len());
+        let mut out = Vec::new();
+        while !rd.is_empty() {
+            let code = u16::from_be_bytes([rd[0], rd[1]]);
+            let len = usize::from(u16::from_be_bytes([rd[2], rd[3]]));
+            out.push((code, rd[4..4 + len].to_vec()));
+            rd = &rd[4 + len..];
+        }
+        out
+    }
+
+    const KEEPALIVE_AND_PADDING: LegOptions = LegOptions {
+        keepalive: Some(300),
+        padding: true,
+    };
 
     #[test]
     fn parses_a_plain_query() {
@@ -550,7 +725,7 @@ mod tests {
         let info = parse_query(&q).unwrap();
         let mut r = answer(&q, true);
         set_id(&mut r, 999);
-        let out = client_reply(r.clone(), &info).unwrap();
+        let out = client_reply(r.clone(), &info, LegOptions::NONE).unwrap();
         assert_eq!(id(&out), 7);
         assert_eq!(count(&out, AR), 0);
         assert_eq!(out.len(), r.len() - OPT_RR_LEN);
@@ -558,24 +733,244 @@ mod tests {
         // OPT in the query, none in the reply: one is added.
         let q = query(7, "example.com", 1, true);
         let info = parse_query(&q).unwrap();
-        let out = client_reply(answer(&q, false), &info).unwrap();
+        let out = client_reply(answer(&q, false), &info, LegOptions::NONE).unwrap();
         assert_eq!(count(&out, AR), 1);
         let l = layout(&out, 12..question_end(&out).unwrap()).unwrap();
         assert_eq!(l.opts.len(), 1);
 
         // OPT in both: passed through byte for byte (but the ID).
         let r = answer(&q, true);
-        assert_eq!(client_reply(r.clone(), &info).unwrap(), r);
+        assert_eq!(client_reply(r.clone(), &info, LegOptions::NONE).unwrap(), r);
+    }
+
+    #[test]
+    fn parses_what_the_opt_asks_for() {
+        let q = query(7, "example.com", 1, true);
+        let info = parse_query(&q).unwrap();
+        assert_eq!(info.edns, edns::Request::default());
+        assert_eq!(info.edns_error, None);
+
+        let q = with_options(
+            query(7, "example.com", 1, true),
+            &[(11, &[]), (12, &[0; 8])],
+        );
+        let info = parse_query(&q).unwrap();
+        assert!(info.edns.keepalive && info.edns.padding);
+        assert_eq!(info.edns_error, None);
+
+        let q = with_options(query(7, "example.com", 1, true), &[(11, &[0, 1])]);
+        let info = parse_query(&q).unwrap();
+        assert_eq!(info.edns_error, Some(EdnsError::KeepaliveWithValue));
+
+        let mut q = query(7, "example.com", 1, true);
+        let opt = parse_query(&q).unwrap().opt.unwrap();
+        q[opt.start + OPT_VERSION] = 1;
+        let info = parse_query(&q).unwrap();
+        assert_eq!(info.edns_error, Some(EdnsError::BadVersion(1)));
+        assert_eq!(info.question, 12..opt.start, "the question is still known");
+    }
+
+    #[test]
+    fn upstream_query_strips_hop_by_hop_options_only() {
+        let cookie: &[u8] = &[1, 2, 3, 4, 5, 6, 7, 8];
+        let ecs: &[u8] = &[0, 1, 24, 0, 192, 0, 2];
+        let mut q = with_options(
+            query(7, "example.com", 1, true),
+            &[(11, &[]), (10, cookie), (12, &[0; 60]), (8, ecs)],
+        );
+        // DO bit and CD bit set by the client.
+        let opt = parse_query(&q).unwrap().opt.unwrap();
+        q[opt.start + 7] = 0x80;
+        q[3] |= 0x10;
+        let info = parse_query(&q).unwrap();
+        let up = upstream_query(&q, &info, 0x4242);
+        assert_eq!(up.len(), q.len() - 4 - 4 - 60);
+        assert_eq!(id(&up), 0x4242);
+        let up_info = parse_query(&up).unwrap();
+        assert!(!up_info.edns.has_hop_by_hop());
+        assert_eq!(opt_options(&up), [(10, cookie.to_vec()), (8, ecs.to_vec())]);
+        let up_opt = up_info.opt.unwrap();
+        assert_eq!(up[up_opt.start + 7], 0x80, "DO passes through");
+        assert_eq!(up[3] & 0x10, 0x10, "CD passes through");
+        assert_eq!(
+            &up[up_opt.start + 3..up_opt.start + 5],
+            &1232u16.to_be_bytes()
+        );
+        assert_eq!(&up[2..up_opt.start], &q[2..opt.start], "all else unchanged");
+
+        // Without hop-by-hop options, the query goes as it came (but ID and
+        // payload size).
+        let q = with_options(query(7, "example.com", 1, true), &[(10, cookie)]);
+        let info = parse_query(&q).unwrap();
+        let up = upstream_query(&q, &info, 7);
+        let mut expected = q.clone();
+        let class_at = info.opt.unwrap().start + 3;
+        expected[class_at..class_at + 2].copy_from_slice(&1232u16.to_be_bytes());
+        assert_eq!(up, expected);
+    }
+
+    #[test]
+    fn client_reply_adds_keepalive_and_padding() {
+        let q = with_options(query(7, "example.com", 1, true), &[(11, &[]), (12, &[])]);
+        let info = parse_query(&q).unwrap();
+        for upstream_opt in [false, true] {
+            let out = client_reply(answer(&q, upstream_opt), &info, KEEPALIVE_AND_PADDING).unwrap();
+            assert_eq!(out.len() % 468, 0);
+            let options = opt_options(&out);
+            assert_eq!(options[0], (11, vec![0x01, 0x2c]));
+            assert_eq!(options[1].0, 12);
+            assert!(options[1].1.iter().all(|&b| b == 0));
+            assert_eq!(options.len(), 2);
+            assert_eq!(count(&out, AN), 1);
+        }
+        // Keepalive only.
+        let leg = LegOptions {
+            keepalive: Some(0),
+            padding: false,
+        };
+        let out = client_reply(answer(&q, true), &info, leg).unwrap();
+        assert_eq!(opt_options(&out), [(11, vec![0, 0])]);
+        assert_eq!(out.len(), answer(&q, true).len() + 6);
+    }
+
+    #[test]
+    fn client_reply_replaces_upstream_padding() {
+        let q = query(7, "example.com", 1, true);
+        let info = parse_query(&q).unwrap();
+        let nsid: &[u8] = b"upstream";
+        let r = with_options(
+            answer(&q, true),
+            &[(12, &[0; 77]), (3, nsid), (11, &[0, 9])],
+        );
+        // The client did not ask: upstream padding and keepalive go, the
+        // rest stays.
+        let out = client_reply(r.clone(), &info, LegOptions::NONE).unwrap();
+        assert_eq!(opt_options(&out), [(3, nsid.to_vec())]);
+        assert_eq!(
+            &out[..out.len() - 14],
+            &r[..out.len() - 14],
+            "all but the OPT's RDATA unchanged"
+        );
+        // The client asked: padded to the block by dotgate.
+        let leg = LegOptions {
+            keepalive: None,
+            padding: true,
+        };
+        let out = client_reply(r, &info, leg).unwrap();
+        assert_eq!(out.len() % 468, 0);
+        let options = opt_options(&out);
+        assert_eq!(options[0], (3, nsid.to_vec()));
+        assert_eq!(options[1].0, 12);
+        assert_eq!(options.len(), 2);
+    }
+
+    #[test]
+    fn client_reply_keeps_the_extended_rcode_and_flags() {
+        let q = query(7, "example.com", 1, true);
+        let info = parse_query(&q).unwrap();
+        let mut r = with_options(answer(&q, true), &[(10, &[1; 24])]);
+        let opt = layout(&r, 12..question_end(&r).unwrap()).unwrap().opts[0].clone();
+        r[opt.start + OPT_EXT_RCODE] = 1; // BADCOOKIE = 23 = 1 << 4 | 7
+        r[3] = (r[3] & 0xf0) | 7;
+        r[opt.start + 7] = 0x80; // DO
+        let out = client_reply(r.clone(), &info, KEEPALIVE_AND_PADDING).unwrap();
+        assert_eq!(
+            &out[..opt.start + OPT_RR_LEN - 2],
+            &r[..opt.start + OPT_RR_LEN - 2]
+        );
+    }
+
+    /// The slow path: an OPT that is not the last record.
+    #[test]
+    fn client_reply_reencodes_an_opt_in_the_middle() {
+        use hickory_proto::op::{Message, ResponseCode};
+        use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
+        let q = query(7, "example.com", 1, true);
+        let info = parse_query(&q).unwrap();
+
+        // Nothing to change: passed through byte for byte.
+        let r = opt_then_a(&q, &[(3, b"id")]);
+        assert_eq!(client_reply(r.clone(), &info, LegOptions::NONE).unwrap(), r);
+
+        // Upstream padding to remove, keepalive and padding to add.
+        let r = opt_then_a(&q, &[(12, &[0; 9]), (3, b"id")]);
+        let out = client_reply(r, &info, KEEPALIVE_AND_PADDING).unwrap();
+        assert_eq!(out.len() % 468, 0);
+        let msg = Message::from_vec(&out).unwrap();
+        assert_eq!(msg.metadata.id, 7);
+        assert_eq!(msg.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(msg.answers.len(), 1);
+        assert_eq!(msg.additionals.len(), 1, "the A record after the OPT");
+        let edns = msg.edns.unwrap();
+        assert_eq!(
+            edns.option(EdnsCode::Keepalive),
+            Some(&EdnsOption::Unknown(11, vec![1, 0x2c]))
+        );
+        assert!(edns.option(EdnsCode::Padding).is_some());
+        assert!(edns.option(EdnsCode::NSID).is_some(), "other options kept");
+        assert_eq!(edns.options().as_ref().len(), 3);
+
+        // Upstream padding only: removed.
+        let r = opt_then_a(&q, &[(12, &[0; 9])]);
+        let out = client_reply(r, &info, LegOptions::NONE).unwrap();
+        let edns = Message::from_vec(&out).unwrap().edns.unwrap();
+        assert!(edns.options().as_ref().is_empty());
+    }
+
+    #[test]
+    fn error_replies_carry_badvers_and_leg_options() {
+        let mut q = query(0x1234, "example.com", 28, true);
+        let opt = parse_query(&q).unwrap().opt.unwrap();
+        q[opt.start + OPT_VERSION] = 1;
+        let info = parse_query(&q).unwrap();
+        let refused = info.edns_error.unwrap().rcode();
+        assert_eq!(refused, Rcode::BadVers as u16);
+        let r = error_reply(&q, Some(&info), refused, LegOptions::NONE);
+        assert_eq!(id(&r), 0x1234);
+        assert_eq!(rcode(&r), 0, "header RCODE 0");
+        assert_eq!(count(&r, QD), 1);
+        let ropt = r.len() - OPT_RR_LEN..r.len();
+        assert_eq!(r[ropt.start + OPT_EXT_RCODE], 1, "extended RCODE 1");
+        assert_eq!(r[ropt.start + OPT_VERSION], 0, "version 0");
+        let msg = hickory_proto::op::Message::from_vec(&r).unwrap();
+        // hickory names 16 BADSIG (its TSIG meaning); the number is what counts.
+        assert_eq!(u16::from(msg.metadata.response_code), 16);
+
+        let q = with_options(query(9, "example.com", 1, true), &[(11, &[]), (12, &[])]);
+        let info = parse_query(&q).unwrap();
+        let r = error_reply(
+            &q,
+            Some(&info),
+            Rcode::ServFail as u16,
+            KEEPALIVE_AND_PADDING,
+        );
+        assert_eq!(r.len() % 468, 0);
+        assert_eq!(rcode(&r), 2);
+        assert_eq!(opt_options(&r)[0], (11, vec![1, 0x2c]));
     }
 
     /// Hostile bytes must never panic the parser: mutate valid messages at
-    /// random and feed them to every entry point.
+    /// random and feed them to every entry point, with and without the TLS
+    /// leg's options.
     #[test]
     fn mutated_messages_never_panic() {
         let seeds = [
             query(1, "example.com", 1, true),
             answer(&query(2, "a.b.c", 28, false), true),
             answer(&query(3, "x", 16, true), false),
+            with_options(query(4, "pad.test", 1, true), &[(11, &[]), (12, &[0; 20])]),
+            with_options(
+                answer(&query(5, "up.test", 1, false), true),
+                &[(10, &[1; 8]), (12, &[0; 30])],
+            ),
+            opt_then_a(&query(6, "mid.test", 1, true), &[(12, &[0; 9])]),
+        ];
+        let legs = [
+            LegOptions::NONE,
+            LegOptions {
+                keepalive: Some(300),
+                padding: true,
+            },
         ];
         for _ in 0..20_000 {
             let mut m = seeds[rand::random_range(0..seeds.len())].clone();
@@ -587,21 +982,31 @@ mod tests {
                     _ => m.insert(at.max(HEADER_LEN), rand::random()),
                 }
             }
+            let leg = legs[rand::random_range(0..legs.len())];
             if let Ok(info) = parse_query(&m) {
                 let up = upstream_query(&m, &info, 5);
-                let _ = client_reply(up.clone(), &info);
+                let _ = client_reply(up.clone(), &info, leg);
                 let _ = match_reply(&up, &m[info.question.clone()]);
-                let _ = error_reply(&m, Some(&info), 2);
+                let _ = error_reply(&m, Some(&info), 2, leg);
+                let _ = error_reply(&m, Some(&info), Rcode::BadVers as u16, LegOptions::NONE);
             }
-            let _ = error_reply(&m, None, 1);
+            let _ = error_reply(&m, None, 1, leg);
             let _ = match_reply(&m, b"\x01a\x00\x00\x01\x00\x01");
-            if question_end(&m).is_some() {
-                let info = QueryInfo {
-                    id: 0,
-                    question: HEADER_LEN..question_end(&m).unwrap(),
-                    opt: Some(0..0),
-                };
-                let _ = client_reply(m.clone(), &info);
+            if let Some(end) = question_end(&m) {
+                for opt in [None, Some(0..0)] {
+                    let info = QueryInfo {
+                        id: 0,
+                        question: HEADER_LEN..end,
+                        opt,
+                        edns: edns::Request::default(),
+                        edns_error: None,
+                    };
+                    if let Ok(out) = client_reply(m.clone(), &info, leg) {
+                        if leg.padding && info.opt.is_some() && out.len() < 65_000 {
+                            assert_eq!(out.len() % edns::RESPONSE_BLOCK, 0);
+                        }
+                    }
+                }
             }
         }
     }
@@ -620,14 +1025,17 @@ mod tests {
         r.resize(r.len() + rdlen, b'x');
         assert_eq!(r.len(), u16::MAX as usize);
         // Adding the OPT record the client is owed would not fit.
-        assert_eq!(client_reply(r, &info), Err(ReplyError::TooLarge));
+        assert_eq!(
+            client_reply(r, &info, LegOptions::NONE),
+            Err(ReplyError::TooLarge)
+        );
     }
 
     #[test]
     fn error_reply_keeps_question_and_opt() {
         let q = query(0x1234, "example.com", 28, true);
         let info = parse_query(&q).unwrap();
-        let r = error_reply(&q, Some(&info), Rcode::ServFail as u8);
+        let r = error_reply(&q, Some(&info), Rcode::ServFail as u16, LegOptions::NONE);
         assert_eq!(id(&r), 0x1234);
         assert!(is_response(&r));
         assert_eq!(rcode(&r), 2);
@@ -636,7 +1044,7 @@ mod tests {
         assert_eq!(&r[12..12 + info.question.len()], &q[info.question.clone()]);
         assert_eq!(r[2] & 0x01, 0x01, "RD copied");
 
-        let r = error_reply(&q, None, Rcode::FormErr as u8);
+        let r = error_reply(&q, None, Rcode::FormErr as u16, LegOptions::NONE);
         assert_eq!(r.len(), HEADER_LEN);
         assert_eq!(rcode(&r), 1);
     }

@@ -11,20 +11,24 @@
 //! * [`config`] validates the command line once into a [`config::Config`];
 //! * [`server::run`] serves already-bound listeners until a shutdown token
 //!   fires, which is how both `main` and the tests start it;
-//! * [`dns`] and [`framing`] are pure wire-format code;
+//! * [`dns`], [`edns`] and [`framing`] are pure wire-format code;
 //! * [`client`] is the pipelining DoT client behind `dotgate query`.
 
+pub mod certcheck;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod connection;
 pub mod dns;
 pub mod duration;
+pub mod edns;
 pub mod framing;
 pub mod listener;
 pub mod per_ip;
+pub mod reload;
 pub mod server;
 pub mod shutdown;
 pub mod stats;
+pub mod tickets;
 pub mod tls;
 pub mod upstream;

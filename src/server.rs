@@ -38,14 +38,8 @@ pub async fn run(
     listeners: Vec<TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    let identity = tls::load_identity(&config.cert)?;
-    if identity.self_signed {
-        tracing::warn!(
-            "serving a SELF-SIGNED certificate: clients that verify certificates \
-             (Android strict mode, stubby, kdig +tls-ca) will refuse it; pass --cert and --key for real use"
-        );
-    }
-    let configs = ServerConfigs::new(&identity)?;
+    // Loads and checks the certificate, and starts its reloader (R3, R6).
+    let configs = tls::setup(&config, &shutdown)?;
     let stats = Arc::new(Stats::default());
     // The upstream pool will take the whole list; for now the first serves.
     let addr = config.upstreams[0];

@@ -70,6 +70,8 @@ pub struct Pki {
     pub key: PathBuf,
     /// A rustls client trusting only the CA, offering ALPN `dot`.
     pub client: Arc<ClientConfig>,
+    /// The CA itself, to issue more leaves (certificate reload tests).
+    pub issuer: Arc<rcgen::CertifiedIssuer<'static, rcgen::KeyPair>>,
 }
 
 impl Pki {
@@ -122,7 +124,94 @@ impl Pki {
             cert,
             key,
             client: Arc::new(client),
+            issuer: Arc::new(ca),
         }
+    }
+
+    /// The same CA and server certificate, in files of its own directory:
+    /// for a second server that clients must take for the first.
+    pub fn share(&self) -> Pki {
+        let dir = TempDir::new();
+        let copy = |from: &Path| {
+            let to = dir.path().join(from.file_name().expect("a file name"));
+            std::fs::copy(from, &to).expect("copy a PKI file");
+            to
+        };
+        Pki {
+            ca: copy(&self.ca),
+            cert: copy(&self.cert),
+            key: copy(&self.key),
+            client: self.client.clone(),
+            issuer: self.issuer.clone(),
+            dir,
+        }
+    }
+
+    /// A new leaf for `dns.test` and 127.0.0.1 from the same CA, with its
+    /// own key: (chain PEM, leaf first; key PEM; leaf DER).
+    pub fn issue_leaf(&self) -> (String, String, Vec<u8>) {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(vec![TLS_NAME.to_string(), "127.0.0.1".into()]).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("reissued {TLS_NAME}"));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let leaf = params.signed_by(&key, &*self.issuer).unwrap();
+        (
+            format!("{}{}", leaf.pem(), self.issuer.pem()),
+            key.serialize_pem(),
+            leaf.der().to_vec(),
+        )
+    }
+
+    /// The DER of the leaf certificate now in `cert`.
+    pub fn leaf_der(&self) -> Vec<u8> {
+        use rustls_pki_types::pem::PemObject;
+        rustls_pki_types::CertificateDer::pem_file_iter(&self.cert)
+            .expect("read the test chain")
+            .next()
+            .expect("a leaf")
+            .expect("a PEM certificate")
+            .to_vec()
+    }
+
+    /// A rustls client trusting the CA, with only these TLS versions and
+    /// ALPN protocols, its own session cache, and SNI as `sni` says.
+    pub fn client_config(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        alpn: &[&[u8]],
+        sni: bool,
+    ) -> Arc<ClientConfig> {
+        self.client_config_with(
+            rustls::crypto::aws_lc_rs::default_provider(),
+            versions,
+            alpn,
+            sni,
+        )
+    }
+
+    /// As [`Pki::client_config`], with a given crypto provider (for
+    /// cipher-suite tests).
+    pub fn client_config_with(
+        &self,
+        provider: rustls::crypto::CryptoProvider,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        alpn: &[&[u8]],
+        sni: bool,
+    ) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.issuer.der().clone()).unwrap();
+        let mut client = ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(versions)
+            .expect("TLS versions the provider supports")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        client.enable_sni = sni;
+        Arc::new(client)
     }
 }
 
@@ -156,8 +245,12 @@ impl Server {
     /// Starts dotgate toward `upstream`, with extra `serve` flags such as
     /// `["--upstream-timeout", "500ms"]`.
     pub async fn start(upstream: SocketAddr, extra: &[&str]) -> Server {
+        Server::start_with_pki(Pki::new(), upstream, extra).await
+    }
+
+    /// As [`Server::start`], serving the certificate of `pki`.
+    pub async fn start_with_pki(pki: Pki, upstream: SocketAddr, extra: &[&str]) -> Server {
         init_logging();
-        let pki = Pki::new();
         let mut argv = vec!["dotgate".to_string()];
         argv.extend(serve_args(&pki, "127.0.0.1:0", upstream, extra));
         let args = match Cli::try_parse_from(argv).expect("serve flags").command {
@@ -260,6 +353,14 @@ impl Process {
         self.child.id()
     }
 
+    /// Sends SIGHUP, as `systemctl reload` or a certbot deploy hook would.
+    pub fn sighup(&self) {
+        let pid = libc::pid_t::try_from(self.pid()).unwrap();
+        // SAFETY: kill(2) with a child's pid and a valid signal number.
+        let rc = unsafe { libc::kill(pid, libc::SIGHUP) };
+        assert_eq!(rc, 0, "kill(SIGHUP) failed");
+    }
+
     /// Sends SIGTERM, as `docker stop` or systemd would.
     pub fn sigterm(&self) {
         let pid = libc::pid_t::try_from(self.pid()).unwrap();
@@ -346,16 +447,35 @@ impl Client {
     }
 
     pub async fn try_connect(addr: SocketAddr, pki: &Pki) -> std::io::Result<Client> {
-        let tcp = TcpStream::connect(addr).await?;
-        tcp.set_nodelay(true)?;
-        let name = ServerName::try_from(TLS_NAME).unwrap();
-        let stream = TlsConnector::from(pki.client.clone())
-            .connect(name, tcp)
-            .await?;
+        Client::try_connect_with(addr, pki.client.clone(), TLS_NAME).await
+    }
+
+    /// Connects with a given client configuration, verifying `name` (a DNS
+    /// name or an IP address), within [`REPLY_WAIT`].
+    pub async fn try_connect_with(
+        addr: SocketAddr,
+        config: Arc<ClientConfig>,
+        name: &str,
+    ) -> std::io::Result<Client> {
+        let name = ServerName::try_from(name.to_string()).expect("a valid server name");
+        let connect = async {
+            let tcp = TcpStream::connect(addr).await?;
+            tcp.set_nodelay(true)?;
+            TlsConnector::from(config).connect(name, tcp).await
+        };
+        let stream = tokio::time::timeout(REPLY_WAIT, connect)
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS connect"))??;
         Ok(Client {
             stream,
             buf: Vec::new(),
         })
+    }
+
+    /// The TLS session of this connection (version, ALPN, resumption,
+    /// the server's certificates).
+    pub fn tls(&self) -> &rustls::ClientConnection {
+        self.stream.get_ref().1
     }
 
     /// Writes raw bytes (already framed, or not) and flushes them.

@@ -8,7 +8,9 @@ mod harness;
 mod upstream;
 
 mod answers;
+mod edns;
 mod framing;
 mod lifetime;
 mod limits;
 mod process;
+mod tls;

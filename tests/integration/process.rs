@@ -55,7 +55,7 @@ async fn sigterm_answers_queries_in_flight_then_exits_zero() {
 }
 
 /// Finds an executable on PATH.
-fn on_path(name: &str) -> Option<PathBuf> {
+pub fn on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
@@ -64,7 +64,7 @@ fn on_path(name: &str) -> Option<PathBuf> {
 
 /// Runs a command off the async threads (bounded by the command's own
 /// timeout flags).
-async fn run(mut command: Command) -> Output {
+pub async fn run(mut command: Command) -> Output {
     tokio::task::spawn_blocking(move || command.output().expect("run command"))
         .await
         .unwrap()

@@ -8,12 +8,20 @@
 //! * `spoof`: over UDP, first a reply with a wrong ID, then one with the
 //!   right ID but another question, then one with the right ID and question
 //!   but from another port, and only then the real reply;
+//! * `pad`: the usual answer, and an OPT record (when the query had one)
+//!   carrying the upstream's own padding ([`UPSTREAM_PADDING`] bytes), a
+//!   keepalive of [`UPSTREAM_KEEPALIVE`] and an NSID of [`UPSTREAM_NSID`], as
+//!   a resolver that pads for its own clients would send;
+//! * `servfail`, or a first label ending in `-dnsotls-ds` (Android's Private
+//!   DNS probe, `<random>-dnsotls-ds.metric.gstatic.com`): SERVFAIL with the
+//!   question echoed;
 //! * otherwise: A, AAAA or TXT records derived from the name
 //!   ([`expected_a`], [`expected_aaaa`], [`expected_txt`]), so that an answer
 //!   delivered to the wrong query is detectable.
 //!
 //! Every reply echoes the upstream's ID and question, and has an OPT record
-//! exactly when the query had one. Every query received is logged.
+//! exactly when the query had one (with the query's DO bit). Every query
+//! received is logged, with its EDNS options as raw bytes.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hickory_proto::op::{Edns, Message, ResponseCode};
+use hickory_proto::rr::rdata::opt::EdnsOption;
 use hickory_proto::rr::rdata::{A, AAAA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,6 +38,14 @@ use tokio::task::JoinHandle;
 
 /// Address the spoofed replies claim; never the right answer.
 pub const SPOOFED_A: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 66);
+
+/// Length of the padding option's data in `pad` replies.
+pub const UPSTREAM_PADDING: usize = 100;
+/// Keepalive (100 ms units) in `pad` replies: about the upstream leg, never
+/// for a DoT client.
+pub const UPSTREAM_KEEPALIVE: u16 = 1234;
+/// NSID (option 3) in `pad` replies: an ordinary option that passes through.
+pub const UPSTREAM_NSID: &[u8] = b"scripted-upstream";
 
 /// Transport a query arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +63,13 @@ pub struct Received {
     pub name: String,
     pub rtype: RecordType,
     pub had_opt: bool,
+    /// The options of the query's OPT record, in order: (code, data) exactly
+    /// as they were on the wire.
+    pub options: Vec<(u16, Vec<u8>)>,
+    /// The OPT record's DO bit.
+    pub dnssec_ok: bool,
+    /// The header's CD bit.
+    pub checking_disabled: bool,
 }
 
 #[derive(Default)]
@@ -249,6 +273,24 @@ fn script(query: &Message, transport: Transport) -> Script {
         }
         return vec![Step::after(delay, encode(&reply))];
     }
+    if has("servfail") || labels[0].ends_with("-dnsotls-ds") {
+        let mut reply = reply_to(query);
+        reply.metadata.response_code = ResponseCode::ServFail;
+        return vec![Step::after(delay, encode(&reply))];
+    }
+    if has("pad") {
+        let mut reply = answer(query);
+        if let Some(edns) = reply.edns.as_mut() {
+            let options = edns.options_mut();
+            options.insert(EdnsOption::Unknown(12, vec![0; UPSTREAM_PADDING]));
+            options.insert(EdnsOption::Unknown(3, UPSTREAM_NSID.to_vec()));
+            options.insert(EdnsOption::Unknown(
+                11,
+                UPSTREAM_KEEPALIVE.to_be_bytes().to_vec(),
+            ));
+        }
+        return vec![Step::after(delay, encode(&reply))];
+    }
     let real = encode(&answer(query));
     if has("spoof") && transport == Transport::Udp {
         let mut wrong_id = answer(query);
@@ -282,9 +324,10 @@ fn reply_to(query: &Message) -> Message {
     reply.metadata.recursion_available = true;
     reply.metadata.response_code = ResponseCode::NoError;
     reply.queries = query.queries.clone();
-    if query.edns.is_some() {
+    if let Some(asked) = &query.edns {
         let mut edns = Edns::new();
         edns.set_max_payload(1232);
+        edns.set_dnssec_ok(asked.flags().dnssec_ok);
         reply.set_edns(edns);
     }
     reply
@@ -330,8 +373,53 @@ fn receive(state: &State, bytes: &[u8], transport: Transport) -> Option<Script> 
         name: lower_fqdn(&q.name().to_ascii()),
         rtype: q.query_type(),
         had_opt: query.edns.is_some(),
+        options: raw_opt_options(bytes),
+        dnssec_ok: query.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
+        checking_disabled: query.metadata.checking_disabled,
     });
     Some(script(&query, transport))
+}
+
+/// The options of the last OPT record of a message hickory has already
+/// parsed (empty without one), read from the wire so that nothing is
+/// normalized.
+pub fn raw_opt_options(msg: &[u8]) -> Vec<(u16, Vec<u8>)> {
+    fn skip_name(msg: &[u8], mut pos: usize) -> usize {
+        loop {
+            let len = usize::from(msg[pos]);
+            if len == 0 {
+                return pos + 1;
+            }
+            if len >= 0xc0 {
+                return pos + 2;
+            }
+            pos += 1 + len;
+        }
+    }
+    let count = |i: usize| usize::from(u16::from_be_bytes([msg[4 + 2 * i], msg[5 + 2 * i]]));
+    let mut pos = 12;
+    for _ in 0..count(0) {
+        pos = skip_name(msg, pos) + 4;
+    }
+    let mut options = Vec::new();
+    for _ in 0..count(1) + count(2) + count(3) {
+        pos = skip_name(msg, pos);
+        let rtype = u16::from_be_bytes([msg[pos], msg[pos + 1]]);
+        let rdlen = usize::from(u16::from_be_bytes([msg[pos + 8], msg[pos + 9]]));
+        let mut rdata = &msg[pos + 10..pos + 10 + rdlen];
+        pos += 10 + rdlen;
+        if rtype != 41 {
+            continue;
+        }
+        options.clear();
+        while rdata.len() >= 4 {
+            let code = u16::from_be_bytes([rdata[0], rdata[1]]);
+            let len = usize::from(u16::from_be_bytes([rdata[2], rdata[3]]));
+            options.push((code, rdata[4..4 + len].to_vec()));
+            rdata = &rdata[4 + len..];
+        }
+    }
+    options
 }
 
 /// Tracks one query from arrival until just before its last message is sent.

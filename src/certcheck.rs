@@ -1,0 +1,466 @@
+//! Checks of the served certificate chain that catch the mistakes which break
+//! real clients (R3): a leaf-only chain (Android strict mode does not fetch
+//! missing intermediates), a certificate for the wrong name, and expiry.
+//!
+//! Pure functions of the chain, the name and the time, so that they are unit
+//! tested with generated certificates; the caller logs the findings at
+//! start-up and on every reload. None of them stops dotgate: a key that does
+//! not match the leaf is the one fatal problem, and `CertifiedKey::from_der`
+//! reports it before these checks run.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use rustls_pki_types::CertificateDer;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::FromDer;
+
+/// Warn this long before the leaf expires: time for one failed renewal and a
+/// retry (certbot renews 30 days ahead, cert-manager at two thirds of life).
+pub const EXPIRY_WARNING_DAYS: i64 = 14;
+
+const DAY: i64 = 24 * 60 * 60;
+
+/// What the log says about the certificate being served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafInfo {
+    /// The subject's distinguished name, e.g. `CN=dns.example`.
+    pub subject: String,
+    /// The issuer's distinguished name.
+    pub issuer: String,
+    /// The end of validity, as the certificate writes it (UTC).
+    pub not_after: String,
+    /// The end of validity in seconds since the UNIX epoch.
+    pub not_after_unix: i64,
+    /// Certificates in the chain, the leaf included.
+    pub chain_len: usize,
+}
+
+/// A problem worth a warning; `Display` is the log message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// The leaf cannot be parsed for these checks (rustls accepted it).
+    Unparsable(String),
+    /// One certificate, not self-issued: the intermediates are missing.
+    LeafOnly { issuer: String },
+    /// The leaf's SANs do not cover `--tls-name`.
+    NameNotCovered { name: String, sans: Vec<String> },
+    /// The leaf expires within [`EXPIRY_WARNING_DAYS`].
+    ExpiresSoon { not_after: String, days_left: i64 },
+    /// The leaf has expired.
+    Expired { not_after: String },
+    /// The leaf is not valid yet (a clock problem, or a certificate from the
+    /// future).
+    NotYetValid { not_before: String },
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Finding::Unparsable(e) => write!(
+                f,
+                "cannot read the leaf certificate for the chain checks ({e}); serving it unchecked"
+            ),
+            Finding::LeafOnly { issuer } => write!(
+                f,
+                "the certificate file holds only the leaf certificate (issued by {issuer}): \
+                 clients that do not fetch intermediates, Android's Private DNS among them, \
+                 will refuse it; give the full chain, leaf first (certbot's fullchain.pem). \
+                 Ignore this only if every client trusts that issuer itself (a private CA, \
+                 as with certs/gen-test-certs.sh)"
+            ),
+            Finding::NameNotCovered { name, sans } => {
+                let sans = if sans.is_empty() {
+                    "none".to_string()
+                } else {
+                    sans.join(", ")
+                };
+                write!(
+                    f,
+                    "the certificate does not cover --tls-name {name} (its subject alternative names: {sans}): \
+                     clients that verify the name will refuse it"
+                )
+            }
+            Finding::ExpiresSoon {
+                not_after,
+                days_left,
+            } => write!(
+                f,
+                "the certificate expires in {days_left} days ({not_after}): renew it \
+                 (dotgate reloads renewed files by itself, or on SIGHUP)"
+            ),
+            Finding::Expired { not_after } => write!(
+                f,
+                "the certificate EXPIRED on {not_after}: clients that verify it refuse every connection"
+            ),
+            Finding::NotYetValid { not_before } => write!(
+                f,
+                "the certificate is not valid before {not_before}: check the system clock"
+            ),
+        }
+    }
+}
+
+/// The result of checking one chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// `None` when the leaf cannot be parsed (then `findings` says so).
+    pub leaf: Option<LeafInfo>,
+    pub findings: Vec<Finding>,
+}
+
+/// Checks `chain` (leaf first) at `now` (seconds since the UNIX epoch).
+/// `self_signed_on_purpose` is set for `--self-signed`, where a one-element
+/// chain is expected. `tls_name` is `--tls-name`, if given.
+pub fn check_chain(
+    chain: &[CertificateDer<'_>],
+    self_signed_on_purpose: bool,
+    tls_name: Option<&str>,
+    now: i64,
+) -> Report {
+    let Some(first) = chain.first() else {
+        return Report {
+            leaf: None,
+            findings: vec![Finding::Unparsable("the chain is empty".into())],
+        };
+    };
+    let leaf = match X509Certificate::from_der(first.as_ref()) {
+        Ok((_, leaf)) => leaf,
+        Err(e) => {
+            return Report {
+                leaf: None,
+                findings: vec![Finding::Unparsable(e.to_string())],
+            }
+        }
+    };
+    let validity = leaf.validity();
+    let info = LeafInfo {
+        subject: leaf.subject().to_string(),
+        issuer: leaf.issuer().to_string(),
+        not_after: validity.not_after.to_string(),
+        not_after_unix: validity.not_after.timestamp(),
+        chain_len: chain.len(),
+    };
+    let mut findings = Vec::new();
+
+    let self_issued = leaf.subject().as_raw() == leaf.issuer().as_raw();
+    if chain.len() == 1 && !self_signed_on_purpose && !self_issued {
+        findings.push(Finding::LeafOnly {
+            issuer: info.issuer.clone(),
+        });
+    }
+
+    if let Some(name) = tls_name {
+        let sans = subject_alt_names(&leaf);
+        if !name_covered(name, &sans) {
+            findings.push(Finding::NameNotCovered {
+                name: name.to_string(),
+                sans: sans.iter().map(San::to_string).collect(),
+            });
+        }
+    }
+
+    let not_after = validity.not_after.timestamp();
+    let not_before = validity.not_before.timestamp();
+    if now > not_after {
+        findings.push(Finding::Expired {
+            not_after: info.not_after.clone(),
+        });
+    } else if not_after - now < EXPIRY_WARNING_DAYS * DAY {
+        findings.push(Finding::ExpiresSoon {
+            not_after: info.not_after.clone(),
+            days_left: (not_after - now) / DAY,
+        });
+    }
+    if now < not_before {
+        findings.push(Finding::NotYetValid {
+            not_before: validity.not_before.to_string(),
+        });
+    }
+    Report {
+        leaf: Some(info),
+        findings,
+    }
+}
+
+/// A subject alternative name that clients match against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum San {
+    Dns(String),
+    Ip(IpAddr),
+}
+
+impl fmt::Display for San {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            San::Dns(name) => write!(f, "DNS:{name}"),
+            San::Ip(ip) => write!(f, "IP:{ip}"),
+        }
+    }
+}
+
+/// The dNSName and iPAddress SANs of `cert`. Clients ignore the subject CN
+/// when SANs are present (and Android and Apple ignore it always), so the CN
+/// is not consulted.
+fn subject_alt_names(cert: &X509Certificate<'_>) -> Vec<San> {
+    let Ok(Some(ext)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    ext.value
+        .general_names
+        .iter()
+        .filter_map(|general| match general {
+            GeneralName::DNSName(name) => Some(San::Dns(name.to_string())),
+            GeneralName::IPAddress(bytes) => ip_from_bytes(bytes).map(San::Ip),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
+    if let Ok(v4) = <[u8; 4]>::try_from(bytes) {
+        return Some(IpAddr::from(v4));
+    }
+    <[u8; 16]>::try_from(bytes).ok().map(IpAddr::from)
+}
+
+/// True when one of `sans` covers `name`: an IP literal must equal an IP
+/// SAN; a DNS name must equal a dNSName (case-insensitive, trailing dot
+/// ignored) or match a wildcard one.
+pub fn name_covered(name: &str, sans: &[San]) -> bool {
+    let literal = name
+        .strip_prefix('[')
+        .and_then(|n| n.strip_suffix(']'))
+        .unwrap_or(name);
+    if let Ok(ip) = literal.parse::<IpAddr>() {
+        return sans.iter().any(|san| matches!(san, San::Ip(s) if *s == ip));
+    }
+    sans.iter().any(|san| match san {
+        San::Dns(pattern) => dns_name_matches(pattern, name),
+        San::Ip(_) => false,
+    })
+}
+
+/// RFC 6125 §6.4 as browsers and Android apply it: `*` only as the whole
+/// leftmost label, standing for exactly one non-empty label, and not
+/// directly above a single-label name (`*.com` matches nothing).
+pub fn dns_name_matches(pattern: &str, name: &str) -> bool {
+    let pattern = pattern.trim_end_matches('.').to_ascii_lowercase();
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    if name.is_empty() || pattern.is_empty() {
+        return false;
+    }
+    match pattern.strip_prefix("*.") {
+        None => pattern == name,
+        Some(parent) => {
+            if !parent.contains('.') || parent.contains('*') {
+                return false;
+            }
+            match name.split_once('.') {
+                Some((label, rest)) => !label.is_empty() && rest == parent,
+                None => false,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+
+    const NOW: i64 = 1_750_000_000;
+
+    fn ca() -> CertifiedIssuer<'static, KeyPair> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "check test CA");
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+    }
+
+    /// A leaf for `sans`, valid from `from` to `until` (UNIX seconds).
+    fn leaf(
+        sans: &[&str],
+        from: i64,
+        until: i64,
+        issuer: &CertifiedIssuer<'static, KeyPair>,
+    ) -> CertificateDer<'static> {
+        let mut params =
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "leaf.test");
+        let epoch = rcgen::date_time_ymd(1970, 1, 1);
+        let secs = |t: i64| std::time::Duration::from_secs(u64::try_from(t).unwrap());
+        params.not_before = epoch + secs(from);
+        params.not_after = epoch + secs(until);
+        let key = KeyPair::generate().unwrap();
+        params.signed_by(&key, issuer).unwrap().der().clone()
+    }
+
+    fn year_around_now(
+        sans: &[&str],
+        ca: &CertifiedIssuer<'static, KeyPair>,
+    ) -> CertificateDer<'static> {
+        leaf(sans, NOW - 30 * DAY, NOW + 300 * DAY, ca)
+    }
+
+    #[test]
+    fn a_good_chain_has_no_findings_and_reports_the_leaf() {
+        let ca = ca();
+        let chain = vec![year_around_now(&["dns.test"], &ca), ca.der().clone()];
+        let report = check_chain(&chain, false, Some("dns.test"), NOW);
+        assert_eq!(report.findings, vec![]);
+        let info = report.leaf.unwrap();
+        assert_eq!(info.subject, "CN=leaf.test");
+        assert_eq!(info.issuer, "CN=check test CA");
+        assert_eq!(info.not_after_unix, NOW + 300 * DAY);
+        assert_eq!(info.chain_len, 2);
+    }
+
+    #[test]
+    fn leaf_only_warns_unless_self_signed() {
+        let ca = ca();
+        let chain = vec![year_around_now(&["dns.test"], &ca)];
+        let report = check_chain(&chain, false, None, NOW);
+        assert_eq!(
+            report.findings,
+            vec![Finding::LeafOnly {
+                issuer: "CN=check test CA".into()
+            }]
+        );
+        assert!(report.findings[0].to_string().contains("fullchain.pem"));
+        // --self-signed: expected.
+        assert_eq!(check_chain(&chain, true, None, NOW).findings, vec![]);
+        // A self-issued certificate alone (made by hand with openssl): fine.
+        let own = rcgen::generate_simple_self_signed(vec!["dns.test".to_string()]).unwrap();
+        let report = check_chain(&[own.cert.der().clone()], false, None, NOW);
+        assert!(
+            !report
+                .findings
+                .iter()
+                .any(|f| matches!(f, Finding::LeafOnly { .. })),
+            "{report:?}"
+        );
+    }
+
+    #[test]
+    fn tls_name_must_be_covered() {
+        let ca = ca();
+        let chain = vec![
+            year_around_now(
+                &["dns.test", "*.wild.test", "192.0.2.1", "2001:db8::1"],
+                &ca,
+            ),
+            ca.der().clone(),
+        ];
+        for good in [
+            "dns.test",
+            "DNS.Test.",
+            "a.wild.test",
+            "192.0.2.1",
+            "2001:db8::1",
+            "[2001:db8::1]",
+        ] {
+            assert_eq!(
+                check_chain(&chain, false, Some(good), NOW).findings,
+                vec![],
+                "{good}"
+            );
+        }
+        for bad in [
+            "other.test",
+            "wild.test",
+            "a.b.wild.test",
+            "192.0.2.2",
+            "::1",
+        ] {
+            let findings = check_chain(&chain, false, Some(bad), NOW).findings;
+            assert!(
+                matches!(&findings[..], [Finding::NameNotCovered { name, .. }] if name == bad),
+                "{bad}: {findings:?}"
+            );
+        }
+        let message = check_chain(&chain, false, Some("other.test"), NOW).findings[0].to_string();
+        assert!(
+            message.contains("other.test")
+                && message.contains("DNS:dns.test")
+                && message.contains("IP:192.0.2.1"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn expiry_warnings() {
+        let ca = ca();
+        let check = |until: i64| {
+            let chain = vec![
+                leaf(&["dns.test"], NOW - 90 * DAY, until, &ca),
+                ca.der().clone(),
+            ];
+            check_chain(&chain, false, None, NOW).findings
+        };
+        assert_eq!(check(NOW + 15 * DAY), vec![]);
+        let soon = check(NOW + 13 * DAY + 60);
+        assert!(
+            matches!(&soon[..], [Finding::ExpiresSoon { days_left: 13, .. }]),
+            "{soon:?}"
+        );
+        let gone = check(NOW - 60);
+        assert!(matches!(&gone[..], [Finding::Expired { .. }]), "{gone:?}");
+        assert!(gone[0].to_string().contains("EXPIRED"));
+    }
+
+    #[test]
+    fn not_yet_valid_is_reported() {
+        let ca = ca();
+        let chain = vec![
+            leaf(&["dns.test"], NOW + DAY, NOW + 90 * DAY, &ca),
+            ca.der().clone(),
+        ];
+        let findings = check_chain(&chain, false, None, NOW).findings;
+        assert!(
+            matches!(&findings[..], [Finding::NotYetValid { .. }]),
+            "{findings:?}"
+        );
+    }
+
+    #[test]
+    fn garbage_is_reported_not_panicked_on() {
+        let garbage = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01]);
+        let report = check_chain(&[garbage], false, Some("dns.test"), NOW);
+        assert_eq!(report.leaf, None);
+        assert!(matches!(&report.findings[..], [Finding::Unparsable(_)]));
+        let report = check_chain(&[], false, None, NOW);
+        assert!(matches!(&report.findings[..], [Finding::Unparsable(_)]));
+    }
+
+    #[test]
+    fn wildcard_rules() {
+        assert!(dns_name_matches("*.example.com", "a.example.com"));
+        assert!(dns_name_matches("*.Example.com.", "A.example.COM"));
+        assert!(!dns_name_matches("*.example.com", "example.com"));
+        assert!(!dns_name_matches("*.example.com", "a.b.example.com"));
+        assert!(!dns_name_matches("*.example.com", ".example.com"));
+        assert!(!dns_name_matches("*.com", "example.com"));
+        assert!(!dns_name_matches("a*.example.com", "ab.example.com"));
+        assert!(!dns_name_matches("*.*.example.com", "a.b.example.com"));
+        assert!(!dns_name_matches("", ""));
+        assert!(dns_name_matches("example.com", "example.com."));
+    }
+
+    #[test]
+    fn ip_sans_only_cover_ip_literals() {
+        let sans = [San::Ip("127.0.0.1".parse().unwrap())];
+        assert!(name_covered("127.0.0.1", &sans));
+        assert!(!name_covered("localhost", &sans));
+        assert!(!name_covered("127.0.0.1", &[San::Dns("127.0.0.1".into())]));
+    }
+}
