@@ -12,6 +12,10 @@
 //! * [`server::run`] serves already-bound listeners until a shutdown token
 //!   fires, which is how both `main` and the tests start it;
 //! * [`dns`], [`edns`] and [`framing`] are pure wire-format code;
+//! * [`tls`] builds the rustls configurations, with [`tickets`] for
+//!   session-ticket keys, [`reload`] for certificate hot reload and
+//!   [`certcheck`] for the chain checks;
+//! * [`per_ip`] admits connections per client address;
 //! * [`client`] is the pipelining DoT client behind `dotgate query`.
 
 pub mod certcheck;
