@@ -184,6 +184,196 @@ pub fn check_chain(
     }
 }
 
+/// What `dotgate check` reads from one certificate of a served chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFacts {
+    /// Distinguished names, e.g. `CN=dns.example`.
+    pub subject: String,
+    pub issuer: String,
+    /// The same names as DER, for matching a certificate to its issuer.
+    pub subject_der: Vec<u8>,
+    pub issuer_der: Vec<u8>,
+    /// Subject and issuer are the same name (a root, or a self-signed leaf).
+    pub self_issued: bool,
+    /// Validity, in seconds since the UNIX epoch, and the end as written.
+    pub not_before: i64,
+    pub not_after: i64,
+    pub not_after_text: String,
+    pub sans: Vec<San>,
+    pub eku: Eku,
+    pub key: KeyKind,
+    pub signature: SignatureKind,
+}
+
+/// The extended key usage extension, as TLS clients read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Eku {
+    /// No extension: any purpose for RFC 5280 and webpki; Apple requires one.
+    Absent,
+    /// serverAuth (or anyExtendedKeyUsage) is listed.
+    ServerAuth,
+    /// The extension lists other purposes only: TLS clients refuse the leaf.
+    Other,
+}
+
+/// The certificate's public key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyKind {
+    Rsa {
+        bits: usize,
+    },
+    /// An elliptic-curve key on a named curve (`P-256`, `P-384`, `P-521`, or
+    /// the curve's OID).
+    Ec {
+        curve: String,
+    },
+    Ed25519,
+    Other {
+        algorithm: String,
+    },
+}
+
+impl fmt::Display for KeyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyKind::Rsa { bits } => write!(f, "RSA {bits} bits"),
+            KeyKind::Ec { curve } => write!(f, "ECDSA {curve}"),
+            KeyKind::Ed25519 => write!(f, "Ed25519"),
+            KeyKind::Other { algorithm } => write!(f, "key algorithm {algorithm}"),
+        }
+    }
+}
+
+/// How R24 judges a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyVerdict {
+    /// RSA of at least 2048 bits, or ECDSA P-256 or P-384: every client.
+    Accepted,
+    /// Valid, but some clients (Apple's, Android's) do not accept it.
+    Unusual,
+    /// Too weak, or unknown: clients refuse it.
+    Refused,
+}
+
+impl KeyKind {
+    pub fn verdict(&self) -> KeyVerdict {
+        match self {
+            KeyKind::Rsa { bits } if *bits >= 2048 => KeyVerdict::Accepted,
+            KeyKind::Rsa { .. } => KeyVerdict::Refused,
+            KeyKind::Ec { curve } if curve == "P-256" || curve == "P-384" => KeyVerdict::Accepted,
+            KeyKind::Ec { curve } if curve == "P-521" => KeyVerdict::Unusual,
+            KeyKind::Ed25519 => KeyVerdict::Unusual,
+            KeyKind::Ec { .. } | KeyKind::Other { .. } => KeyVerdict::Refused,
+        }
+    }
+}
+
+/// The algorithm a certificate is signed with (by its issuer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignatureKind {
+    /// A SHA-2 signature, e.g. `sha256WithRSAEncryption`, `ecdsa-with-SHA384`,
+    /// `RSASSA-PSS`.
+    Sha2(&'static str),
+    /// SHA-1 or MD5 based: refused by current clients.
+    Obsolete(&'static str),
+    Ed25519,
+    /// Anything else, by OID.
+    Other(String),
+}
+
+impl fmt::Display for SignatureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SignatureKind::Sha2(name) | SignatureKind::Obsolete(name) => f.write_str(name),
+            SignatureKind::Ed25519 => f.write_str("Ed25519"),
+            SignatureKind::Other(oid) => write!(f, "signature algorithm {oid}"),
+        }
+    }
+}
+
+/// Reads the facts of one DER certificate; the error is x509-parser's.
+pub fn cert_facts(der: &CertificateDer<'_>) -> Result<CertFacts, String> {
+    let (_, cert) = X509Certificate::from_der(der.as_ref()).map_err(|e| e.to_string())?;
+    let validity = cert.validity();
+    let eku = match cert.extended_key_usage() {
+        Ok(Some(ext)) if ext.value.server_auth || ext.value.any => Eku::ServerAuth,
+        Ok(Some(_)) => Eku::Other,
+        Ok(None) => Eku::Absent,
+        Err(e) => return Err(e.to_string()),
+    };
+    Ok(CertFacts {
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        subject_der: cert.subject().as_raw().to_vec(),
+        issuer_der: cert.issuer().as_raw().to_vec(),
+        self_issued: cert.subject().as_raw() == cert.issuer().as_raw(),
+        not_before: validity.not_before.timestamp(),
+        not_after: validity.not_after.timestamp(),
+        not_after_text: validity.not_after.to_string(),
+        sans: subject_alt_names(&cert),
+        eku,
+        key: key_kind(&cert),
+        signature: signature_kind(&cert.signature_algorithm.algorithm.to_id_string()),
+    })
+}
+
+fn key_kind(cert: &X509Certificate<'_>) -> KeyKind {
+    use x509_parser::public_key::PublicKey;
+    let spki = cert.public_key();
+    let algorithm = spki.algorithm.algorithm.to_id_string();
+    match spki.parsed() {
+        Ok(PublicKey::RSA(rsa)) => KeyKind::Rsa {
+            bits: unsigned_bits(rsa.modulus),
+        },
+        Ok(PublicKey::EC(_)) => {
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok())
+                .map(|oid| oid.to_id_string())
+                .unwrap_or_default();
+            let curve = match curve.as_str() {
+                "1.2.840.10045.3.1.7" => "P-256".to_string(),
+                "1.3.132.0.34" => "P-384".to_string(),
+                "1.3.132.0.35" => "P-521".to_string(),
+                _ => curve,
+            };
+            KeyKind::Ec { curve }
+        }
+        _ if algorithm == "1.3.101.112" => KeyKind::Ed25519,
+        _ => KeyKind::Other { algorithm },
+    }
+}
+
+/// The size in bits of a big-endian unsigned integer (leading zeros skipped).
+fn unsigned_bits(bytes: &[u8]) -> usize {
+    let bytes = &bytes[bytes.iter().take_while(|b| **b == 0).count()..];
+    match bytes.first() {
+        Some(first) => bytes.len() * 8 - first.leading_zeros() as usize,
+        None => 0,
+    }
+}
+
+fn signature_kind(oid: &str) -> SignatureKind {
+    match oid {
+        "1.2.840.113549.1.1.11" => SignatureKind::Sha2("sha256WithRSAEncryption"),
+        "1.2.840.113549.1.1.12" => SignatureKind::Sha2("sha384WithRSAEncryption"),
+        "1.2.840.113549.1.1.13" => SignatureKind::Sha2("sha512WithRSAEncryption"),
+        "1.2.840.113549.1.1.10" => SignatureKind::Sha2("RSASSA-PSS"),
+        "1.2.840.10045.4.3.2" => SignatureKind::Sha2("ecdsa-with-SHA256"),
+        "1.2.840.10045.4.3.3" => SignatureKind::Sha2("ecdsa-with-SHA384"),
+        "1.2.840.10045.4.3.4" => SignatureKind::Sha2("ecdsa-with-SHA512"),
+        "1.2.840.113549.1.1.5" | "1.3.14.3.2.29" => {
+            SignatureKind::Obsolete("sha1WithRSAEncryption")
+        }
+        "1.2.840.10045.4.1" => SignatureKind::Obsolete("ecdsa-with-SHA1"),
+        "1.2.840.113549.1.1.4" => SignatureKind::Obsolete("md5WithRSAEncryption"),
+        "1.3.101.112" => SignatureKind::Ed25519,
+        other => SignatureKind::Other(other.to_string()),
+    }
+}
+
 /// A subject alternative name that clients match against.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum San {
@@ -454,6 +644,89 @@ mod tests {
         assert!(!dns_name_matches("*.*.example.com", "a.b.example.com"));
         assert!(!dns_name_matches("", ""));
         assert!(dns_name_matches("example.com", "example.com."));
+    }
+
+    /// A certificate for dns.test signed by `ca`, with this key and EKU.
+    fn cert_with(
+        key: &KeyPair,
+        eku: Vec<rcgen::ExtendedKeyUsagePurpose>,
+        ca: &CertifiedIssuer<'static, KeyPair>,
+    ) -> CertificateDer<'static> {
+        let mut params = CertificateParams::new(vec!["dns.test".to_string()]).unwrap();
+        params.extended_key_usages = eku;
+        params.signed_by(key, ca).unwrap().der().clone()
+    }
+
+    #[test]
+    fn facts_of_keys_signatures_and_ekus() {
+        use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+        let ca = ca();
+        let ec = KeyPair::generate().unwrap();
+        let facts = cert_facts(&cert_with(&ec, vec![ServerAuth], &ca)).unwrap();
+        assert_eq!(
+            facts.key,
+            KeyKind::Ec {
+                curve: "P-256".into()
+            }
+        );
+        assert_eq!(facts.key.verdict(), KeyVerdict::Accepted);
+        assert_eq!(facts.signature, SignatureKind::Sha2("ecdsa-with-SHA256"));
+        assert_eq!(facts.eku, Eku::ServerAuth);
+        assert_eq!(facts.sans, vec![San::Dns("dns.test".into())]);
+        assert_eq!(facts.issuer, "CN=check test CA");
+        assert!(!facts.self_issued);
+        assert_eq!(facts.issuer_der, cert_facts(ca.der()).unwrap().subject_der);
+        assert!(cert_facts(ca.der()).unwrap().self_issued);
+
+        let p384 = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let facts = cert_facts(&cert_with(&p384, vec![ClientAuth], &ca)).unwrap();
+        assert_eq!(
+            facts.key,
+            KeyKind::Ec {
+                curve: "P-384".into()
+            }
+        );
+        assert_eq!(facts.eku, Eku::Other);
+        assert_eq!(
+            cert_facts(&cert_with(&p384, vec![], &ca)).unwrap().eku,
+            Eku::Absent
+        );
+
+        let ed = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let facts = cert_facts(&cert_with(&ed, vec![ServerAuth], &ca)).unwrap();
+        assert_eq!(facts.key, KeyKind::Ed25519);
+        assert_eq!(facts.key.verdict(), KeyVerdict::Unusual);
+
+        let rsa = KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+        let facts = cert_facts(&cert_with(&rsa, vec![ServerAuth], &ca)).unwrap();
+        assert_eq!(facts.key, KeyKind::Rsa { bits: 2048 });
+        assert_eq!(facts.key.verdict(), KeyVerdict::Accepted);
+        // Signed by the RSA key: the signature algorithm is the issuer's.
+        let mut params = CertificateParams::new(vec!["rsa.test".to_string()]).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let rsa_ca = CertifiedIssuer::self_signed(params, rsa).unwrap();
+        let facts = cert_facts(&cert_with(&ec, vec![ServerAuth], &rsa_ca)).unwrap();
+        assert_eq!(
+            facts.signature,
+            SignatureKind::Sha2("sha256WithRSAEncryption")
+        );
+        assert_eq!(KeyKind::Rsa { bits: 1024 }.verdict(), KeyVerdict::Refused);
+    }
+
+    #[test]
+    fn signature_names_and_bit_counts() {
+        assert_eq!(
+            signature_kind("1.2.840.113549.1.1.5"),
+            SignatureKind::Obsolete("sha1WithRSAEncryption")
+        );
+        assert_eq!(
+            signature_kind("1.2.840.10045.4.3.3"),
+            SignatureKind::Sha2("ecdsa-with-SHA384")
+        );
+        assert_eq!(unsigned_bits(&[0x00, 0x80, 0x00]), 16);
+        assert_eq!(unsigned_bits(&[0x7f, 0xff]), 15);
+        assert_eq!(unsigned_bits(&[0, 0]), 0);
+        assert!(cert_facts(&CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01])).is_err());
     }
 
     #[test]

@@ -29,10 +29,23 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Send queries to a DoT server, pipelined over one connection, and print the replies.
     Query(QueryArgs),
+    /// Check a DoT server (dotgate or any other) the way Android, stubby and
+    /// systemd-resolved connect, and say what will fail and why.
+    Check(CheckArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// TOML file whose keys are these flags' names (`max-inflight = 64`); flags and
+    /// environment variables win over it.
+    #[arg(long, env = "DOTGATE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Check the configuration (files readable, certificate and key match,
+    /// upstreams parse), print each problem, and exit: 0 when it would start.
+    #[arg(long)]
+    pub check_config: bool,
+
     /// Address to accept DoT connections on; repeatable. `[::]:853` also takes IPv4.
     #[arg(
         long,
@@ -60,10 +73,36 @@ pub struct ServeArgs {
     #[arg(long, env = "DOTGATE_SELF_SIGNED", value_name = "NAME")]
     pub self_signed: Option<String>,
 
-    /// Upstream resolver, `IP` or `IP:PORT` (port 53 by default); repeatable.
-    /// Default: the nameservers of /etc/resolv.conf.
+    /// Upstream resolver; repeatable. `IP[:PORT]` (UDP, TCP when truncated; port 53),
+    /// `tcp://IP[:PORT]` (pipelined TCP only) or `tls://NAME[@IP][:PORT]` (DNS over
+    /// TLS, port 853, certificate checked for NAME). Default: the nameservers of
+    /// /etc/resolv.conf.
     #[arg(long, env = "DOTGATE_UPSTREAM", value_delimiter = ',')]
     pub upstream: Vec<String>,
+
+    /// How queries are spread over the healthy upstreams: `first-available` (in
+    /// order, the first healthy one), `round-robin` or `least-outstanding` (fewest
+    /// queries in flight).
+    #[arg(
+        long,
+        env = "DOTGATE_UPSTREAM_POLICY",
+        default_value = "first-available"
+    )]
+    pub upstream_policy: UpstreamPolicy,
+
+    /// Probe every upstream this often with a `. NS` query; a down upstream comes
+    /// back when it answers.
+    #[arg(long, env = "DOTGATE_HEALTH_CHECK_INTERVAL", default_value = "1s")]
+    pub health_check_interval: Duration,
+
+    /// PEM file of trust anchors for `tls://` upstreams (default: the system's roots).
+    #[arg(long, env = "DOTGATE_UPSTREAM_CA", value_name = "PEM")]
+    pub upstream_ca: Option<PathBuf>,
+
+    /// Resolver (`IP[:PORT]`) that finds the address of a `tls://NAME` upstream
+    /// given without `@IP`. Default: the first plain upstream, else /etc/resolv.conf.
+    #[arg(long, env = "DOTGATE_BOOTSTRAP", value_name = "IP[:PORT]")]
+    pub bootstrap: Option<String>,
 
     /// Close a connection after this long with nothing in flight and nothing received.
     #[arg(long, env = "DOTGATE_IDLE_TIMEOUT", default_value = "30s")]
@@ -120,6 +159,40 @@ pub struct ServeArgs {
     /// Log filter, e.g. `info` or `dotgate=debug` (default: RUST_LOG, else `info`).
     #[arg(long, env = "DOTGATE_LOG_LEVEL")]
     pub log_level: Option<String>,
+
+    /// Serve /metrics (Prometheus), /healthz and /readyz over HTTP on this address,
+    /// e.g. `127.0.0.1:9853`. Off by default.
+    #[arg(long, env = "DOTGATE_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Expect a PROXY protocol header (v1 or v2) before TLS on every connection, as
+    /// sent by a load balancer; the client address it carries is used for the
+    /// per-address limits and in logs.
+    #[arg(long, env = "DOTGATE_PROXY_PROTOCOL")]
+    pub proxy_protocol: bool,
+
+    /// With --proxy-protocol, accept connections only from this network (CIDR, e.g.
+    /// `10.0.0.0/8`); others are refused. Repeatable. Default: from anywhere.
+    #[arg(
+        long,
+        env = "DOTGATE_PROXY_PROTOCOL_FROM",
+        value_delimiter = ',',
+        value_name = "CIDR",
+        requires = "proxy_protocol"
+    )]
+    pub proxy_protocol_from: Vec<crate::proxy::Cidr>,
+}
+
+/// How the upstream pool picks an upstream for a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UpstreamPolicy {
+    /// The first healthy upstream in the order given: the others are standbys.
+    FirstAvailable,
+    /// Each healthy upstream in turn.
+    RoundRobin,
+    /// The healthy upstream with the fewest queries in flight (ties: the first
+    /// in order), which steers load away from a slow upstream.
+    LeastOutstanding,
 }
 
 /// A TLS protocol version, as written on the command line.
@@ -149,7 +222,41 @@ pub struct QueryArgs {
     #[arg(long, default_value = "5s")]
     pub timeout: Duration,
 
+    /// Resolver (`IP[:PORT]`, plain DNS) that finds the address of a server given
+    /// by name (default: the system's resolver).
+    #[arg(long, value_name = "IP[:PORT]")]
+    pub bootstrap: Option<String>,
+
     /// `@SERVER[:PORT]` (port 853 by default), then `NAME [TYPE]` pairs; TYPE defaults to A.
     #[arg(required = true, num_args = 2.., value_name = "@SERVER[:PORT] NAME [TYPE]")]
     pub args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The server: `HOST[:PORT]` (port 853 by default); HOST is a name or an address.
+    #[arg(value_name = "HOST[:PORT]")]
+    pub server: String,
+
+    /// The name the certificate must cover (default: HOST), as set in Android's
+    /// Private DNS or stubby's tls_auth_name.
+    #[arg(long, value_name = "NAME")]
+    pub tls_name: Option<String>,
+
+    /// PEM file of trust anchors to verify the chain with (default: the system's
+    /// roots, as Android strict mode uses).
+    #[arg(long, value_name = "PEM")]
+    pub ca: Option<PathBuf>,
+
+    /// Connect to this address instead of resolving HOST.
+    #[arg(long, value_name = "IP")]
+    pub address: Option<std::net::IpAddr>,
+
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Skip the 20 s idle-connection wait (ends within about 15 s).
+    #[arg(long)]
+    pub quick: bool,
 }

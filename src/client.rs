@@ -124,9 +124,19 @@ impl FromStr for ServerSpec {
 
 /// Builds a client TLS configuration for the given trust, offering ALPN `dot`.
 pub fn client_config(trust: &Trust) -> Result<Arc<ClientConfig>, ClientError> {
+    let versions = [&rustls::version::TLS13, &rustls::version::TLS12];
+    Ok(Arc::new(tls_config(trust, &versions)?))
+}
+
+/// As [`client_config`], offering only `versions`, for a caller that goes on
+/// to change ALPN, SNI or resumption (`dotgate check`).
+pub fn tls_config(
+    trust: &Trust,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<ClientConfig, ClientError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder =
+        ClientConfig::builder_with_provider(provider.clone()).with_protocol_versions(versions)?;
     let mut config = match trust {
         Trust::Insecure => builder
             .dangerous()
@@ -140,10 +150,11 @@ pub fn client_config(trust: &Trust) -> Result<Arc<ClientConfig>, ClientError> {
             .with_no_client_auth(),
     };
     config.alpn_protocols = vec![ALPN_DOT.to_vec()];
-    Ok(Arc::new(config))
+    Ok(config)
 }
 
-fn roots_from_file(path: &Path) -> Result<RootCertStore, ClientError> {
+/// The trust anchors of a PEM file.
+pub fn roots_from_file(path: &Path) -> Result<RootCertStore, ClientError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
         .map_err(|source| ClientError::Ca {
@@ -158,7 +169,8 @@ fn roots_from_file(path: &Path) -> Result<RootCertStore, ClientError> {
     Ok(roots)
 }
 
-fn system_roots() -> Result<RootCertStore, ClientError> {
+/// The operating system's root certificates.
+pub fn system_roots() -> Result<RootCertStore, ClientError> {
     let found = rustls_native_certs::load_native_certs();
     let mut roots = RootCertStore::empty();
     roots.add_parsable_certificates(found.certs);
@@ -239,6 +251,78 @@ pub async fn resolve(spec: &ServerSpec) -> Result<Vec<SocketAddr>, ClientError> 
     Ok(addrs)
 }
 
+/// Resolves `host` (A, then AAAA when there is no A) through a plain DNS
+/// resolver over UDP, without the system resolver: for `tls://NAME`
+/// upstreams and `dotgate query --bootstrap`. Returns the addresses and the
+/// smallest TTL among them, for how long they may be kept.
+pub async fn resolve_via(
+    bootstrap: SocketAddr,
+    host: &str,
+    timeout: Duration,
+) -> Result<(Vec<IpAddr>, Duration), ClientError> {
+    let fail = |reason: String| ClientError::Resolve {
+        host: host.to_string(),
+        reason,
+    };
+    // Fully qualified, as the name in the reply's question will be.
+    let fqdn = format!("{}.", host.trim_end_matches('.'));
+    let name = Name::from_utf8(&fqdn).map_err(|_| ClientError::BadName(host.to_string()))?;
+    let bind: SocketAddr = if bootstrap.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let sock = tokio::net::UdpSocket::bind(bind).await?;
+    sock.connect(bootstrap).await?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    for rtype in [RecordType::A, RecordType::AAAA] {
+        let id: u16 = rand::random();
+        let mut msg = Message::query();
+        msg.metadata.id = id;
+        msg.metadata.recursion_desired = true;
+        msg.add_query(Query::query(name.clone(), rtype));
+        let bytes = msg
+            .to_vec()
+            .map_err(|e| ClientError::Encode(e.to_string()))?;
+        sock.send(&bytes).await?;
+        let mut buf = vec![0u8; 65_535];
+        let reply = loop {
+            let n = tokio::time::timeout_at(deadline, sock.recv(&mut buf))
+                .await
+                .map_err(|_| fail(format!("no answer from {bootstrap}")))??;
+            // Another ID or question is not this reply (RFC 5452): keep waiting.
+            let Ok(reply) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let asked = reply
+                .queries
+                .first()
+                .is_some_and(|q| q.name() == &name && q.query_type() == rtype);
+            if reply.metadata.id == id && asked {
+                break reply;
+            }
+        };
+        let mut ttl = u32::MAX;
+        let ips: Vec<IpAddr> = reply
+            .answers
+            .iter()
+            .filter_map(|r| {
+                let ip = match &r.data {
+                    hickory_proto::rr::RData::A(a) => IpAddr::V4(a.0),
+                    hickory_proto::rr::RData::AAAA(a) => IpAddr::V6(a.0),
+                    _ => return None,
+                };
+                ttl = ttl.min(r.ttl);
+                Some(ip)
+            })
+            .collect();
+        if !ips.is_empty() {
+            return Ok((ips, Duration::from_secs(u64::from(ttl))));
+        }
+    }
+    Err(fail(format!("{bootstrap} has no address for it")))
+}
+
 /// Opens a TLS connection to `addr`, verifying the certificate for `tls_name`.
 pub async fn connect(
     addr: SocketAddr,
@@ -250,6 +334,17 @@ pub async fn connect(
     let tcp = TcpStream::connect(addr)
         .await
         .map_err(|source| ClientError::Connect { addr, source })?;
+    tls_handshake(tcp, name, config).await
+}
+
+/// The TLS handshake over an open TCP connection, for `name` (the SNI, when
+/// the configuration sends one, and the name verified).
+pub async fn tls_handshake(
+    tcp: TcpStream,
+    name: ServerName<'static>,
+    config: Arc<ClientConfig>,
+) -> Result<TlsStream<TcpStream>, ClientError> {
+    let addr = tcp.peer_addr()?;
     tcp.set_nodelay(true)?;
     TlsConnector::from(config)
         .connect(name, tcp)

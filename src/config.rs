@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::{ServeArgs, TlsVersion};
+use crate::cli::{ServeArgs, TlsVersion, UpstreamPolicy};
 
 /// Where the server's certificate comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,11 +71,71 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     pub cert: CertSource,
     pub tls: TlsSettings,
-    /// Upstream resolvers in order; the first is used (failover comes with the
-    /// upstream pool).
-    pub upstreams: Vec<SocketAddr>,
+    /// Upstream resolvers in the order given (the order matters to the
+    /// `first-available` policy).
+    pub upstreams: Vec<UpstreamSpec>,
+    /// How the upstream pool chooses, checks and reaches them.
+    pub pool: PoolSettings,
     pub timeouts: Timeouts,
     pub limits: Limits,
+    /// `--metrics-listen`: where /metrics, /healthz and /readyz are served;
+    /// None for nowhere (the default).
+    pub metrics_listen: Option<SocketAddr>,
+    /// `--proxy-protocol` and `--proxy-protocol-from`.
+    pub proxy: crate::proxy::ProxySettings,
+}
+
+/// Port of DNS over TLS (RFC 7858 §3.1), the default of `tls://` upstreams.
+pub const DOT_PORT: u16 = 853;
+
+/// One `--upstream` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamSpec {
+    /// `IP[:PORT]`: UDP over shared sockets, TCP when an answer is truncated.
+    Plain(SocketAddr),
+    /// `tcp://IP[:PORT]`: pooled, pipelined TCP only.
+    Tcp(SocketAddr),
+    /// `tls://NAME[@IP][:PORT]`: DNS over TLS, the certificate checked for
+    /// NAME; without an IP, NAME is resolved through the bootstrap resolver.
+    Tls {
+        name: String,
+        ip: Option<IpAddr>,
+        port: u16,
+    },
+}
+
+impl std::fmt::Display for UpstreamSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamSpec::Plain(addr) => write!(f, "{addr}"),
+            UpstreamSpec::Tcp(addr) => write!(f, "tcp://{addr}"),
+            UpstreamSpec::Tls { name, ip, port } => match ip {
+                Some(ip) => write!(f, "tls://{name}@{}", SocketAddr::new(*ip, *port)),
+                None => write!(f, "tls://{name}:{port}"),
+            },
+        }
+    }
+}
+
+impl std::str::FromStr for UpstreamSpec {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_upstream(s)
+    }
+}
+
+/// How the upstream pool chooses, checks and reaches its upstreams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSettings {
+    pub policy: UpstreamPolicy,
+    /// Time between two probes of each upstream.
+    pub health_interval: Duration,
+    /// Trust anchors for `tls://` upstreams; None for the system's roots.
+    pub ca: Option<PathBuf>,
+    /// Resolver for the names of `tls://` upstreams given without an IP;
+    /// None when every `tls://` upstream has one (or there is none).
+    pub bootstrap: Option<SocketAddr>,
 }
 
 /// A configuration problem, phrased for the operator.
@@ -85,8 +145,10 @@ pub enum ConfigError {
     NoCertificate,
     #[error("--listen needs at least one address")]
     NoListen,
-    #[error("--upstream {0:?} is not an address: write IP or IP:PORT, e.g. 127.0.0.1, 127.0.0.1:5353 or [::1]:53")]
+    #[error("--upstream {0:?} is not an upstream: write IP or IP:PORT (e.g. 127.0.0.1, 127.0.0.1:5353 or [::1]:53), tcp://IP[:PORT], or tls://NAME[@IP][:PORT] (e.g. tls://dns.example@192.0.2.1)")]
     BadUpstream(String),
+    #[error("--bootstrap {0:?} is not an address: write IP or IP:PORT")]
+    BadBootstrap(String),
     #[error("no upstream: pass --upstream IP[:PORT], or list a nameserver in {path}")]
     NoUpstream { path: String },
     #[error("cannot read {path} for the default upstream ({source}); pass --upstream IP[:PORT]")]
@@ -122,13 +184,25 @@ impl Config {
             (None, None, Some(name)) => CertSource::SelfSigned(name.clone()),
             _ => return Err(ConfigError::NoCertificate),
         };
-        let upstreams = if args.upstream.is_empty() {
+        let upstreams: Vec<UpstreamSpec> = if args.upstream.is_empty() {
             upstreams_from_resolv_conf(resolv_conf)?
+                .into_iter()
+                .map(UpstreamSpec::Plain)
+                .collect()
         } else {
             args.upstream
                 .iter()
                 .map(|s| parse_upstream(s))
                 .collect::<Result<_, _>>()?
+        };
+        let pool = PoolSettings {
+            policy: args.upstream_policy,
+            health_interval: nonzero_duration(
+                args.health_check_interval,
+                "--health-check-interval",
+            )?,
+            ca: args.upstream_ca.clone(),
+            bootstrap: bootstrap(args.bootstrap.as_deref(), &upstreams, resolv_conf)?,
         };
         let nonzero = |d: crate::duration::Duration, flag| {
             if d.0.is_zero() {
@@ -178,6 +252,7 @@ impl Config {
                 ticket_key_file: args.ticket_key_file.clone(),
             },
             upstreams,
+            pool,
             timeouts,
             limits: Limits {
                 max_inflight: args.max_inflight,
@@ -187,23 +262,111 @@ impl Config {
                 max_queries_per_connection: args.max_queries_per_connection,
                 max_connection_age,
             },
+            metrics_listen: args.metrics_listen,
+            proxy: crate::proxy::ProxySettings {
+                enabled: args.proxy_protocol,
+                trusted: args.proxy_protocol_from.clone(),
+            },
         })
     }
 }
 
-/// Parses `IP` or `IP:PORT` (IPv6 with a port in brackets); port 53 by default.
-pub fn parse_upstream(s: &str) -> Result<SocketAddr, ConfigError> {
+/// Parses an `--upstream` entry: `IP[:PORT]`, `tcp://IP[:PORT]` (port 53 by
+/// default, IPv6 with a port in brackets) or `tls://NAME[@IP][:PORT]` (port
+/// 853 by default).
+pub fn parse_upstream(s: &str) -> Result<UpstreamSpec, ConfigError> {
     let s = s.trim();
+    let bad = || ConfigError::BadUpstream(s.to_string());
+    if let Some(rest) = s.strip_prefix("tcp://") {
+        return parse_addr(rest, 53).map(UpstreamSpec::Tcp).ok_or_else(bad);
+    }
+    if let Some(rest) = s.strip_prefix("tls://") {
+        let (name, ip, port) = match rest.split_once('@') {
+            Some((name, at)) => {
+                let addr = parse_addr(at, DOT_PORT).ok_or_else(bad)?;
+                (name, Some(addr.ip()), addr.port())
+            }
+            None => match parse_addr(rest, DOT_PORT) {
+                // tls://IP: the certificate must then cover the IP address.
+                Some(addr) => {
+                    return Ok(UpstreamSpec::Tls {
+                        name: addr.ip().to_string(),
+                        ip: Some(addr.ip()),
+                        port: addr.port(),
+                    })
+                }
+                None => match rest.rsplit_once(':') {
+                    Some((name, port)) => (name, None, port.parse().map_err(|_| bad())?),
+                    None => (rest, None, DOT_PORT),
+                },
+            },
+        };
+        let name = name.trim_end_matches('.');
+        if rustls_pki_types::ServerName::try_from(name).is_err() || name.is_empty() {
+            return Err(bad());
+        }
+        return Ok(UpstreamSpec::Tls {
+            name: name.to_ascii_lowercase(),
+            ip,
+            port,
+        });
+    }
+    parse_addr(s, 53).map(UpstreamSpec::Plain).ok_or_else(bad)
+}
+
+/// `IP` or `IP:PORT` (IPv6 with a port in brackets), `port` by default.
+fn parse_addr(s: &str, port: u16) -> Option<SocketAddr> {
     if let Ok(addr) = s.parse::<SocketAddr>() {
-        return Ok(addr);
+        return Some(addr);
     }
     let ip = s
         .strip_prefix('[')
         .and_then(|r| r.strip_suffix(']'))
         .unwrap_or(s);
     ip.parse::<IpAddr>()
-        .map(|ip| SocketAddr::new(ip, 53))
-        .map_err(|_| ConfigError::BadUpstream(s.to_string()))
+        .ok()
+        .map(|ip| SocketAddr::new(ip, port))
+}
+
+/// The resolver for `tls://NAME` upstreams without an IP: `--bootstrap`,
+/// else the first plain (`IP[:PORT]`) upstream, else the first nameserver of
+/// resolv.conf. None when no upstream needs one (resolv.conf is then not
+/// read).
+fn bootstrap(
+    flag: Option<&str>,
+    upstreams: &[UpstreamSpec],
+    resolv_conf: &Path,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    if let Some(flag) = flag {
+        return parse_addr(flag.trim(), 53)
+            .map(Some)
+            .ok_or_else(|| ConfigError::BadBootstrap(flag.to_string()));
+    }
+    let needed = upstreams
+        .iter()
+        .any(|u| matches!(u, UpstreamSpec::Tls { ip: None, .. }));
+    if !needed {
+        return Ok(None);
+    }
+    let plain = upstreams.iter().find_map(|u| match u {
+        UpstreamSpec::Plain(addr) => Some(*addr),
+        _ => None,
+    });
+    match plain {
+        Some(addr) => Ok(Some(addr)),
+        None => Ok(upstreams_from_resolv_conf(resolv_conf)?.first().copied()),
+    }
+}
+
+fn nonzero_duration(
+    d: crate::duration::Duration,
+    flag: &'static str,
+) -> Result<Duration, ConfigError> {
+    if d.0.is_zero() {
+        Err(ConfigError::ZeroDuration { flag })
+    } else {
+        Ok(d.0)
+    }
 }
 
 /// Reads the `nameserver` lines of a resolv.conf file. Link-local IPv6
@@ -242,7 +405,7 @@ mod tests {
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Serve(a) => *a,
-            Command::Query(_) => unreachable!(),
+            Command::Query(_) | Command::Check(_) => unreachable!(),
         }
     }
 
@@ -318,6 +481,86 @@ mod tests {
         );
         let e = parse_upstream("dns.example").unwrap_err().to_string();
         assert!(e.contains("IP:PORT"), "{e}");
+    }
+
+    #[test]
+    fn tcp_and_tls_upstream_forms() {
+        let p = |s: &str| parse_upstream(s).unwrap();
+        assert_eq!(
+            p("tcp://10.0.0.1"),
+            UpstreamSpec::Tcp("10.0.0.1:53".parse().unwrap())
+        );
+        assert_eq!(
+            p("tcp://[::1]:5353"),
+            UpstreamSpec::Tcp("[::1]:5353".parse().unwrap())
+        );
+        let tls = |name: &str, ip: Option<&str>, port| UpstreamSpec::Tls {
+            name: name.into(),
+            ip: ip.map(|ip| ip.parse().unwrap()),
+            port,
+        };
+        assert_eq!(p("tls://dns.example"), tls("dns.example", None, 853));
+        assert_eq!(p("tls://DNS.example.:8853"), tls("dns.example", None, 8853));
+        assert_eq!(
+            p("tls://dns.example@192.0.2.1"),
+            tls("dns.example", Some("192.0.2.1"), 853)
+        );
+        assert_eq!(
+            p("tls://dns.example@[2001:db8::1]:8853"),
+            tls("dns.example", Some("2001:db8::1"), 8853)
+        );
+        assert_eq!(
+            p("tls://192.0.2.1"),
+            tls("192.0.2.1", Some("192.0.2.1"), 853)
+        );
+        for bad in [
+            "tls://",
+            "tls://a@b",
+            "tcp://name",
+            "tls://x:port",
+            "udp://1.2.3.4",
+        ] {
+            assert!(parse_upstream(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            p("tls://dns.example@192.0.2.1:853").to_string(),
+            "tls://dns.example@192.0.2.1:853"
+        );
+    }
+
+    #[test]
+    fn bootstrap_defaults_to_the_first_plain_upstream() {
+        let c = Config::from_args(
+            &args(&[
+                "--self-signed",
+                "x",
+                "--upstream",
+                "tls://dns.example,tcp://10.0.0.9,10.0.0.1:5300",
+            ]),
+            Path::new("/nonexistent"),
+        )
+        .unwrap();
+        assert_eq!(c.pool.bootstrap, Some("10.0.0.1:5300".parse().unwrap()));
+        assert_eq!(c.pool.policy, UpstreamPolicy::FirstAvailable);
+        assert_eq!(c.pool.health_interval, Duration::from_secs(1));
+        let (_d, path) = resolv("nameserver 10.9.9.9\n");
+        let c = Config::from_args(
+            &args(&["--self-signed", "x", "--upstream", "tls://dns.example"]),
+            &path,
+        )
+        .unwrap();
+        assert_eq!(c.pool.bootstrap, Some("10.9.9.9:53".parse().unwrap()));
+        let c = Config::from_args(
+            &args(&[
+                "--self-signed",
+                "x",
+                "--upstream",
+                "tls://d.example@10.0.0.2",
+            ]),
+            Path::new("/nonexistent"),
+        )
+        .unwrap();
+        assert_eq!(c.pool.bootstrap, None, "not needed, resolv.conf not read");
     }
 
     #[test]

@@ -33,12 +33,12 @@ use crate::config::Timeouts;
 use crate::dns::{self, Rcode};
 use crate::edns::LegOptions;
 use crate::framing::{FrameError, FrameReader};
-use crate::stats::Stats;
-use crate::upstream::{Reply, Upstream};
+use crate::stats::{Stats, Synthesized};
+use crate::upstream::{Pool, Reply, UpstreamError};
 
 /// What every connection shares: the upstream, the counters, the settings.
 pub struct Shared {
-    pub upstream: Upstream,
+    pub upstream: Pool,
     pub stats: Arc<Stats>,
     pub timeouts: Timeouts,
     pub max_inflight: usize,
@@ -79,7 +79,9 @@ where
     let (read_half, write_half) = tokio::io::split(stream);
     // Capacity equals the in-flight limit: a reply's sender waits only when
     // the client stops reading, which then stops the reader too.
-    let (tx, rx) = mpsc::channel::<Vec<u8>>(shared.max_inflight);
+    // Each reply travels with the time its query was read, for
+    // `dotgate_query_duration_seconds`.
+    let (tx, rx) = mpsc::channel::<(Vec<u8>, std::time::Instant)>(shared.max_inflight);
     let writer_failed = CancellationToken::new();
     let writer = tokio::spawn(write_loop(
         write_half,
@@ -88,6 +90,7 @@ where
         // our bytes is treated as gone.
         shared.timeouts.idle,
         writer_failed.clone(),
+        shared.stats.clone(),
     ));
     let inflight = InFlight::new(shared.max_inflight);
     let mut reader = FrameReader::new(read_half);
@@ -133,10 +136,13 @@ where
         let shared = shared.clone();
         let tx = tx.clone();
         let lifetime_view = lifetime.clone();
+        let received = std::time::Instant::now();
+        let in_flight = shared.stats.query_in_flight();
         tokio::spawn(async move {
             let reply = answer(&shared, msg, &lifetime_view).await;
+            drop(in_flight);
             // The writer is gone only when the client is: drop the reply.
-            let _ = tx.send(reply).await;
+            let _ = tx.send((reply, received)).await;
             drop(ticket);
         });
         if last {
@@ -170,7 +176,8 @@ async fn answer(shared: &Shared, msg: Vec<u8>, lifetime: &Lifetime) -> Vec<u8> {
         Ok(info) => info,
         Err(e) => {
             tracing::debug!(error = %e, "FORMERR");
-            stats.count(&stats.formerr_synthesized);
+            stats.count_synthesized(Synthesized::FormErrUnparsable);
+            stats.count_reply(Rcode::FormErr as u16);
             return dns::error_reply(&msg, None, Rcode::FormErr as u16, LegOptions::NONE);
         }
     };
@@ -178,27 +185,47 @@ async fn answer(shared: &Shared, msg: Vec<u8>, lifetime: &Lifetime) -> Vec<u8> {
         // Answered here, not forwarded: the version or the hop-by-hop
         // options are dotgate's to judge (RFC 6891 §6.1.3, RFC 7828).
         tracing::debug!(qid = info.id, error = %refused, "EDNS refused");
-        if refused.rcode() == Rcode::FormErr as u16 {
-            stats.count(&stats.formerr_synthesized);
-        }
+        stats.count_synthesized(if refused.rcode() == Rcode::FormErr as u16 {
+            Synthesized::FormErrEdns
+        } else {
+            Synthesized::BadVersEdns
+        });
+        stats.count_reply(refused.rcode());
         return dns::error_reply(&msg, Some(&info), refused.rcode(), LegOptions::NONE);
     }
+    let asked = std::time::Instant::now();
     let outcome = shared.upstream.exchange(&msg, &info).await;
+    if outcome.is_ok() {
+        stats.upstream_rtt.observe(asked.elapsed());
+        stats.note_upstream_answer();
+    }
     // Decided now, not when the query was read: a connection that began
     // retiring in the meantime advertises a keepalive of 0 (R14, R15).
     let leg = LegOptions::for_request(info.edns, shared.timeouts.idle, lifetime.is_retiring());
     let failure = match outcome {
         Ok(Reply::Message(reply)) => match dns::client_reply(reply, &info, leg) {
-            Ok(reply) => return reply,
-            Err(e) => e.to_string(),
+            Ok(reply) => {
+                // The header's 4 bits: the upstream's reply passes its
+                // extended RCODE (if any) through unchanged.
+                stats.count_reply(u16::from(reply.get(3).map_or(0, |b| b & 0x0f)));
+                return reply;
+            }
+            Err(e) => (Synthesized::ServFailBadReply, e.to_string()),
         },
         Ok(Reply::Rcode(rcode)) => {
-            return dns::error_reply(&msg, Some(&info), u16::from(rcode), leg)
+            stats.count_reply(u16::from(rcode));
+            return dns::error_reply(&msg, Some(&info), u16::from(rcode), leg);
         }
-        Err(e) => e.to_string(),
+        Err(UpstreamError::Timeout) => (
+            Synthesized::ServFailTimeout,
+            UpstreamError::Timeout.to_string(),
+        ),
+        Err(e) => (Synthesized::ServFailUpstream, e.to_string()),
     };
+    let (cause, failure) = failure;
     tracing::debug!(qid = info.id, error = %failure, "SERVFAIL");
-    stats.count(&stats.servfail_synthesized);
+    stats.count_synthesized(cause);
+    stats.count_reply(Rcode::ServFail as u16);
     dns::error_reply(&msg, Some(&info), Rcode::ServFail as u16, leg)
 }
 
@@ -206,9 +233,10 @@ async fn answer(shared: &Shared, msg: Vec<u8>, lifetime: &Lifetime) -> Vec<u8> {
 /// into one write, then closes with close_notify and FIN.
 async fn write_loop<W>(
     mut writer: W,
-    mut replies: mpsc::Receiver<Vec<u8>>,
+    mut replies: mpsc::Receiver<(Vec<u8>, std::time::Instant)>,
     write_timeout: Duration,
     failed: CancellationToken,
+    stats: Arc<Stats>,
 ) -> std::io::Result<()>
 where
     W: AsyncWrite + Unpin,
@@ -216,12 +244,19 @@ where
     let result = async {
         // Grows on first use only: an idle connection holds no write buffer.
         let mut batch = Vec::new();
-        while let Some(reply) = replies.recv().await {
+        // When each query of the batch was read; grows once, like `batch`.
+        let mut received = Vec::new();
+        while let Some((reply, read_at)) = replies.recv().await {
             batch.clear();
+            received.clear();
             push_framed(&mut batch, &reply);
+            received.push(read_at);
             while batch.len() < WRITE_BATCH {
                 match replies.try_recv() {
-                    Ok(reply) => push_framed(&mut batch, &reply),
+                    Ok((reply, read_at)) => {
+                        push_framed(&mut batch, &reply);
+                        received.push(read_at);
+                    }
                     Err(_) => break,
                 }
             }
@@ -230,6 +265,9 @@ where
                 writer.flush().await
             })
             .await?;
+            for read_at in &received {
+                stats.query_duration.observe(read_at.elapsed());
+            }
         }
         // All senders are gone: nothing more to write.
         with_timeout(write_timeout, writer.shutdown()).await

@@ -62,6 +62,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// The stream, for writing to it (`dotgate check` keeps one reader per
+    /// connection and writes through it). Reading from it directly would
+    /// lose buffered bytes.
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
+    /// The stream, for inspecting it (e.g. its TLS session).
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
     /// True when part of a message has been received but not all of it.
     pub fn has_partial(&self) -> bool {
         self.end > self.start

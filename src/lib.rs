@@ -19,16 +19,20 @@
 //! * [`client`] is the pipelining DoT client behind `dotgate query`.
 
 pub mod certcheck;
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod config_file;
 pub mod connection;
 pub mod dns;
 pub mod duration;
 pub mod edns;
 pub mod framing;
+pub mod http;
 pub mod listener;
 pub mod per_ip;
+pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod shutdown;
@@ -36,3 +40,4 @@ pub mod stats;
 pub mod tickets;
 pub mod tls;
 pub mod upstream;
+pub mod validate;

@@ -1,29 +1,33 @@
 //! The `dotgate` binary: parse the command line, set up logging, and run a
 //! subcommand. `anyhow` lives only here, at the edge.
 
+use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
-use dotgate::cli::{Cli, Command, QueryArgs, ServeArgs};
+use dotgate::cli::{CheckArgs, Cli, Command, QueryArgs, ServeArgs};
 use dotgate::client::{self, ServerSpec, Trust};
 use dotgate::config::{Config, RESOLV_CONF};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_command_line() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     let log_level = match &cli.command {
         Command::Serve(args) => args.log_level.clone(),
-        Command::Query(_) => None,
+        Command::Query(_) | Command::Check(_) => None,
     };
     init_tracing(
         log_level.as_deref(),
-        matches!(cli.command, Command::Query(_)),
+        matches!(cli.command, Command::Query(_) | Command::Check(_)),
     );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -39,6 +43,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve(*args).await,
             Command::Query(args) => query(args).await,
+            Command::Check(args) => check(args).await,
         }
     });
     match result {
@@ -48,6 +53,32 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Parses the command line; for `serve --config FILE`, merges the file's keys
+/// in under the flags and environment variables (see `config_file.rs`).
+fn parse_command_line() -> Result<Cli, ExitCode> {
+    let mut argv: Vec<OsString> = std::env::args_os().collect();
+    // A lenient first pass only finds the file and which flags are already
+    // set: a flag the file completes (`--cert` here, `key` there) must not
+    // fail yet.
+    let first = Cli::command().ignore_errors(true).get_matches_from(&argv);
+    if let Some(serve_matches) = first.subcommand_matches("serve") {
+        if let Some(path) = serve_matches.get_one::<PathBuf>("config") {
+            let serve = Cli::command();
+            let Some(serve) = serve.find_subcommand("serve") else {
+                return Err(ExitCode::from(2));
+            };
+            match dotgate::config_file::file_args(path, serve, serve_matches) {
+                Ok(extra) => argv.extend(extra),
+                Err(e) => {
+                    eprintln!("dotgate: {e}");
+                    return Err(ExitCode::from(2));
+                }
+            }
+        }
+    }
+    Ok(Cli::parse_from(argv))
 }
 
 /// The error and its causes on one line, skipping a cause whose text the
@@ -80,6 +111,9 @@ fn init_tracing(flag: Option<&str>, quiet: bool) {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    if args.check_config {
+        return Ok(check_config(&args));
+    }
     let config = Config::from_args(&args, Path::new(RESOLV_CONF))?;
     let mut listeners = Vec::with_capacity(config.listen.len());
     for addr in &config.listen {
@@ -88,6 +122,28 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let shutdown = dotgate::shutdown::on_signals().context("cannot install signal handlers")?;
     dotgate::server::run(config, listeners, shutdown).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `serve --check-config`: prints every problem and warning; exit 0 when
+/// dotgate would start.
+fn check_config(args: &ServeArgs) -> ExitCode {
+    let found = dotgate::validate::check(args, Path::new(RESOLV_CONF));
+    for warning in &found.warnings {
+        println!("warning: {warning}");
+    }
+    for problem in &found.problems {
+        println!("problem: {problem}");
+    }
+    if found.problems.is_empty() {
+        println!("configuration OK");
+        ExitCode::SUCCESS
+    } else {
+        println!(
+            "{} problem(s): dotgate would not start",
+            found.problems.len()
+        );
+        ExitCode::FAILURE
+    }
 }
 
 /// Binds a listening socket. An IPv6 wildcard also accepts IPv4 (so the
@@ -123,9 +179,23 @@ async fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
     let config = client::client_config(&trust)?;
     let tls_name = args.tls_name.clone().unwrap_or_else(|| spec.host.clone());
     let limit = args.timeout.0;
-    let addrs = tokio::time::timeout(limit, client::resolve(&spec))
-        .await
-        .map_err(|_| client::ClientError::Timeout)??;
+    let addrs = match &args.bootstrap {
+        // A server given by name, resolved through the given resolver (the
+        // same lookup as for a `tls://NAME` upstream).
+        Some(bootstrap) if spec.host.parse::<std::net::IpAddr>().is_err() => {
+            let bootstrap = match dotgate::config::parse_upstream(bootstrap) {
+                Ok(dotgate::config::UpstreamSpec::Plain(addr)) => addr,
+                _ => bail!("--bootstrap {bootstrap:?}: write IP or IP:PORT"),
+            };
+            let (ips, _ttl) = client::resolve_via(bootstrap, &spec.host, limit).await?;
+            ips.into_iter()
+                .map(|ip| SocketAddr::new(ip, spec.port))
+                .collect()
+        }
+        _ => tokio::time::timeout(limit, client::resolve(&spec))
+            .await
+            .map_err(|_| client::ClientError::Timeout)??,
+    };
     let mut last_error = None;
     for addr in addrs {
         let connected =
@@ -158,4 +228,31 @@ async fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no address to connect to")))
+}
+
+/// `dotgate check`: the report on stdout; exit 0 when nothing FAILs, 1 when
+/// something does, 2 when the check could not run (a bad `--ca` file).
+async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let trust = match &args.ca {
+        Some(path) => Trust::Ca(path.clone()),
+        None => Trust::System,
+    };
+    let options = dotgate::check::Options::new(
+        &args.server,
+        args.tls_name.clone(),
+        trust,
+        args.address,
+        args.quick,
+    )?;
+    let report = dotgate::check::run(&options).await?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

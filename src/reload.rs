@@ -32,6 +32,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::certcheck::{self, LeafInfo};
+use crate::stats::Stats;
 use crate::tls::{self, CurrentCert, Identity};
 
 /// How often the certificate and key files are looked at. Two `stat` calls a
@@ -175,6 +176,8 @@ pub struct Reloader {
     pub loaded: Fingerprint,
     /// What the first load logged, for the error message of a failed reload.
     pub serving: Option<LeafInfo>,
+    /// Where the served certificate's not-after is published.
+    pub stats: Arc<Stats>,
 }
 
 impl Reloader {
@@ -247,6 +250,7 @@ impl Reloader {
             "certificate reloaded: new handshakes get this certificate",
         );
         self.current.set(identity.certified);
+        record_certificate(&self.stats, self.serving.as_ref());
     }
 
     fn log_failure(&self, error: &str) {
@@ -262,6 +266,15 @@ impl Reloader {
                 "certificate reload failed: still serving the previous certificate"
             ),
         }
+    }
+}
+
+/// Publishes the served certificate in the metrics (subject and not-after,
+/// when the leaf could be read) and marks a certificate loaded for /readyz.
+pub fn record_certificate(stats: &Stats, leaf: Option<&LeafInfo>) {
+    match leaf {
+        Some(leaf) => stats.set_certificate(&leaf.subject, leaf.not_after_unix),
+        None => stats.set_certificate_loaded(),
     }
 }
 

@@ -15,21 +15,27 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::connection::{self, Shared};
+use crate::http;
 use crate::listener::{self, HandshakeError};
 use crate::per_ip::{IpSlot, PerIp, Refusal};
-use crate::stats::Stats;
+use crate::proxy::{self, ProxySettings};
+use crate::stats::{HandshakeFailure, Stats, StatsCollector, TlsVersionLabel};
 use crate::tls::{self, ServerConfigs};
-use crate::upstream::Upstream;
+use crate::upstream::{Pool, PoolError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
-    #[error("cannot open sockets toward upstream {addr}: {source}")]
-    Upstream {
+    #[error(transparent)]
+    Upstream(#[from] PoolError),
+    #[error("cannot listen for metrics on {addr} (--metrics-listen): {source}")]
+    MetricsListen {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot set up the metrics registry: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 /// Serves DoT on `listeners` until `shutdown` is cancelled, then drains.
@@ -38,14 +44,44 @@ pub async fn run(
     listeners: Vec<TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    // Loads and checks the certificate, and starts its reloader (R3, R6).
-    let configs = tls::setup(&config, &shutdown)?;
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::MetricsListen { addr, source })?,
+        ),
+        None => None,
+    };
+    run_with_metrics(config, listeners, metrics, shutdown).await
+}
+
+/// As [`run`], with the `--metrics-listen` socket already bound (tests bind
+/// port 0); `None` serves no metrics whatever the configuration says.
+pub async fn run_with_metrics(
+    config: Config,
+    listeners: Vec<TcpListener>,
+    metrics: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
     let stats = Arc::new(Stats::default());
-    // The upstream pool will take the whole list; for now the first serves.
-    let addr = config.upstreams[0];
-    let upstream = Upstream::new(addr, config.timeouts.upstream, stats.clone())
-        .await
-        .map_err(|source| ServeError::Upstream { addr, source })?;
+    // Built first so that a registry error stops start-up before anything
+    // is served.
+    let registry = StatsCollector::registry(stats.clone())?;
+    // Loads and checks the certificate, and starts its reloader (R3, R6).
+    let configs = tls::setup(&config, &shutdown, &stats)?;
+    let upstream = Pool::new(
+        &config.upstreams,
+        &config.pool,
+        config.timeouts.upstream,
+        stats.clone(),
+    )
+    .await?;
+    let upstreams = config
+        .upstreams
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     let shared = Arc::new(Shared {
         upstream,
         stats: stats.clone(),
@@ -63,7 +99,7 @@ pub async fn run(
     let tracker = TaskTracker::new();
     for listener in listeners {
         if let Ok(local) = listener.local_addr() {
-            tracing::info!(listen = %local, upstream = %addr, "serving DNS over TLS");
+            tracing::info!(listen = %local, %upstreams, policy = ?config.pool.policy, "serving DNS over TLS");
         }
         let accept = AcceptLoop {
             listener,
@@ -73,8 +109,33 @@ pub async fn run(
             shared: shared.clone(),
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
+            proxy: Arc::new(config.proxy.clone()),
         };
         tracker.spawn(accept.run());
+    }
+    if config.proxy.enabled {
+        if config.proxy.trusted.is_empty() {
+            tracing::warn!("--proxy-protocol without --proxy-protocol-from: any peer can claim any client address");
+        } else {
+            let from: Vec<String> = config
+                .proxy
+                .trusted
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            tracing::info!(from = %from.join(","), "expecting PROXY protocol headers");
+        }
+    }
+    stats.set_listening();
+    if let Some(listener) = metrics {
+        let endpoint = http::Endpoint {
+            registry,
+            stats: stats.clone(),
+            // A health probe goes out every interval and may take up to the
+            // upstream timeout to come back.
+            ready_window: config.pool.health_interval + config.timeouts.upstream,
+        };
+        tokio::spawn(http::serve(listener, endpoint, shutdown.clone()));
     }
     shutdown.cancelled().await;
     tracker.close();
@@ -99,6 +160,7 @@ struct AcceptLoop {
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    proxy: Arc<ProxySettings>,
 }
 
 /// Pause after an accept error (such as running out of file descriptors),
@@ -133,28 +195,36 @@ impl AcceptLoop {
                 drop(tcp);
                 continue;
             };
-            let ip = match self.per_ip.admit(peer.ip(), std::time::Instant::now()) {
-                Ok(ip) => ip,
-                Err(refusal) => {
-                    let counter = match refusal {
-                        Refusal::TooManyConnections => &stats.refused_per_ip,
-                        Refusal::HandshakeRate => &stats.refused_handshake_rate,
-                    };
-                    stats.count(counter);
-                    tracing::debug!(%peer, ?refusal, "over a per-address limit: closed");
+            let slot = if self.proxy.enabled {
+                if !self.proxy.trusts(peer.ip()) {
+                    stats.count(&stats.refused_proxy_untrusted);
+                    tracing::debug!(%peer, "not in --proxy-protocol-from: closed");
                     drop(tcp);
                     continue;
                 }
+                // The client's address is in the PROXY header, read in the
+                // connection's task: per-address admission happens there.
+                Admission {
+                    _global: global,
+                    _ip: None,
+                }
+            } else {
+                match admit(&self.per_ip, peer, stats) {
+                    Some(ip) => Admission {
+                        _global: global,
+                        _ip: Some(ip),
+                    },
+                    None => {
+                        drop(tcp);
+                        continue;
+                    }
+                }
             };
-            let slot = Admission {
-                _global: global,
-                _ip: ip,
-            };
-            stats.count(&stats.connections_accepted);
             self.tracker.spawn(handle(
                 tcp,
                 peer,
                 slot,
+                self.proxy.enabled.then(|| self.per_ip.clone()),
                 self.configs.clone(),
                 self.shared.clone(),
                 self.shutdown.clone(),
@@ -163,39 +233,114 @@ impl AcceptLoop {
     }
 }
 
+/// Admits `client` under the per-address limits, counting the connection
+/// as accepted or refused; `None` when refused.
+fn admit(per_ip: &Arc<PerIp>, client: SocketAddr, stats: &Stats) -> Option<IpSlot> {
+    match per_ip.admit(client.ip(), std::time::Instant::now()) {
+        Ok(ip) => {
+            stats.count(&stats.connections_accepted);
+            Some(ip)
+        }
+        Err(refusal) => {
+            let counter = match refusal {
+                Refusal::TooManyConnections => &stats.refused_per_ip,
+                Refusal::HandshakeRate => &stats.refused_handshake_rate,
+            };
+            stats.count(counter);
+            tracing::debug!(%client, ?refusal, "over a per-address limit: closed");
+            None
+        }
+    }
+}
+
 /// A connection's places under the global and the per-address caps, held
-/// for its whole life and released together.
+/// for its whole life and released together. The per-address place is
+/// taken after the PROXY header when PROXY is on.
 struct Admission {
     _global: OwnedSemaphorePermit,
-    _ip: IpSlot,
+    _ip: Option<IpSlot>,
 }
 
 /// One connection's whole life, from TCP accept to close. Holds its slot of
-/// the global cap until the end.
+/// the global cap until the end. With `proxy_admission` (PROXY on), reads
+/// the PROXY header first and admits the client it names under the
+/// per-address limits; the header and the TLS handshake share the
+/// handshake timeout.
 async fn handle(
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     peer: SocketAddr,
-    _slot: Admission,
+    mut slot: Admission,
+    proxy_admission: Option<Arc<PerIp>>,
     configs: ServerConfigs,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
     let stats = &shared.stats;
+    let _open = stats.open_connection();
     let _ = tcp.set_nodelay(true);
+    let deadline = tokio::time::Instant::now() + shared.timeouts.handshake;
+    // The address used for limits and logs: the socket's peer, or the
+    // client a trusted proxy names.
+    let mut client = peer;
+    if let Some(per_ip) = proxy_admission {
+        let header = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            header = tokio::time::timeout_at(deadline, proxy::read_header(&mut tcp)) => header,
+        };
+        match header {
+            Ok(Ok(source)) => client = source.unwrap_or(peer),
+            Ok(Err(proxy::ProxyError::Io(e))) => {
+                stats.count_handshake_failure(HandshakeFailure::ClosedEarly);
+                tracing::debug!(%peer, error = %e, "closed before the PROXY header");
+                return;
+            }
+            Ok(Err(e)) => {
+                stats.count(&stats.refused_proxy_malformed);
+                tracing::debug!(%peer, error = %e, "bad PROXY header: closed");
+                return;
+            }
+            Err(_) => {
+                stats.count_handshake_failure(HandshakeFailure::Timeout);
+                tracing::debug!(%peer, "no PROXY header within the handshake timeout");
+                return;
+            }
+        }
+        tracing::debug!(%client, proxy = %peer, "PROXY header read");
+        match admit(&per_ip, client, stats) {
+            Some(ip) => slot._ip = Some(ip),
+            None => return,
+        }
+    }
+    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
     let handshake = tokio::select! {
         _ = shutdown.cancelled() => return,
-        result = listener::accept_tls(tcp, &configs, shared.timeouts.handshake) => result,
+        result = listener::accept_tls(tcp, &configs, remaining) => result,
     };
     let tls = match handshake {
         Ok(tls) => tls,
         Err(e) => {
             match e {
                 HandshakeError::Plaintext(_) => stats.count(&stats.refused_plaintext),
-                _ => stats.count(&stats.handshake_failures),
+                HandshakeError::Timeout => stats.count_handshake_failure(HandshakeFailure::Timeout),
+                HandshakeError::ClosedEarly => {
+                    stats.count_handshake_failure(HandshakeFailure::ClosedEarly)
+                }
+                HandshakeError::Tls(_) => stats.count_handshake_failure(HandshakeFailure::Error),
             }
-            tracing::debug!(%peer, error = %e, "connection refused");
+            tracing::debug!(%client, error = %e, "connection refused");
             return;
         }
     };
-    connection::serve(tls, peer, shared.clone(), shutdown).await;
+    let session = tls.get_ref().1;
+    let version = match session.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_2) => Some(TlsVersionLabel::Tls12),
+        Some(rustls::ProtocolVersion::TLSv1_3) => Some(TlsVersionLabel::Tls13),
+        _ => None,
+    };
+    if let Some(version) = version {
+        let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        stats.count_handshake(version, resumed);
+    }
+    let reason = connection::serve(tls, client, shared.clone(), shutdown).await;
+    stats.count_close(reason);
 }

@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::TlsVersion;
 use crate::config::{CertSource, Config, TlsSettings};
 use crate::reload::{self, Fingerprint, Reloader};
+use crate::stats::Stats;
 use crate::tickets::{self, TicketKeyError, Ticketer};
 
 /// The ALPN protocol ID of DNS over TLS (RFC 7858 registration).
@@ -235,8 +236,14 @@ impl ServerConfigs {
 /// Everything TLS needs before the first accept: loads and checks the
 /// certificate (logging what is served and any chain warnings), builds the
 /// configurations, and starts the reloader (file watch and SIGHUP), which
-/// stops with `shutdown`. Needs a Tokio runtime.
-pub fn setup(config: &Config, shutdown: &CancellationToken) -> Result<ServerConfigs, TlsError> {
+/// stops with `shutdown`. The served certificate is recorded in `stats`
+/// (not-after gauge, readiness), now and on every reload. Needs a Tokio
+/// runtime.
+pub fn setup(
+    config: &Config,
+    shutdown: &CancellationToken,
+    stats: &Arc<Stats>,
+) -> Result<ServerConfigs, TlsError> {
     let tls_name = config.tls.name.as_deref();
     let (identity, files, loaded, source) = match &config.cert {
         CertSource::Files { cert, key } => {
@@ -258,12 +265,14 @@ pub fn setup(config: &Config, shutdown: &CancellationToken) -> Result<ServerConf
     };
     let configs = ServerConfigs::new(&identity, &config.tls)?;
     let serving = reload::announce(&identity, &source, tls_name, "serving certificate");
+    reload::record_certificate(stats, serving.as_ref());
     Reloader {
         files,
         tls_name: config.tls.name.clone(),
         current: configs.current().clone(),
         loaded,
         serving,
+        stats: stats.clone(),
     }
     .spawn(shutdown.clone());
     Ok(configs)

@@ -1,19 +1,47 @@
-//! Forwarding to the upstream resolver: UDP over shared sockets with
-//! rewritten IDs, and a retry over TCP when the UDP answer is truncated.
+//! The upstream pool: several resolvers, a policy choosing among the healthy
+//! ones, health checks, and failover inside one query.
 //!
-//! This layer answers one question: "what did the upstream say to this
+//! This layer answers one question: "what did an upstream say to this
 //! query, within the upstream timeout?". Turning that into the client's
 //! reply (ID, OPT, SERVFAIL) is the connection's job.
+//!
+//! One module per transport: [`udp`] (shared sockets, random IDs, TCP on TC
+//! through [`tcp`]), [`stream`] (pooled, pipelined TCP or TLS connections),
+//! [`dot`] (where a DoT upstream is and how it is verified); [`health`] keeps
+//! the up/down state and [`policy`] picks an upstream.
+//!
+//! Failover: when another upstream is up, the first try gets only
+//! [`TRY_FRACTION`] of the upstream timeout; if it fails or times out, the
+//! query is sent once to another healthy upstream (never the same one) for
+//! the time left. With every upstream down, the answer is an error at once,
+//! so the client gets SERVFAIL without waiting.
 
+mod dot;
+mod health;
+mod policy;
+mod stream;
 mod tcp;
 mod udp;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use tokio::task::JoinHandle;
+
+pub use policy::Policy;
+
+use crate::client::{self, ClientError, Trust};
+use crate::config::{PoolSettings, UpstreamSpec};
 use crate::dns::{self, QueryInfo};
 use crate::stats::Stats;
+use health::Health;
+use stream::{Connector, StreamPool};
+
+/// Share of the upstream timeout the first try gets when a failover is
+/// possible: half, so the second upstream has as long as the first.
+pub const TRY_FRACTION: f64 = 0.5;
 
 /// What the upstream said.
 #[derive(Debug, PartialEq, Eq)]
@@ -37,56 +65,302 @@ pub enum UpstreamError {
     Framing(#[from] crate::framing::FrameError),
     #[error("too many queries in flight toward the upstream")]
     Busy,
+    #[error("{0}")]
+    Connect(#[from] ClientError),
+    #[error("every upstream is down")]
+    AllDown,
 }
 
-/// One upstream resolver.
-pub struct Upstream {
-    addr: SocketAddr,
-    udp: udp::UdpTransport,
+impl UpstreamError {
+    /// Failures that say the upstream cannot serve now (refused connection,
+    /// failed TLS handshake, unresolvable name), rather than one slow answer.
+    fn is_definitive(&self) -> bool {
+        matches!(self, UpstreamError::Connect(_))
+    }
+}
+
+/// Why the pool cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("cannot open sockets toward upstream {addr}: {source}")]
+    Udp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("trust anchors for tls:// upstreams: {0}")]
+    Trust(#[from] ClientError),
+}
+
+enum Transport {
+    /// UDP, and a one-shot TCP exchange when the answer is truncated (R19).
+    Plain {
+        addr: SocketAddr,
+        udp: udp::UdpTransport,
+    },
+    /// `tcp://` and `tls://`: pooled pipelined connections.
+    Stream(StreamPool),
+}
+
+/// One upstream of the pool.
+struct Member {
+    /// As written on the command line, for logs and metrics.
+    name: String,
+    transport: Transport,
+    health: Health,
+    /// Queries in flight; kept only under `least-outstanding`, so the other
+    /// policies pay no shared write per query.
+    outstanding: AtomicUsize,
+}
+
+impl policy::Candidate for Member {
+    fn is_up(&self) -> bool {
+        self.health.is_up()
+    }
+    fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+}
+
+impl Member {
+    async fn exchange(
+        &self,
+        msg: &[u8],
+        info: &QueryInfo,
+        stats: &Stats,
+    ) -> Result<Reply, UpstreamError> {
+        match &self.transport {
+            Transport::Plain { addr, udp } => match udp.exchange(msg, info).await? {
+                Reply::Message(m) if dns::is_truncated(&m) => {
+                    stats.count(&stats.tc_fallbacks);
+                    tcp::exchange(*addr, msg, info, stats).await
+                }
+                other => Ok(other),
+            },
+            Transport::Stream(pool) => pool.exchange(msg, info).await,
+        }
+    }
+}
+
+struct Inner {
+    members: Vec<Member>,
+    policy: Policy,
+    next: AtomicUsize,
     timeout: Duration,
+    try_timeout: Duration,
     stats: Arc<Stats>,
 }
 
-impl Upstream {
-    /// Opens the shared UDP sockets toward `addr`. Must run inside a tokio
-    /// runtime: each socket gets a receive task.
+/// Every upstream resolver, with their health and the policy. Probe tasks
+/// stop when the pool is dropped.
+pub struct Pool {
+    inner: Arc<Inner>,
+    probes: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        for task in &self.probes {
+            task.abort();
+        }
+    }
+}
+
+impl Pool {
+    /// Opens the UDP sockets of the plain upstreams and starts one probe
+    /// task per upstream. Stream connections open on first use. Must run
+    /// inside a tokio runtime.
     pub async fn new(
-        addr: SocketAddr,
+        specs: &[UpstreamSpec],
+        settings: &PoolSettings,
         timeout: Duration,
         stats: Arc<Stats>,
-    ) -> std::io::Result<Self> {
-        Ok(Self {
-            addr,
-            udp: udp::UdpTransport::new(addr, stats.clone()).await?,
+    ) -> Result<Self, PoolError> {
+        // Built once, for the first tls:// upstream, and shared by all.
+        let mut tls_config = None;
+        let mut members = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let transport = match spec {
+                UpstreamSpec::Plain(addr) => Transport::Plain {
+                    addr: *addr,
+                    udp: udp::UdpTransport::new(*addr, stats.clone())
+                        .await
+                        .map_err(|source| PoolError::Udp {
+                            addr: *addr,
+                            source,
+                        })?,
+                },
+                UpstreamSpec::Tcp(addr) => {
+                    Transport::Stream(StreamPool::new(Connector::Tcp(*addr), stats.clone()))
+                }
+                UpstreamSpec::Tls { name, ip, port } => {
+                    let config = match &tls_config {
+                        Some(config) => Arc::clone(config),
+                        None => {
+                            let trust = match &settings.ca {
+                                Some(path) => Trust::Ca(path.clone()),
+                                None => Trust::System,
+                            };
+                            let config = client::client_config(&trust)?;
+                            tls_config = Some(config.clone());
+                            config
+                        }
+                    };
+                    let target =
+                        dot::DotTarget::new(name.clone(), *ip, *port, settings.bootstrap, config);
+                    Transport::Stream(StreamPool::new(Connector::Tls(target), stats.clone()))
+                }
+            };
+            members.push(Member {
+                name: spec.to_string(),
+                transport,
+                health: Health::default(),
+                outstanding: AtomicUsize::new(0),
+            });
+        }
+        let inner = Arc::new(Inner {
+            members,
+            policy: settings.policy,
+            next: AtomicUsize::new(0),
             timeout,
+            try_timeout: timeout.mul_f64(TRY_FRACTION),
             stats,
+        });
+        let probe_timeout = health::probe_timeout(settings.health_interval, inner.try_timeout);
+        let probes = (0..inner.members.len())
+            .map(|index| {
+                tokio::spawn(probe_loop(
+                    inner.clone(),
+                    index,
+                    settings.health_interval,
+                    probe_timeout,
+                ))
+            })
+            .collect();
+        Ok(Self { inner, probes })
+    }
+
+    /// Each upstream as written on the command line, and whether it is up:
+    /// for a per-upstream gauge.
+    pub fn states(&self) -> impl Iterator<Item = (&str, bool)> + '_ {
+        self.inner
+            .members
+            .iter()
+            .map(|m| (m.name.as_str(), m.health.is_up()))
+    }
+
+    /// Open stream connections per upstream (0 for plain ones).
+    pub fn connections(&self) -> impl Iterator<Item = (&str, usize)> + '_ {
+        self.inner.members.iter().map(|m| {
+            let open = match &m.transport {
+                Transport::Stream(pool) => pool.connections(),
+                Transport::Plain { .. } => 0,
+            };
+            (m.name.as_str(), open)
         })
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Asks the upstream the client's query `msg` (described by `info`).
-    /// Tries UDP first and repeats a truncated answer over TCP (R19), all
-    /// within the upstream timeout.
+    /// Asks an upstream the client's query `msg` (described by `info`),
+    /// failing over once to another healthy upstream, all within the
+    /// upstream timeout.
     pub async fn exchange(&self, msg: &[u8], info: &QueryInfo) -> Result<Reply, UpstreamError> {
-        let attempt = async {
-            let reply = self.udp.exchange(msg, info).await?;
-            match reply {
-                Reply::Message(m) if dns::is_truncated(&m) => {
-                    self.stats.count(&self.stats.tc_fallbacks);
-                    tcp::exchange(self.addr, msg, info, &self.stats).await
-                }
-                other => Ok(other),
-            }
+        let inner = &*self.inner;
+        let started = Instant::now();
+        let Some(first) = policy::choose(inner.policy, &inner.members, &inner.next, None) else {
+            inner.stats.count(&inner.stats.upstream_all_down);
+            return Err(UpstreamError::AllDown);
         };
-        match tokio::time::timeout(self.timeout, attempt).await {
-            Ok(result) => result,
+        let budget = if policy::has_alternative(&inner.members, first) {
+            inner.try_timeout
+        } else {
+            inner.timeout
+        };
+        let error = match inner.attempt(first, msg, info, budget).await {
+            Ok(reply) => return Ok(reply),
+            Err(e) => e,
+        };
+        let left = inner.timeout.saturating_sub(started.elapsed());
+        let second = policy::choose(inner.policy, &inner.members, &inner.next, Some(first));
+        match second {
+            Some(second) if !left.is_zero() => {
+                inner.stats.count(&inner.stats.upstream_failovers);
+                tracing::debug!(
+                    from = %inner.members[first].name,
+                    to = %inner.members[second].name,
+                    %error,
+                    "failing over"
+                );
+                inner.attempt(second, msg, info, left).await
+            }
+            _ => Err(error),
+        }
+    }
+}
+
+impl Inner {
+    /// One try on one upstream, under `budget`, feeding its health.
+    async fn attempt(
+        &self,
+        index: usize,
+        msg: &[u8],
+        info: &QueryInfo,
+        budget: Duration,
+    ) -> Result<Reply, UpstreamError> {
+        let member = &self.members[index];
+        let _outstanding = (self.policy == Policy::LeastOutstanding)
+            .then(|| OutstandingGuard::new(&member.outstanding));
+        let result = tokio::time::timeout(budget, member.exchange(msg, info, &self.stats)).await;
+        match result {
+            Ok(Ok(reply)) => {
+                member.health.success(&member.name);
+                Ok(reply)
+            }
+            Ok(Err(e)) => {
+                member.health.failure(&member.name, &e, e.is_definitive());
+                Err(e)
+            }
             Err(_) => {
                 self.stats.count(&self.stats.upstream_timeouts);
-                Err(UpstreamError::Timeout)
+                let e = UpstreamError::Timeout;
+                member.health.failure(&member.name, &e, false);
+                Err(e)
             }
+        }
+    }
+}
+
+struct OutstandingGuard<'a>(&'a AtomicUsize);
+
+impl<'a> OutstandingGuard<'a> {
+    fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for OutstandingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Probes one upstream every `interval` (the first after one interval, so a
+/// fresh start does not wait on probes). A failed probe marks it down at
+/// once; an answered one brings it back.
+async fn probe_loop(inner: Arc<Inner>, index: usize, interval: Duration, limit: Duration) {
+    let info = health::probe_info();
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let member = &inner.members[index];
+        let result =
+            tokio::time::timeout(limit, member.exchange(&health::PROBE, &info, &inner.stats)).await;
+        match result {
+            Ok(Ok(_)) => member.health.success(&member.name),
+            Ok(Err(e)) => member.health.failure(&member.name, &e, true),
+            Err(_) => member
+                .health
+                .failure(&member.name, &UpstreamError::Timeout, true),
         }
     }
 }

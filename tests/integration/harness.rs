@@ -215,6 +215,107 @@ impl Pki {
     }
 }
 
+/// How the server certificate of [`Pki::with_intermediate`] is made: by
+/// default a good chain, or one of the mistakes `dotgate check` must catch.
+#[derive(Debug, Clone, Default)]
+pub struct ChainSpec {
+    /// The leaf's names (default: `dns.test` and 127.0.0.1).
+    pub names: Option<Vec<String>>,
+    /// A leaf that expired yesterday.
+    pub expired: bool,
+    /// The chain file holds only the leaf, not the intermediate.
+    pub leaf_only: bool,
+}
+
+impl Pki {
+    /// A root CA, an intermediate CA it signed, and a leaf the intermediate
+    /// signed, as public CAs issue them. `ca` holds the root only; `cert`
+    /// holds the leaf, then the intermediate (or the leaf alone with
+    /// `leaf_only`). `issuer` is the intermediate, so that
+    /// [`Pki::issue_leaf`] chains through it (and `client_config` trusts it
+    /// directly, which verifies the same chains).
+    pub fn with_intermediate(spec: &ChainSpec) -> Pki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+            IsCa, KeyPair, KeyUsagePurpose,
+        };
+        let ca_params = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::CrlSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
+            params
+        };
+        let root = CertifiedIssuer::self_signed(
+            ca_params("dotgate test root CA"),
+            KeyPair::generate().unwrap(),
+        )
+        .unwrap();
+        let intermediate = CertifiedIssuer::signed_by(
+            ca_params("dotgate test intermediate CA"),
+            KeyPair::generate().unwrap(),
+            &root,
+        )
+        .unwrap();
+
+        let names = spec
+            .names
+            .clone()
+            .unwrap_or_else(|| vec![TLS_NAME.to_string(), "127.0.0.1".into()]);
+        let leaf_key = KeyPair::generate().unwrap();
+        let mut leaf = CertificateParams::new(names.clone()).unwrap();
+        leaf.distinguished_name
+            .push(DnType::CommonName, names[0].clone());
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        if spec.expired {
+            let day = Duration::from_secs(24 * 60 * 60);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap();
+            let epoch = rcgen::date_time_ymd(1970, 1, 1);
+            leaf.not_before = epoch + (now - 90 * day);
+            leaf.not_after = epoch + (now - day);
+        }
+        let leaf_cert = leaf.signed_by(&leaf_key, &intermediate).unwrap();
+
+        let dir = TempDir::new();
+        let ca_path = dir.path().join("ca.pem");
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&ca_path, root.pem()).unwrap();
+        let chain = if spec.leaf_only {
+            leaf_cert.pem()
+        } else {
+            format!("{}{}", leaf_cert.pem(), intermediate.pem())
+        };
+        std::fs::write(&cert, chain).unwrap();
+        std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+
+        let mut roots = RootCertStore::empty();
+        roots.add(root.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = vec![b"dot".to_vec()];
+        Pki {
+            dir,
+            ca: ca_path,
+            cert,
+            key,
+            client: Arc::new(client),
+            issuer: Arc::new(intermediate),
+        }
+    }
+}
+
 // ---------- dotgate in-process ----------
 
 /// `dotgate serve` arguments for this PKI and upstream, plus `extra`.
@@ -250,12 +351,37 @@ impl Server {
 
     /// As [`Server::start`], serving the certificate of `pki`.
     pub async fn start_with_pki(pki: Pki, upstream: SocketAddr, extra: &[&str]) -> Server {
-        init_logging();
         let mut argv = vec!["dotgate".to_string()];
         argv.extend(serve_args(&pki, "127.0.0.1:0", upstream, extra));
+        Server::start_argv(pki, argv).await
+    }
+
+    /// Starts dotgate with only the `--upstream` entries given in `extra`
+    /// (such as `tcp://` or `tls://` ones), and its other flags.
+    pub async fn start_without_default_upstream(extra: &[&str]) -> Server {
+        let pki = Pki::new();
+        let mut argv: Vec<String> = [
+            "dotgate",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--cert",
+            &pki.cert.display().to_string(),
+            "--key",
+            &pki.key.display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        Server::start_argv(pki, argv).await
+    }
+
+    async fn start_argv(pki: Pki, argv: Vec<String>) -> Server {
+        init_logging();
         let args = match Cli::try_parse_from(argv).expect("serve flags").command {
             CliCommand::Serve(args) => *args,
-            CliCommand::Query(_) => unreachable!("built a serve command line"),
+            _ => unreachable!("built a serve command line"),
         };
         let config = Config::from_args(&args, Path::new("/nonexistent/resolv.conf"))
             .expect("valid configuration");
@@ -320,6 +446,15 @@ pub struct Process {
 impl Process {
     /// Starts the binary and waits until its port accepts connections.
     pub async fn start(upstream: SocketAddr, extra: &[&str]) -> Process {
+        Process::start_with_env(upstream, extra, &[]).await
+    }
+
+    /// Like [`Process::start`], with extra environment variables.
+    pub async fn start_with_env(
+        upstream: SocketAddr,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Process {
         let pki = Pki::new();
         let mut failures = String::new();
         // The free port may be taken again before dotgate binds it: retry.
@@ -329,6 +464,7 @@ impl Process {
             let mut child = Command::new(env!("CARGO_BIN_EXE_dotgate"))
                 .args(serve_args(&pki, &addr.to_string(), upstream, extra))
                 .args(["--log-level", "dotgate=debug"])
+                .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(&log).unwrap())

@@ -8,9 +8,14 @@ mod harness;
 mod upstream;
 
 mod answers;
+mod config;
+mod deploy;
 mod edns;
 mod framing;
 mod lifetime;
 mod limits;
+mod metrics;
+mod pool;
 mod process;
+mod proxy;
 mod tls;

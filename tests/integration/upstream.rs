@@ -21,10 +21,20 @@
 //!
 //! Every reply echoes the upstream's ID and question, and has an OPT record
 //! exactly when the query had one (with the query's DO bit). Every query
-//! received is logged, with its EDNS options as raw bytes.
+//! received is logged, with its EDNS options as raw bytes, except dotgate's
+//! health probes (`. NS`), which are only counted ([`Upstream::probes`]) and
+//! never count as outstanding, so tests of the query path see only their
+//! own queries.
+//!
+//! A test can also stop and restart the upstream on the same port
+//! ([`Upstream::stop`], [`Upstream::restart`]: queries in flight are never
+//! answered), reset its TCP connections ([`Upstream::reset_tcp`]), slow every
+//! reply ([`Upstream::set_delay`]) and fix the A answer of a name
+//! ([`Upstream::set_address`]).
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,6 +45,7 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// Address the spoofed replies claim; never the right answer.
 pub const SPOOFED_A: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 66);
@@ -78,6 +89,35 @@ struct State {
     /// Queries received and not yet answered (delayed ones included).
     outstanding: AtomicUsize,
     max_outstanding: AtomicUsize,
+    /// Health probes (`. NS`) received.
+    probes: AtomicUsize,
+    /// Added to the first pause of every reply, in milliseconds.
+    extra_delay_ms: AtomicU64,
+    /// Cancelled to kill every TCP connection and pending reply; replaced
+    /// by a fresh token for what comes after.
+    kill: Mutex<CancellationToken>,
+    /// Fixed A answers: lower-case name with the dot -> (address, TTL).
+    addresses: Mutex<HashMap<String, (Ipv4Addr, u32)>>,
+}
+
+impl State {
+    fn kill_token(&self) -> CancellationToken {
+        self.kill.lock().unwrap().clone()
+    }
+
+    fn kill_all(&self) {
+        let old = std::mem::take(&mut *self.kill.lock().unwrap());
+        old.cancel();
+    }
+}
+
+/// True for dotgate's health probe: a query for `. NS`.
+fn is_probe(bytes: &[u8]) -> bool {
+    Message::from_vec(bytes).is_ok_and(|m| {
+        m.queries
+            .first()
+            .is_some_and(|q| q.name().is_root() && q.query_type() == RecordType::NS)
+    })
 }
 
 pub struct Upstream {
@@ -125,6 +165,71 @@ impl Upstream {
         self.state.log.lock().unwrap().clone()
     }
 
+    /// Health probes received so far.
+    pub fn probes(&self) -> usize {
+        self.state.probes.load(Ordering::SeqCst)
+    }
+
+    /// Stops answering: closes the UDP and TCP ports, resets every TCP
+    /// connection and drops every reply not yet sent.
+    pub fn stop(&mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        self.state.kill_all();
+    }
+
+    /// Serves again on the same port after [`Upstream::stop`] (retrying the
+    /// bind for up to 5 s while the old sockets close).
+    pub async fn restart(&mut self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let bound = match try_bind_udp(self.addr) {
+                Ok(udp) => TcpListener::bind(self.addr).await.map(|tcp| (udp, tcp)),
+                Err(e) => Err(e),
+            };
+            match bound {
+                Ok((udp, tcp)) => {
+                    self.tasks = vec![
+                        tokio::spawn(udp_loop(Arc::new(udp), self.state.clone())),
+                        tokio::spawn(tcp_loop(tcp, self.state.clone())),
+                    ];
+                    return;
+                }
+                Err(e) => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "cannot bind {} again: {e}",
+                        self.addr
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
+    /// Resets (RST) every open TCP connection, dropping the replies they
+    /// still owed; the port stays open for new connections.
+    pub fn reset_tcp(&self) {
+        self.state.kill_all();
+    }
+
+    /// Delays every reply (probes included) by `delay` more.
+    pub fn set_delay(&self, delay: Duration) {
+        self.state
+            .extra_delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Answers A queries for `name` with `ip` and this TTL.
+    pub fn set_address(&self, name: &str, ip: Ipv4Addr, ttl: u32) {
+        self.state
+            .addresses
+            .lock()
+            .unwrap()
+            .insert(lower_fqdn(name), (ip, ttl));
+    }
+
     pub fn count(&self, transport: Transport) -> usize {
         self.received()
             .iter()
@@ -156,13 +261,16 @@ impl Upstream {
 /// bursts of hundreds of queries are not dropped by the kernel before this
 /// upstream reads them (the default buffer holds only about 200 datagrams).
 fn bind_udp() -> UdpSocket {
+    try_bind_udp(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind UDP")
+}
+
+fn try_bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+    let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     let _ = sock.set_recv_buffer_size(4 << 20);
-    sock.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
-        .expect("bind UDP");
-    sock.set_nonblocking(true).unwrap();
-    UdpSocket::from_std(sock.into()).unwrap()
+    sock.bind(&addr.into())?;
+    sock.set_nonblocking(true)?;
+    UdpSocket::from_std(sock.into())
 }
 
 // ---------- what the answers are ----------
@@ -367,6 +475,34 @@ fn encode(msg: &Message) -> Vec<u8> {
 fn receive(state: &State, bytes: &[u8], transport: Transport) -> Option<Script> {
     let query = Message::from_vec(bytes).ok()?;
     let q = query.queries.first()?;
+    let extra = Duration::from_millis(state.extra_delay_ms.load(Ordering::SeqCst));
+    let slowed = |mut script: Script| {
+        if let Some(first) = script.first_mut() {
+            first.pause += extra;
+        }
+        script
+    };
+    if q.name().is_root() && q.query_type() == RecordType::NS {
+        state.probes.fetch_add(1, Ordering::SeqCst);
+        return Some(slowed(script(&query, transport)));
+    }
+    let name = lower_fqdn(&q.name().to_ascii());
+    let fixed = state.addresses.lock().unwrap().get(&name).copied();
+    if let (Some((ip, ttl)), RecordType::A) = (fixed, q.query_type()) {
+        let mut reply = reply_to(&query);
+        reply.add_answer(Record::from_rdata(q.name().clone(), ttl, RData::A(A(ip))));
+        state.log.lock().unwrap().push(Received {
+            transport,
+            id: query.metadata.id,
+            name,
+            rtype: q.query_type(),
+            had_opt: query.edns.is_some(),
+            options: raw_opt_options(bytes),
+            dnssec_ok: query.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
+            checking_disabled: query.metadata.checking_disabled,
+        });
+        return Some(slowed(vec![Step::after(Duration::ZERO, encode(&reply))]));
+    }
     state.log.lock().unwrap().push(Received {
         transport,
         id: query.metadata.id,
@@ -377,7 +513,7 @@ fn receive(state: &State, bytes: &[u8], transport: Transport) -> Option<Script> 
         dnssec_ok: query.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
         checking_disabled: query.metadata.checking_disabled,
     });
-    Some(script(&query, transport))
+    Some(slowed(script(&query, transport)))
 }
 
 /// The options of the last OPT record of a message hickory has already
@@ -446,12 +582,14 @@ async fn udp_loop(sock: Arc<UdpSocket>, state: Arc<State>) {
             tokio::time::sleep(Duration::from_millis(1)).await;
             continue;
         };
+        let probe = is_probe(&buf[..n]);
         let Some(script) = receive(&state, &buf[..n], Transport::Udp) else {
             continue;
         };
         let sock = sock.clone();
-        let guard = Outstanding::new(&state);
-        tokio::spawn(async move {
+        let guard = (!probe).then(|| Outstanding::new(&state));
+        let killed = state.kill_token();
+        tokio::spawn(killed.run_until_cancelled_owned(async move {
             let mut guard = Some(guard);
             let last = script.len().saturating_sub(1);
             for (index, step) in script.into_iter().enumerate() {
@@ -468,7 +606,7 @@ async fn udp_loop(sock: Arc<UdpSocket>, state: Arc<State>) {
                     let _ = sock.send_to(&step.msg, peer).await;
                 }
             }
-        });
+        }));
     }
 }
 
@@ -482,24 +620,43 @@ async fn tcp_loop(listener: TcpListener, state: Arc<State>) {
     }
 }
 
+async fn read_message(read: &mut tokio::net::tcp::OwnedReadHalf) -> Option<Vec<u8>> {
+    let mut len = [0u8; 2];
+    read.read_exact(&mut len).await.ok()?;
+    let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    read.read_exact(&mut msg).await.ok()?;
+    Some(msg)
+}
+
 async fn tcp_connection(stream: TcpStream, state: Arc<State>) {
+    let killed = state.kill_token();
     let (mut read, write) = stream.into_split();
     let write = Arc::new(tokio::sync::Mutex::new(write));
+    // Reply tasks, aborted (with the connection reset) when killed.
+    let mut replies = tokio::task::JoinSet::new();
     loop {
-        let mut len = [0u8; 2];
-        if read.read_exact(&mut len).await.is_err() {
+        while replies.try_join_next().is_some() {}
+        let msg = tokio::select! {
+            _ = killed.cancelled() => {
+                // Linger 0: closing sends RST, as a crashed resolver would.
+                let _ = socket2::SockRef::from(read.as_ref()).set_linger(Some(Duration::ZERO));
+                replies.abort_all();
+                return;
+            }
+            msg = read_message(&mut read) => msg,
+        };
+        let Some(msg) = msg else {
+            // The peer closed: what is still delayed may finish.
+            replies.detach_all();
             return;
-        }
-        let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
-        if read.read_exact(&mut msg).await.is_err() {
-            return;
-        }
+        };
+        let probe = is_probe(&msg);
         let Some(script) = receive(&state, &msg, Transport::Tcp) else {
             continue;
         };
         let write = write.clone();
-        let guard = Outstanding::new(&state);
-        tokio::spawn(async move {
+        let guard = (!probe).then(|| Outstanding::new(&state));
+        replies.spawn(async move {
             let mut guard = Some(guard);
             let last = script.len().saturating_sub(1);
             for (index, step) in script.into_iter().enumerate() {

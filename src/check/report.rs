@@ -1,0 +1,463 @@
+//! The results of `dotgate check`: one line per check, a summary per client,
+//! as text or as one JSON object.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// How a check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Pass,
+    /// Works, but some clients or some conditions suffer.
+    Warn,
+    /// Breaks the clients the check names.
+    Fail,
+    /// Not run: `--quick`, out of time, or an earlier step failed.
+    Skip,
+}
+
+impl Status {
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Pass => "PASS",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+            Status::Skip => "SKIP",
+        }
+    }
+}
+
+/// A set of the clients of the client matrix: the ones a check matters to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Clients(u8);
+
+impl Clients {
+    pub const NONE: Clients = Clients(0);
+    pub const ANDROID_STRICT: Clients = Clients(1);
+    pub const ANDROID_OPPORTUNISTIC: Clients = Clients(2);
+    pub const STUBBY: Clients = Clients(4);
+    pub const RESOLVED: Clients = Clients(8);
+    pub const ALL: Clients = Clients(15);
+    /// The clients that verify the certificate: Android strict, stubby (with
+    /// an authentication name), systemd-resolved with DNSOverTLS=yes.
+    pub const VERIFYING: Clients = Clients(1 | 4 | 8);
+
+    pub const fn or(self, other: Clients) -> Clients {
+        Clients(self.0 | other.0)
+    }
+
+    pub fn contains(self, other: Clients) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The clients, each with its JSON id and its label.
+    pub const EACH: [(Clients, &'static str, &'static str); 4] = [
+        (
+            Clients::ANDROID_STRICT,
+            "android-strict",
+            "Android strict mode",
+        ),
+        (
+            Clients::ANDROID_OPPORTUNISTIC,
+            "android-opportunistic",
+            "Android opportunistic mode",
+        ),
+        (Clients::STUBBY, "stubby", "stubby"),
+        (Clients::RESOLVED, "systemd-resolved", "systemd-resolved"),
+    ];
+
+    fn ids(self) -> Vec<&'static str> {
+        Clients::EACH
+            .iter()
+            .filter(|(c, _, _)| self.contains(*c))
+            .map(|(_, id, _)| *id)
+            .collect()
+    }
+}
+
+/// One check's outcome: one line of the report.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub id: &'static str,
+    pub status: Status,
+    pub reason: String,
+    /// What to do about a WARN or FAIL.
+    pub fix: Option<String>,
+    /// The clients a FAIL breaks (a WARN concerns).
+    pub clients: Clients,
+}
+
+impl Check {
+    pub fn pass(id: &'static str, clients: Clients, reason: impl Into<String>) -> Check {
+        Check {
+            id,
+            status: Status::Pass,
+            reason: reason.into(),
+            fix: None,
+            clients,
+        }
+    }
+
+    pub fn warn(
+        id: &'static str,
+        clients: Clients,
+        reason: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Check {
+        Check {
+            id,
+            status: Status::Warn,
+            reason: reason.into(),
+            fix: Some(fix.into()),
+            clients,
+        }
+    }
+
+    pub fn fail(
+        id: &'static str,
+        clients: Clients,
+        reason: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Check {
+        Check {
+            id,
+            status: Status::Fail,
+            reason: reason.into(),
+            fix: Some(fix.into()),
+            clients,
+        }
+    }
+
+    pub fn skip(id: &'static str, clients: Clients, reason: impl Into<String>) -> Check {
+        Check {
+            id,
+            status: Status::Skip,
+            reason: reason.into(),
+            fix: None,
+            clients,
+        }
+    }
+}
+
+/// The order of the report's lines, whatever order the checks ran in.
+pub const ORDER: &[&str] = &[
+    "resolve",
+    "reachable",
+    "plaintext",
+    "tls",
+    "tls1.2",
+    "tls1.3",
+    "chain",
+    "intermediates",
+    "expiry",
+    "name",
+    "eku",
+    "key",
+    "signature",
+    "no-sni",
+    "no-alpn",
+    "resumption",
+    "android-probe",
+    "android-strict",
+    "pipelining",
+    "idle",
+    "keepalive",
+    "padding",
+];
+
+/// What was checked.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub tls_name: String,
+    /// The address the checks ran against, once known.
+    pub address: Option<std::net::SocketAddr>,
+    pub quick: bool,
+}
+
+/// How one client would fare.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub client: &'static str,
+    pub label: &'static str,
+    /// The first FAIL among the checks that matter to this client.
+    pub first_fail: Option<Check>,
+    /// The WARNs that concern it.
+    pub warnings: Vec<&'static str>,
+}
+
+impl Summary {
+    pub fn works(&self) -> bool {
+        self.first_fail.is_none()
+    }
+
+    /// "Android strict mode: should work", or the FAIL that breaks it.
+    pub fn line(&self) -> String {
+        match &self.first_fail {
+            Some(check) => format!("{}: fails: {}: {}", self.label, check.id, check.reason),
+            None if self.warnings.is_empty() => format!("{}: should work", self.label),
+            None => format!(
+                "{}: should work (see WARN: {})",
+                self.label,
+                self.warnings.join(", ")
+            ),
+        }
+    }
+}
+
+/// The whole report.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub target: Target,
+    pub checks: Vec<Check>,
+    pub elapsed: Duration,
+}
+
+impl Report {
+    /// Puts the checks in report order.
+    pub fn new(target: Target, mut checks: Vec<Check>, elapsed: Duration) -> Report {
+        let position = |id: &str| ORDER.iter().position(|o| *o == id).unwrap_or(ORDER.len());
+        checks.sort_by_key(|c| position(c.id));
+        Report {
+            target,
+            checks,
+            elapsed,
+        }
+    }
+
+    /// True when nothing FAILed: the exit status is 0.
+    pub fn ok(&self) -> bool {
+        !self.checks.iter().any(|c| c.status == Status::Fail)
+    }
+
+    pub fn count(&self, status: Status) -> usize {
+        self.checks.iter().filter(|c| c.status == status).count()
+    }
+
+    pub fn summaries(&self) -> Vec<Summary> {
+        Clients::EACH
+            .iter()
+            .map(|(client, id, label)| {
+                let concerns = |c: &&Check| c.clients.contains(*client);
+                Summary {
+                    client: id,
+                    label,
+                    first_fail: self
+                        .checks
+                        .iter()
+                        .filter(concerns)
+                        .find(|c| c.status == Status::Fail)
+                        .cloned(),
+                    warnings: self
+                        .checks
+                        .iter()
+                        .filter(concerns)
+                        .filter(|c| c.status == Status::Warn)
+                        .map(|c| c.id)
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    fn heading(&self) -> String {
+        let t = &self.target;
+        let mut s = format!(
+            "dotgate check {}:{} (TLS name {}",
+            t.host, t.port, t.tls_name
+        );
+        if let Some(addr) = t.address {
+            let _ = write!(s, ", address {addr}");
+        }
+        if t.quick {
+            s.push_str(", --quick");
+        }
+        s.push(')');
+        s
+    }
+
+    /// The report as text: a heading, one line per check, the summaries.
+    pub fn to_text(&self) -> String {
+        let mut s = self.heading();
+        s.push_str("\n\n");
+        let width = self.checks.iter().map(|c| c.id.len()).max().unwrap_or(0);
+        for c in &self.checks {
+            let _ = write!(s, "{} {:<width$}  {}", c.status.label(), c.id, c.reason);
+            if let Some(fix) = &c.fix {
+                let _ = write!(s, "; fix: {fix}");
+            }
+            s.push('\n');
+        }
+        s.push('\n');
+        for summary in self.summaries() {
+            let _ = writeln!(s, "{}", summary.line());
+        }
+        let _ = writeln!(
+            s,
+            "\n{} passed, {} warnings, {} failed, {} skipped in {:.1} s",
+            self.count(Status::Pass),
+            self.count(Status::Warn),
+            self.count(Status::Fail),
+            self.count(Status::Skip),
+            self.elapsed.as_secs_f64()
+        );
+        s
+    }
+
+    /// The report as one JSON object (for monitoring).
+    pub fn to_json(&self) -> Value {
+        let t = &self.target;
+        let checks: Vec<Value> = self
+            .checks
+            .iter()
+            .map(|c| {
+                json!({
+                    "id": c.id,
+                    "status": c.status.label(),
+                    "reason": c.reason,
+                    "fix": c.fix,
+                    "clients": c.clients.ids(),
+                })
+            })
+            .collect();
+        let summary: Vec<Value> = self
+            .summaries()
+            .iter()
+            .map(|s| {
+                json!({
+                    "client": s.client,
+                    "label": s.label,
+                    "works": s.works(),
+                    "first_fail": s.first_fail.as_ref().map(|c| c.id),
+                    "warnings": s.warnings,
+                    "text": s.line(),
+                })
+            })
+            .collect();
+        json!({
+            "target": {
+                "host": t.host,
+                "port": t.port,
+                "tls_name": t.tls_name,
+                "address": t.address.map(|a| a.to_string()),
+                "quick": t.quick,
+            },
+            "ok": self.ok(),
+            "counts": {
+                "pass": self.count(Status::Pass),
+                "warn": self.count(Status::Warn),
+                "fail": self.count(Status::Fail),
+                "skip": self.count(Status::Skip),
+            },
+            "elapsed_ms": u64::try_from(self.elapsed.as_millis()).unwrap_or(u64::MAX),
+            "checks": checks,
+            "summary": summary,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(checks: Vec<Check>) -> Report {
+        Report::new(
+            Target {
+                host: "dns.test".into(),
+                port: 853,
+                tls_name: "dns.test".into(),
+                address: None,
+                quick: true,
+            },
+            checks,
+            Duration::from_millis(1500),
+        )
+    }
+
+    #[test]
+    fn summaries_name_the_first_fail_that_matters() {
+        let r = report(vec![
+            Check::pass("tls", Clients::ALL, "ok"),
+            Check::warn("keepalive", Clients::STUBBY, "none", "support RFC 7828"),
+            Check::fail(
+                "no-sni",
+                Clients::ANDROID_OPPORTUNISTIC.or(Clients::RESOLVED),
+                "refused",
+                "x",
+            ),
+            Check::fail(
+                "intermediates",
+                Clients::VERIFYING,
+                "the server does not send its intermediate certificate",
+                "y",
+            ),
+        ]);
+        assert!(!r.ok());
+        let lines: Vec<String> = r.summaries().iter().map(Summary::line).collect();
+        assert_eq!(
+            lines[0],
+            "Android strict mode: fails: intermediates: the server does not send its intermediate certificate"
+        );
+        assert_eq!(
+            lines[1],
+            "Android opportunistic mode: fails: no-sni: refused"
+        );
+        assert!(
+            lines[2].starts_with("stubby: fails: intermediates"),
+            "{}",
+            lines[2]
+        );
+        // Report order, not insertion order: no-sni comes after intermediates.
+        assert!(
+            lines[3].starts_with("systemd-resolved: fails: intermediates"),
+            "{}",
+            lines[3]
+        );
+    }
+
+    #[test]
+    fn all_pass_should_work_and_warnings_are_named() {
+        let r = report(vec![
+            Check::pass("tls", Clients::ALL, "ok"),
+            Check::warn("keepalive", Clients::STUBBY, "none", "support RFC 7828"),
+            Check::skip("idle", Clients::ALL, "--quick"),
+        ]);
+        assert!(r.ok());
+        let lines: Vec<String> = r.summaries().iter().map(Summary::line).collect();
+        assert_eq!(lines[0], "Android strict mode: should work");
+        assert_eq!(lines[2], "stubby: should work (see WARN: keepalive)");
+        let text = r.to_text();
+        assert!(
+            text.contains("WARN keepalive  none; fix: support RFC 7828"),
+            "{text}"
+        );
+        assert!(text.contains("SKIP idle       --quick\n"), "{text}");
+    }
+
+    #[test]
+    fn json_carries_everything_and_escapes() {
+        let r = report(vec![Check::fail(
+            "tls",
+            Clients::ALL,
+            "a \"quoted\" reason\nwith a newline",
+            "fix \\ it",
+        )]);
+        let v = r.to_json();
+        let text = v.to_string();
+        let back: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back["ok"], false);
+        assert_eq!(
+            back["checks"][0]["reason"],
+            "a \"quoted\" reason\nwith a newline"
+        );
+        assert_eq!(back["checks"][0]["fix"], "fix \\ it");
+        assert_eq!(back["checks"][0]["clients"].as_array().unwrap().len(), 4);
+        assert_eq!(back["summary"][0]["works"], false);
+        assert_eq!(back["summary"][0]["first_fail"], "tls");
+        assert_eq!(back["counts"]["fail"], 1);
+        assert_eq!(back["target"]["port"], 853);
+    }
+}

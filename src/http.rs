@@ -1,0 +1,145 @@
+//! The operator's HTTP endpoint (`--metrics-listen`): `GET /metrics`
+//! (Prometheus text format), `GET /healthz` (the process is alive) and
+//! `GET /readyz` (it can serve: see [`Stats::readiness`]). Anything else is
+//! 404.
+//!
+//! HTTP/1.1 only, on its own listener and its own tasks, so that a slow
+//! scraper never touches the DoT path. Every connection has a header-read
+//! timeout and their number is capped, so an open metrics port cannot be
+//! used to pile up tasks. It stops accepting with the server's shutdown
+//! token, and lets a request being answered finish.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::stats::Stats;
+
+/// Scrapers and probes are few; more connections than this at once are
+/// closed at accept.
+const MAX_CONNECTIONS: usize = 64;
+
+/// A client that has not sent its request headers by then is dropped.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the endpoint serves.
+pub struct Endpoint {
+    pub registry: prometheus::Registry,
+    pub stats: Arc<Stats>,
+    /// How recent an upstream answer must be for `/readyz` to say ready.
+    pub ready_window: Duration,
+}
+
+/// Serves `endpoint` on `listener` until `shutdown` is cancelled.
+pub async fn serve(listener: TcpListener, endpoint: Endpoint, shutdown: CancellationToken) {
+    if let Ok(local) = listener.local_addr() {
+        tracing::info!(listen = %local, "serving /metrics, /healthz and /readyz");
+    }
+    let endpoint = Arc::new(endpoint);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "metrics accept failed");
+                // Out of descriptors and the like: do not spin.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "too many metrics connections: closed");
+            continue;
+        };
+        let endpoint = endpoint.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let service = hyper::service::service_fn(move |req| {
+                let endpoint = endpoint.clone();
+                async move { Ok::<_, Infallible>(respond(&endpoint, &req)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(tcp), service);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "metrics connection ended");
+            }
+        });
+    }
+}
+
+/// Routes one request.
+fn respond(endpoint: &Endpoint, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
+        return text(StatusCode::NOT_FOUND, "not found\n".into());
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
+    }
+    match path {
+        "/metrics" => metrics(endpoint),
+        "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        _ => match endpoint.stats.readiness(endpoint.ready_window) {
+            Ok(()) => text(StatusCode::OK, "ready\n".into()),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            ),
+        },
+    }
+}
+
+fn metrics(endpoint: &Endpoint) -> Response<Full<Bytes>> {
+    let encoder = prometheus::TextEncoder::new();
+    match encoder.encode_to_string(&endpoint.registry.gather()) {
+        Ok(body) => {
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(prometheus::TEXT_FORMAT),
+            );
+            response
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot encode the metrics");
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot encode the metrics\n".into(),
+            )
+        }
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

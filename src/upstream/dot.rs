@@ -1,0 +1,94 @@
+//! A DNS-over-TLS upstream (`tls://NAME[@IP][:PORT]`): where to connect and
+//! how to verify it. The TLS client itself (configuration, trust anchors,
+//! handshake with the name checked against the certificate) is
+//! [`crate::client`], the same code as `dotgate query`.
+//!
+//! Without `@IP`, NAME is resolved through the bootstrap resolver when a
+//! connection is opened, and the address is kept for the answer's TTL
+//! (clamped to [`MIN_TTL`]..[`MAX_TTL`]); an expired address is resolved
+//! again for the next new connection, while open connections go on.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustls::ClientConfig;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use super::UpstreamError;
+use crate::client;
+
+/// Shortest time a bootstrap answer is kept: a TTL of 0 must not turn every
+/// reconnect into a lookup storm.
+pub const MIN_TTL: Duration = Duration::from_secs(1);
+/// Longest time a bootstrap answer is kept, whatever its TTL.
+pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Time allowed for one bootstrap lookup.
+const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct DotTarget {
+    name: String,
+    port: u16,
+    fixed: Option<IpAddr>,
+    bootstrap: Option<SocketAddr>,
+    config: Arc<ClientConfig>,
+    resolved: Mutex<Option<(IpAddr, Instant)>>,
+}
+
+impl DotTarget {
+    pub fn new(
+        name: String,
+        ip: Option<IpAddr>,
+        port: u16,
+        bootstrap: Option<SocketAddr>,
+        config: Arc<ClientConfig>,
+    ) -> Self {
+        Self {
+            fixed: ip.or_else(|| name.parse().ok()),
+            name,
+            port,
+            bootstrap,
+            config,
+            resolved: Mutex::new(None),
+        }
+    }
+
+    /// Opens a verified TLS connection. A certificate that does not cover
+    /// the name fails the handshake: the upstream is never used.
+    pub async fn connect(&self) -> Result<TlsStream<TcpStream>, UpstreamError> {
+        let ip = self.address().await?;
+        let addr = SocketAddr::new(ip, self.port);
+        Ok(client::connect(addr, &self.name, self.config.clone()).await?)
+    }
+
+    async fn address(&self) -> Result<IpAddr, UpstreamError> {
+        if let Some(ip) = self.fixed {
+            return Ok(ip);
+        }
+        let cached = *self.resolved.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((ip, until)) = cached {
+            if Instant::now() < until {
+                return Ok(ip);
+            }
+        }
+        let Some(bootstrap) = self.bootstrap else {
+            return Err(UpstreamError::Connect(client::ClientError::Resolve {
+                host: self.name.clone(),
+                reason: "no bootstrap resolver".into(),
+            }));
+        };
+        let (ips, ttl) = client::resolve_via(bootstrap, &self.name, BOOTSTRAP_TIMEOUT).await?;
+        let Some(&ip) = ips.first() else {
+            return Err(UpstreamError::Connect(client::ClientError::Resolve {
+                host: self.name.clone(),
+                reason: "no addresses".into(),
+            }));
+        };
+        let keep = ttl.clamp(MIN_TTL, MAX_TTL);
+        tracing::debug!(upstream = %self.name, %ip, ?keep, "resolved through the bootstrap resolver");
+        *self.resolved.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((ip, Instant::now() + keep));
+        Ok(ip)
+    }
+}

@@ -1,0 +1,75 @@
+//! `dotgate serve --check-config`: validate everything a start would need,
+//! without serving, and report every problem found rather than the first.
+//!
+//! Problems (exit 1): flags that do not parse into a [`Config`], a
+//! certificate or key that cannot be read or do not match, a ticket key file
+//! that is unusable. Warnings (exit 0): the chain checks of
+//! [`crate::certcheck`] (leaf-only, name not covered, expiry).
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::certcheck;
+use crate::cli::ServeArgs;
+use crate::config::{CertSource, Config};
+use crate::tls;
+
+/// What the check found.
+#[derive(Debug, Default)]
+pub struct Findings {
+    /// Each would stop dotgate from starting.
+    pub problems: Vec<String>,
+    /// Worth fixing, but dotgate would start.
+    pub warnings: Vec<String>,
+}
+
+/// Checks the `serve` arguments (after the config file was merged in).
+pub fn check(args: &ServeArgs, resolv_conf: &Path) -> Findings {
+    let mut found = Findings::default();
+    let config = Config::from_args(args, resolv_conf);
+    if let Err(e) = &config {
+        found.problems.push(e.to_string());
+    }
+    // Each remaining check stands on its own, so that one run shows them all.
+    for upstream in &args.upstream {
+        if let Err(e) = crate::config::parse_upstream(upstream) {
+            let text = e.to_string();
+            if !found.problems.contains(&text) {
+                found.problems.push(text);
+            }
+        }
+    }
+    if let Some(path) = &args.ticket_key_file {
+        if let Err(e) = crate::tickets::read_secret(path) {
+            found.problems.push(e.to_string());
+        }
+    }
+    let source = match (&args.cert, &args.key, &args.self_signed) {
+        (Some(cert), Some(key), _) => Some(CertSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        (None, None, Some(name)) => Some(CertSource::SelfSigned(name.clone())),
+        _ => None,
+    };
+    if let Some(source) = source {
+        match tls::load_identity(&source) {
+            Ok(identity) => {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                let report = certcheck::check_chain(
+                    &identity.certified.cert,
+                    identity.self_signed,
+                    args.tls_name.as_deref(),
+                    now,
+                );
+                found
+                    .warnings
+                    .extend(report.findings.iter().map(|f| f.to_string()));
+            }
+            Err(e) => found.problems.push(e.to_string()),
+        }
+    }
+    found
+}
