@@ -98,11 +98,14 @@ pub struct Stats {
     listening: AtomicBool,
 }
 
-/// Queries sent to one upstream, by transport.
+/// Queries sent to one upstream, by transport (health probes included),
+/// and whether the pool counts it up.
 #[derive(Debug, Default)]
 pub struct UpstreamCounters {
     pub udp: AtomicU64,
     pub tcp: AtomicU64,
+    /// 1 while the pool considers the upstream up, 0 while down.
+    pub up: AtomicU64,
 }
 
 /// The bounded set of RCODE label values of `dotgate_replies_total`.
@@ -377,6 +380,9 @@ impl Stats {
             upstream_timeouts = Self::get(&self.upstream_timeouts),
             tc_fallbacks = Self::get(&self.tc_fallbacks),
             mismatched_replies = Self::get(&self.mismatched_replies),
+            upstream_failovers = Self::get(&self.upstream_failovers),
+            upstream_all_down = Self::get(&self.upstream_all_down),
+            upstream_connections_lost = Self::get(&self.upstream_connections_lost),
             "totals"
         );
     }
@@ -702,7 +708,39 @@ impl StatsCollector {
                 .with(&[name, "tcp"], count_of(&counters.tcp));
         }
         families.push(upstream_queries);
+        let mut upstream_up = Family::new(
+            "dotgate_upstream_up",
+            "1 while the pool counts the upstream up (health checks), 0 while down.",
+            GAUGE,
+            &["upstream"],
+        );
+        for (name, counters) in lock(&s.upstreams).iter() {
+            let up = counters.up.load(Ordering::Relaxed) as f64;
+            upstream_up = upstream_up.with(&[name], Value::Gauge(up));
+        }
+        families.push(upstream_up);
         families.extend([
+            Family::new(
+                "dotgate_upstream_failovers_total",
+                "Queries sent to a second upstream after the first failed or timed out.",
+                COUNTER,
+                &[],
+            )
+            .counter(&s.upstream_failovers),
+            Family::new(
+                "dotgate_upstream_all_down_total",
+                "Queries answered SERVFAIL at once because every upstream was down.",
+                COUNTER,
+                &[],
+            )
+            .counter(&s.upstream_all_down),
+            Family::new(
+                "dotgate_upstream_connections_lost_total",
+                "Pooled tcp:// or tls:// upstream connections that died with queries in flight.",
+                COUNTER,
+                &[],
+            )
+            .counter(&s.upstream_connections_lost),
             Family::new(
                 "dotgate_upstream_timeouts_total",
                 "Upstream exchanges that got no answer within the upstream timeout.",

@@ -20,8 +20,9 @@ const DAY: i64 = 24 * 60 * 60;
 /// Who each certificate check matters to: the clients that verify.
 const VERIFYING: Clients = Clients::VERIFYING;
 
-/// Android strict mode's words for a refused certificate, for the reasons.
-const STRICT_SAYS: &str = "Android strict mode refuses it (\"Couldn't connect\")";
+/// What a refused certificate means to clients, for the reasons.
+const STRICT_SAYS: &str =
+    "clients that verify refuse it (Android strict mode: \"Couldn't connect\")";
 
 /// What the chain checks look at.
 pub struct ChainInput<'a> {
@@ -337,7 +338,11 @@ fn intermediates_check(input: &ChainInput<'_>, leaf: &CertFacts, others: &[CertF
              Android strict mode does not fetch missing intermediates",
             leaf.issuer
         ),
-        "serve the full chain, leaf first, then intermediates (certbot's fullchain.pem, not cert.pem)",
+        format!(
+            "serve the full chain, leaf first, then intermediates (certbot's fullchain.pem, not cert.pem); \
+             if {} is your own root CA, check with --ca",
+            leaf.issuer
+        ),
     )
 }
 

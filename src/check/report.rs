@@ -167,6 +167,9 @@ pub const ORDER: &[&str] = &[
     "padding",
 ];
 
+/// The certificate checks that explain a failed chain verification.
+const CHAIN_CAUSES: &[&str] = &["intermediates", "expiry", "name", "eku", "key", "signature"];
+
 /// What was checked.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -242,15 +245,25 @@ impl Report {
             .iter()
             .map(|(client, id, label)| {
                 let concerns = |c: &&Check| c.clients.contains(*client);
+                let fails: Vec<&Check> = self
+                    .checks
+                    .iter()
+                    .filter(concerns)
+                    .filter(|c| c.status == Status::Fail)
+                    .collect();
+                // "chain" says that verification failed; a later certificate
+                // check says why, which is what the operator needs.
+                let first_fail = match fails.first() {
+                    Some(c) if c.id == "chain" => fails
+                        .iter()
+                        .find(|f| CHAIN_CAUSES.contains(&f.id))
+                        .or(fails.first()),
+                    first => first,
+                };
                 Summary {
                     client: id,
                     label,
-                    first_fail: self
-                        .checks
-                        .iter()
-                        .filter(concerns)
-                        .find(|c| c.status == Status::Fail)
-                        .cloned(),
+                    first_fail: first_fail.map(|c| (*c).clone()),
                     warnings: self
                         .checks
                         .iter()
@@ -416,6 +429,21 @@ mod tests {
             "{}",
             lines[3]
         );
+
+        // A failed verification is summed up by its cause, when one is known.
+        let r = report(vec![
+            Check::fail("chain", Clients::VERIFYING, "does not verify", "x"),
+            Check::pass("intermediates", Clients::VERIFYING, "sent"),
+            Check::fail("expiry", Clients::VERIFYING, "expired", "renew"),
+        ]);
+        assert_eq!(r.summaries()[0].first_fail.as_ref().unwrap().id, "expiry");
+        let r = report(vec![Check::fail(
+            "chain",
+            Clients::VERIFYING,
+            "untrusted root",
+            "x",
+        )]);
+        assert_eq!(r.summaries()[0].first_fail.as_ref().unwrap().id, "chain");
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub use policy::Policy;
 use crate::client::{self, ClientError, Trust};
 use crate::config::{PoolSettings, UpstreamSpec};
 use crate::dns::{self, QueryInfo};
-use crate::stats::Stats;
+use crate::stats::{Stats, UpstreamCounters};
 use health::Health;
 use stream::{Connector, StreamPool};
 
@@ -110,6 +110,8 @@ struct Member {
     /// Queries in flight; kept only under `least-outstanding`, so the other
     /// policies pay no shared write per query.
     outstanding: AtomicUsize,
+    /// This upstream's metrics: queries by transport, up/down.
+    counters: Arc<UpstreamCounters>,
 }
 
 impl policy::Candidate for Member {
@@ -129,15 +131,29 @@ impl Member {
         stats: &Stats,
     ) -> Result<Reply, UpstreamError> {
         match &self.transport {
-            Transport::Plain { addr, udp } => match udp.exchange(msg, info).await? {
-                Reply::Message(m) if dns::is_truncated(&m) => {
-                    stats.count(&stats.tc_fallbacks);
-                    tcp::exchange(*addr, msg, info, stats).await
+            Transport::Plain { addr, udp } => {
+                stats.count(&self.counters.udp);
+                match udp.exchange(msg, info).await? {
+                    Reply::Message(m) if dns::is_truncated(&m) => {
+                        stats.count(&stats.tc_fallbacks);
+                        stats.count(&self.counters.tcp);
+                        tcp::exchange(*addr, msg, info, stats).await
+                    }
+                    other => Ok(other),
                 }
-                other => Ok(other),
-            },
-            Transport::Stream(pool) => pool.exchange(msg, info).await,
+            }
+            Transport::Stream(pool) => {
+                stats.count(&self.counters.tcp);
+                pool.exchange(msg, info).await
+            }
         }
+    }
+
+    /// Copies the health state to the `dotgate_upstream_up` gauge.
+    fn publish_health(&self) {
+        self.counters
+            .up
+            .store(u64::from(self.health.is_up()), Ordering::Relaxed);
     }
 }
 
@@ -210,12 +226,17 @@ impl Pool {
                     Transport::Stream(StreamPool::new(Connector::Tls(target), stats.clone()))
                 }
             };
-            members.push(Member {
-                name: spec.to_string(),
+            let name = spec.to_string();
+            let counters = stats.upstream(&name);
+            let member = Member {
+                name,
                 transport,
                 health: Health::default(),
                 outstanding: AtomicUsize::new(0),
-            });
+                counters,
+            };
+            member.publish_health();
+            members.push(member);
         }
         let inner = Arc::new(Inner {
             members,
@@ -311,17 +332,25 @@ impl Inner {
         let result = tokio::time::timeout(budget, member.exchange(msg, info, &self.stats)).await;
         match result {
             Ok(Ok(reply)) => {
+                // The gauge is written only on a change: no shared write
+                // per answered query.
+                let was_up = member.health.is_up();
                 member.health.success(&member.name);
+                if !was_up {
+                    member.publish_health();
+                }
                 Ok(reply)
             }
             Ok(Err(e)) => {
                 member.health.failure(&member.name, &e, e.is_definitive());
+                member.publish_health();
                 Err(e)
             }
             Err(_) => {
                 self.stats.count(&self.stats.upstream_timeouts);
                 let e = UpstreamError::Timeout;
                 member.health.failure(&member.name, &e, false);
+                member.publish_health();
                 Err(e)
             }
         }
@@ -356,12 +385,17 @@ async fn probe_loop(inner: Arc<Inner>, index: usize, interval: Duration, limit: 
         let result =
             tokio::time::timeout(limit, member.exchange(&health::PROBE, &info, &inner.stats)).await;
         match result {
-            Ok(Ok(_)) => member.health.success(&member.name),
+            Ok(Ok(_)) => {
+                member.health.success(&member.name);
+                // An answered probe shows the upstream leg works: /readyz.
+                inner.stats.note_upstream_answer();
+            }
             Ok(Err(e)) => member.health.failure(&member.name, &e, true),
             Err(_) => member
                 .health
                 .failure(&member.name, &UpstreamError::Timeout, true),
         }
+        member.publish_health();
     }
 }
 

@@ -8,6 +8,7 @@ mod harness;
 mod upstream;
 
 mod answers;
+mod check;
 mod config;
 mod deploy;
 mod edns;
