@@ -171,14 +171,24 @@ pub struct ServeArgs {
     #[arg(long, env = "DOTGATE_PROXY_PROTOCOL")]
     pub proxy_protocol: bool,
 
-    /// With --proxy-protocol, accept connections only from this network (CIDR, e.g.
-    /// `10.0.0.0/8`); others are refused. Repeatable. Default: from anywhere.
+    /// An extra address to accept DoT on, where every connection starts with a
+    /// PROXY header (for a load balancer), while --listen addresses take clients
+    /// directly. Repeatable.
+    #[arg(
+        long,
+        env = "DOTGATE_PROXY_PROTOCOL_LISTEN",
+        value_delimiter = ',',
+        value_name = "ADDR"
+    )]
+    pub proxy_protocol_listen: Vec<SocketAddr>,
+
+    /// Where PROXY headers are expected, accept connections only from this network
+    /// (CIDR, e.g. `10.0.0.0/8`); others are refused. Repeatable. Default: from anywhere.
     #[arg(
         long,
         env = "DOTGATE_PROXY_PROTOCOL_FROM",
         value_delimiter = ',',
-        value_name = "CIDR",
-        requires = "proxy_protocol"
+        value_name = "CIDR"
     )]
     pub proxy_protocol_from: Vec<crate::proxy::Cidr>,
 }

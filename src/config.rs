@@ -81,8 +81,12 @@ pub struct Config {
     /// `--metrics-listen`: where /metrics, /healthz and /readyz are served;
     /// None for nowhere (the default).
     pub metrics_listen: Option<SocketAddr>,
-    /// `--proxy-protocol` and `--proxy-protocol-from`.
+    /// `--proxy-protocol` and `--proxy-protocol-from`: `enabled` applies to
+    /// the `listen` addresses.
     pub proxy: crate::proxy::ProxySettings,
+    /// Extra addresses where every connection carries a PROXY header,
+    /// whatever `proxy.enabled` says (`--proxy-protocol-listen`).
+    pub proxy_listen: Vec<SocketAddr>,
 }
 
 /// Port of DNS over TLS (RFC 7858 §3.1), the default of `tls://` upstreams.
@@ -156,6 +160,8 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
+    #[error("--proxy-protocol-from needs --proxy-protocol or --proxy-protocol-listen: it lists who may send PROXY headers")]
+    ProxyFromWithoutProxy,
     #[error("{flag} must be at least 1")]
     Zero { flag: &'static str },
     #[error("{flag} must be longer than zero")]
@@ -239,6 +245,12 @@ impl Config {
                 return Err(ConfigError::Zero { flag });
             }
         }
+        if !args.proxy_protocol_from.is_empty()
+            && !args.proxy_protocol
+            && args.proxy_protocol_listen.is_empty()
+        {
+            return Err(ConfigError::ProxyFromWithoutProxy);
+        }
         let max_connection_age = args
             .max_connection_age
             .map(|age| nonzero(age, "--max-connection-age"))
@@ -267,6 +279,7 @@ impl Config {
                 enabled: args.proxy_protocol,
                 trusted: args.proxy_protocol_from.clone(),
             },
+            proxy_listen: args.proxy_protocol_listen.clone(),
         })
     }
 }

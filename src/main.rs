@@ -15,6 +15,7 @@ use tracing_subscriber::EnvFilter;
 use dotgate::cli::{CheckArgs, Cli, Command, QueryArgs, ServeArgs};
 use dotgate::client::{self, ServerSpec, Trust};
 use dotgate::config::{Config, RESOLV_CONF};
+use dotgate::server::Listener;
 
 fn main() -> ExitCode {
     let cli = match parse_command_line() {
@@ -115,12 +116,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         return Ok(check_config(&args));
     }
     let config = Config::from_args(&args, Path::new(RESOLV_CONF))?;
-    let mut listeners = Vec::with_capacity(config.listen.len());
-    for addr in &config.listen {
-        listeners.push(bind(*addr).with_context(|| format!("cannot listen on {addr}"))?);
+    let mut listeners = Vec::with_capacity(config.listen.len() + config.proxy_listen.len());
+    let plain = config
+        .listen
+        .iter()
+        .map(|addr| (addr, config.proxy.enabled));
+    let behind_proxy = config.proxy_listen.iter().map(|addr| (addr, true));
+    for (addr, proxy) in plain.chain(behind_proxy) {
+        let socket = bind(*addr).with_context(|| format!("cannot listen on {addr}"))?;
+        listeners.push(Listener { socket, proxy });
     }
     let shutdown = dotgate::shutdown::on_signals().context("cannot install signal handlers")?;
-    dotgate::server::run(config, listeners, shutdown).await?;
+    dotgate::server::run_listeners(config, listeners, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
 

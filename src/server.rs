@@ -38,10 +38,33 @@ pub enum ServeError {
     Metrics(#[from] prometheus::Error),
 }
 
+/// A bound DoT listening socket, and whether its connections start with a
+/// PROXY protocol header.
+pub struct Listener {
+    pub socket: TcpListener,
+    pub proxy: bool,
+}
+
 /// Serves DoT on `listeners` until `shutdown` is cancelled, then drains.
+/// Every listener expects PROXY headers exactly when `--proxy-protocol` is on.
 pub async fn run(
     config: Config,
     listeners: Vec<TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let proxy = config.proxy.enabled;
+    let listeners = listeners
+        .into_iter()
+        .map(|socket| Listener { socket, proxy })
+        .collect();
+    run_listeners(config, listeners, shutdown).await
+}
+
+/// As [`run`], with PROXY protocol chosen per listener
+/// (`--proxy-protocol-listen`).
+pub async fn run_listeners(
+    config: Config,
+    listeners: Vec<Listener>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let metrics = match config.metrics_listen {
@@ -59,7 +82,7 @@ pub async fn run(
 /// port 0); `None` serves no metrics whatever the configuration says.
 pub async fn run_with_metrics(
     config: Config,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<Listener>,
     metrics: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
@@ -97,23 +120,27 @@ pub async fn run_with_metrics(
         std::time::Instant::now(),
     );
     let tracker = TaskTracker::new();
-    for listener in listeners {
-        if let Ok(local) = listener.local_addr() {
-            tracing::info!(listen = %local, %upstreams, policy = ?config.pool.policy, "serving DNS over TLS");
+    let any_proxy = listeners.iter().any(|l| l.proxy);
+    for Listener { socket, proxy } in listeners {
+        if let Ok(local) = socket.local_addr() {
+            tracing::info!(listen = %local, proxy_protocol = proxy, %upstreams, policy = ?config.pool.policy, "serving DNS over TLS");
         }
         let accept = AcceptLoop {
-            listener,
+            listener: socket,
             slots: slots.clone(),
             per_ip: per_ip.clone(),
             configs: configs.clone(),
             shared: shared.clone(),
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
-            proxy: Arc::new(config.proxy.clone()),
+            proxy: Arc::new(ProxySettings {
+                enabled: proxy,
+                trusted: config.proxy.trusted.clone(),
+            }),
         };
         tracker.spawn(accept.run());
     }
-    if config.proxy.enabled {
+    if any_proxy {
         if config.proxy.trusted.is_empty() {
             tracing::warn!("--proxy-protocol without --proxy-protocol-from: any peer can claim any client address");
         } else {

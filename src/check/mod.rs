@@ -427,7 +427,7 @@ fn tls_failed(e: &ConnectError, plain: &Plaintext) -> Check {
         return Check::fail(
             "tls",
             Clients::ALL,
-            format!("no TLS: the port answers plain DNS over TCP, and a TLS handshake fails ({e})"),
+            format!("no TLS: the port answers plain DNS over TCP, and {e}"),
             "serve DNS over TLS on this port (DoT is port 853), e.g. dotgate in front of this resolver",
         );
     }
@@ -452,7 +452,11 @@ async fn version_check(
     let config = tls_config(&[version], true, true).map_err(|e| e.to_string())?;
     Ok(match ctx.connect(config).await {
         Ok(conn) => {
-            let check = Check::pass(id, Clients::ALL, format!("{label} handshake completes ({})", suite_name(&conn)));
+            let check = Check::pass(
+                id,
+                Clients::ALL,
+                format!("{label} handshake completes ({})", suite_name(&conn)),
+            );
             conn.close().await;
             check
         }
@@ -460,13 +464,15 @@ async fn version_check(
         Err(e) if version == &TLS12 => Check::warn(
             id,
             Clients::ANDROID_STRICT.or(Clients::ANDROID_OPPORTUNISTIC),
-            format!("{label} refused ({e}): old Android and Windows clients fail (they have no TLS 1.3)"),
+            format!(
+                "{label} refused: {e}; old Android and Windows clients fail (they have no TLS 1.3)"
+            ),
             "accept TLS 1.2 as well as 1.3 (dotgate: --tls-min-version 1.2, the default)",
         ),
         Err(e) => Check::warn(
             id,
             Clients::NONE,
-            format!("{label} refused ({e}): clients fall back to TLS 1.2, with a slower handshake"),
+            format!("{label} refused: {e}; clients fall back to TLS 1.2, with a slower handshake"),
             "enable TLS 1.3",
         ),
     })
@@ -504,7 +510,7 @@ async fn no_sni_check(
             return Check::fail(
                 ID,
                 clients,
-                format!("a handshake without SNI fails ({e}): Android opportunistic mode and systemd-resolved given only an address send none"),
+                format!("a handshake without SNI fails: {e}; Android opportunistic mode and systemd-resolved given only an address send none"),
                 "serve a default certificate to clients that send no SNI",
             )
         }
@@ -685,7 +691,7 @@ fn strict_answer_check(probe_name: &str, reply: &[u8], found: &[String]) -> Chec
         );
     }
     let what = if found.is_empty() {
-        probes::rcode_name(rcode)
+        format!("{} and no address", probes::rcode_name(rcode))
     } else {
         format!("only {}", found.join(", "))
     };
@@ -758,14 +764,14 @@ async fn pipelining_check(ctx: &Ctx) -> Check {
             }
             Recv::Closed => {
                 break Some(format!(
-                    "the server closed the connection after {} replies",
-                    order.len()
+                    "the server closed the connection after {}",
+                    replies(order.len())
                 ))
             }
             Recv::Error(e) => {
                 break Some(format!(
-                    "the connection failed after {} replies ({e})",
-                    order.len()
+                    "the connection failed after {}: {e}",
+                    replies(order.len())
                 ))
             }
             Recv::Timeout => {
@@ -800,6 +806,15 @@ async fn pipelining_check(ctx: &Ctx) -> Check {
     }
 }
 
+/// "1 reply", "3 replies".
+fn replies(n: usize) -> String {
+    if n == 1 {
+        "1 reply".into()
+    } else {
+        format!("{n} replies")
+    }
+}
+
 /// A query asking for keepalive; returns the check and the advertised
 /// timeout (100 ms units).
 async fn keepalive_check(ctx: &Ctx) -> (Check, Option<u16>) {
@@ -811,7 +826,7 @@ async fn keepalive_check(ctx: &Ctx) -> (Check, Option<u16>) {
                 Check::warn(
                     ID,
                     Clients::STUBBY,
-                    format!("a query with edns-tcp-keepalive got no reply ({e})"),
+                    format!("a query with edns-tcp-keepalive got no reply: {e}"),
                     "answer queries that carry EDNS options",
                 ),
                 None,
@@ -863,7 +878,7 @@ async fn padding_check(ctx: &Ctx) -> Check {
             return Check::warn(
                 ID,
                 clients,
-                format!("a padded query got no reply ({e})"),
+                format!("a padded query got no reply: {e}"),
                 "answer queries that carry EDNS padding",
             )
         }
@@ -1035,7 +1050,7 @@ async fn rest_checks(
                 checks.push(Check::fail(
                     "no-alpn",
                     no_alpn_clients,
-                    format!("a handshake without ALPN fails ({e}): Android and systemd-resolved offer none"),
+                    format!("a handshake without ALPN fails: {e}; Android and systemd-resolved offer none"),
                     "accept clients that offer no ALPN (offer dot, never require it)",
                 ));
                 None

@@ -101,7 +101,7 @@ impl std::fmt::Display for ConnectError {
             }
             ConnectError::TlsTimeout(t) => write!(
                 f,
-                "no TLS handshake within {} s (the server did not answer the ClientHello)",
+                "the server did not answer the TLS ClientHello within {} s",
                 t.as_secs_f32()
             ),
             ConnectError::Tls(e) => match self.rustls() {

@@ -85,10 +85,6 @@ fn check_command(addr: SocketAddr, ca: &Path, extra: &[&str]) -> Command {
 
 /// Runs `dotgate check ADDR --tls-name dns.test --quick --ca CA --json`.
 async fn check(addr: SocketAddr, ca: &Path) -> Outcome {
-    if std::env::var_os("SHOW_TEXT").is_some() {
-        let out = run(check_command(addr, ca, &[])).await;
-        eprintln!("=====\n{}", String::from_utf8_lossy(&out.stdout));
-    }
     let started = Instant::now();
     let out = run(check_command(addr, ca, &["--json"])).await;
     let elapsed = started.elapsed();
@@ -180,6 +176,28 @@ async fn dotgate_with_a_full_chain_passes() {
     }
     assert_eq!(outcome.json["target"]["tls_name"], TLS_NAME);
     assert_eq!(outcome.json["target"]["address"], server.addr.to_string());
+
+    // By name, with --address instead of a lookup: the same verdict.
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dotgate"));
+    command
+        .arg("check")
+        .arg(format!("{TLS_NAME}:{}", server.addr.port()))
+        .args(["--address", "127.0.0.1", "--quick", "--json", "--ca"])
+        .arg(&server.pki.ca);
+    let out = run(command).await;
+    let by_name: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert!(out.status.success(), "{by_name}");
+    assert_eq!(by_name["counts"], outcome.json["counts"], "{by_name}");
+    assert_eq!(by_name["target"]["host"], TLS_NAME);
+    let resolve = &by_name["checks"][0];
+    assert_eq!(resolve["id"], "resolve");
+    assert!(
+        resolve["reason"]
+            .as_str()
+            .unwrap()
+            .contains("--address 127.0.0.1"),
+        "{resolve}"
+    );
 
     // The text report: one line per check, then the summaries.
     let out = run(check_command(server.addr, &server.pki.ca, &[])).await;
@@ -421,7 +439,7 @@ async fn a_server_that_closes_after_one_reply_fails_pipelining() {
     let (status, reason) = outcome.check("pipelining");
     assert_eq!(status, "FAIL", "{}", outcome.pretty());
     assert!(
-        reason.contains("only 1 of 10") && reason.contains("closed the connection"),
+        reason.contains("only 1 of 10") && reason.contains("closed the connection after 1 reply;"),
         "{reason}"
     );
     // Its TLS and certificate are fine.
@@ -539,4 +557,46 @@ async fn an_unreadable_ca_file_is_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("/nonexistent/ca.pem"), "{stderr}");
+}
+
+/// The one run without --quick: a server that closes idle connections
+/// after 2 s gets a WARN for the idle check, and the run still ends in a
+/// few seconds (the close ends the wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_idle_timeout_warns() {
+    let up = Upstream::start().await;
+    let server = Server::start_with_pki(
+        Pki::with_intermediate(&ChainSpec::default()),
+        up.addr,
+        &["--idle-timeout", "2s"],
+    )
+    .await;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dotgate"));
+    command
+        .arg("check")
+        .arg(server.addr.to_string())
+        .args(["--tls-name", TLS_NAME, "--json", "--ca"])
+        .arg(&server.pki.ca);
+    let started = Instant::now();
+    let out = run(command).await;
+    let json: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert!(out.status.success(), "{json}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let idle = json["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "idle")
+        .unwrap();
+    assert_eq!(idle["status"], "WARN", "{json}");
+    let reason = idle["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("closed the connection after 2."),
+        "{reason}"
+    );
+    assert_eq!(json["target"]["quick"], false);
 }

@@ -219,3 +219,34 @@ async fn logs_name_the_client_of_the_proxy_header() {
     process.sigterm();
     assert!(process.wait_exit(Duration::from_secs(10)).await.is_some());
 }
+
+/// `--proxy-protocol-listen` (what the config file uses to set PROXY per
+/// listener): that address expects a header, the `--listen` address does
+/// not, in one process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_can_be_set_per_listener() {
+    let up = Upstream::start().await;
+    let behind: SocketAddr = ([127, 0, 0, 1], crate::harness::free_port()).into();
+    let server = Process::start(up.addr, &["--proxy-protocol-listen", &behind.to_string()]).await;
+    // The plain listener: clients connect directly, no header.
+    let mut direct = server.client().await;
+    direct
+        .send(&query(1, "direct.proxy.test.", RecordType::A))
+        .await;
+    assert_answer(&direct.recv().await, 1, "direct.proxy.test.", RecordType::A);
+    // The PROXY listener: served behind a header...
+    let mut stream = connect_with(behind, &v1("192.0.2.50:4000"), server.pki.client.clone())
+        .await
+        .expect("served behind a PROXY header");
+    assert!(answered(&mut stream, 2, "behind.proxy.test.").await);
+    // ...and refused without one (the TLS ClientHello is not a header).
+    let refused = match connect_with(behind, b"", server.pki.client.clone()).await {
+        Err(_) => true,
+        Ok(mut stream) => !answered(&mut stream, 3, "nohdr.proxy.test.").await,
+    };
+    assert!(refused, "a connection without a header must be refused");
+    assert!(
+        server.logs().contains("192.0.2.50:4000"),
+        "the PROXY client address is logged"
+    );
+}
