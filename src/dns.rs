@@ -277,37 +277,116 @@ pub fn parse_query(msg: &[u8]) -> Result<QueryInfo, QueryError> {
 /// of truncating at 512; the OPT is stripped again from the reply.
 pub fn upstream_query(msg: &[u8], info: &QueryInfo, upstream_id: u16) -> Vec<u8> {
     let mut out = Vec::with_capacity(msg.len() + OPT_RR_LEN);
+    write_upstream_query(&mut out, msg, info, upstream_id, false);
+    out
+}
+
+/// An empty edns-tcp-keepalive option: a client's request for the server's
+/// idle timeout (RFC 7828 §3.2.1).
+const KEEPALIVE_REQUEST: [u8; 4] = {
+    let code = edns::KEEPALIVE.to_be_bytes();
+    [code[0], code[1], 0, 0]
+};
+
+/// The framed query for a pooled stream connection (`tcp://`, `tls://`):
+/// [`upstream_query`] with ID 0 (each connection sets its own), behind its
+/// 2-byte length prefix, and with an empty keepalive option in its OPT,
+/// asking the upstream how long it keeps the connection open (RFC 7828).
+/// Built in one allocation: the frame is written around the query rather
+/// than copied into it.
+///
+/// The option is left out when the query has no OPT and none can be added
+/// (other records in its additional section), or when it would not fit the
+/// 16-bit length.
+pub fn stream_query(msg: &[u8], info: &QueryInfo) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + msg.len() + OPT_RR_LEN + KEEPALIVE_REQUEST.len());
+    out.extend_from_slice(&[0, 0]);
+    write_upstream_query(&mut out, msg, info, 0, true);
+    let len = (out.len() - 2).min(usize::from(u16::MAX)) as u16;
+    out[..2].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+/// Appends the upstream form of the query (see [`upstream_query`]) to `out`,
+/// with an empty keepalive option in its OPT when `keepalive` is set.
+fn write_upstream_query(
+    out: &mut Vec<u8>,
+    msg: &[u8],
+    info: &QueryInfo,
+    upstream_id: u16,
+    keepalive: bool,
+) {
+    let base = out.len();
+    let adds_opt = info.opt.is_none() && count(msg, AR) == 0;
+    let grown = msg.len() + KEEPALIVE_REQUEST.len() + if adds_opt { OPT_RR_LEN } else { 0 };
+    let keepalive = keepalive && (info.opt.is_some() || adds_opt) && grown <= usize::from(u16::MAX);
     match &info.opt {
-        Some(opt) if info.edns.has_hop_by_hop() => {
+        Some(opt) if keepalive || info.edns.has_hop_by_hop() => {
             // One copy still: the bytes up to the OPT's options, the options
-            // that are forwarded, then whatever follows the OPT. Only bytes
-            // after the OPT move; in a query that is at most a TSIG record,
-            // whose owner can only point at the question, which stays put.
+            // that are forwarded (and the keepalive request), then whatever
+            // follows the OPT. Only bytes after the OPT move; in a query that
+            // is at most a TSIG record, whose owner can only point at the
+            // question, which stays put.
             let rdata = opt.start + OPT_RR_LEN;
             out.extend_from_slice(&msg[..rdata]);
-            let kept = edns::push_forwarded_options(&mut out, &msg[rdata..opt.end]);
-            // No longer than the RDLENGTH it replaces.
-            let rdlen_at = opt.start + OPT_RDLEN;
+            let mut kept = edns::push_forwarded_options(out, &msg[rdata..opt.end]);
+            if keepalive {
+                out.extend_from_slice(&KEEPALIVE_REQUEST);
+                kept += KEEPALIVE_REQUEST.len();
+            }
+            // At most the old RDLENGTH plus 4, within a message checked to
+            // fit 16 bits.
+            let rdlen_at = base + opt.start + OPT_RDLEN;
             out[rdlen_at..rdlen_at + 2].copy_from_slice(&(kept as u16).to_be_bytes());
             out.extend_from_slice(&msg[opt.end..]);
         }
         _ => out.extend_from_slice(msg),
     }
-    set_id(&mut out, upstream_id);
+    set_id(&mut out[base..], upstream_id);
     match &info.opt {
         Some(opt) => {
             // OPT owner is the root name (one byte), then TYPE, then CLASS,
             // which carries the payload size.
-            let class_at = opt.start + 3;
+            let class_at = base + opt.start + 3;
             out[class_at..class_at + 2].copy_from_slice(&UPSTREAM_UDP_PAYLOAD.to_be_bytes());
         }
-        None if count(msg, AR) == 0 => {
-            push_opt(&mut out, UPSTREAM_UDP_PAYLOAD);
-            set_count(&mut out, AR, 1);
+        None if adds_opt => {
+            push_opt(out, UPSTREAM_UDP_PAYLOAD);
+            if keepalive {
+                let rdlen_at = out.len() - 2;
+                out.extend_from_slice(&KEEPALIVE_REQUEST);
+                out[rdlen_at..rdlen_at + 2]
+                    .copy_from_slice(&(KEEPALIVE_REQUEST.len() as u16).to_be_bytes());
+            }
+            set_count(&mut out[base..], AR, 1);
         }
         None => {}
     }
-    out
+}
+
+/// The edns-tcp-keepalive timeout an upstream's reply advertises (RFC 7828
+/// §3.3.2), in 100 ms units: the first option 11 carrying a value in the
+/// reply's OPT record. `None` without one, or for a message that does not
+/// parse that far. Walks the records without allocating.
+pub fn reply_keepalive(reply: &[u8]) -> Option<u16> {
+    if reply.len() < HEADER_LEN || count(reply, AR) == 0 {
+        return None;
+    }
+    let mut pos = HEADER_LEN;
+    for _ in 0..count(reply, QD) {
+        pos = skip_name(reply, pos)? + 4;
+    }
+    let before_additional = usize::from(count(reply, AN)) + usize::from(count(reply, NS));
+    let total = before_additional + usize::from(count(reply, AR));
+    for index in 0..total {
+        let span = skip_record(reply, pos)?;
+        if index >= before_additional && span.rtype == TYPE_OPT {
+            let rdata = rdlen_offset(reply, &span.range)? + 2;
+            return edns::keepalive_timeout(reply.get(rdata..span.range.end)?);
+        }
+        pos = span.range.end;
+    }
+    None
 }
 
 fn push_opt(out: &mut Vec<u8>, payload: u16) {
@@ -810,6 +889,67 @@ mod tests {
     }
 
     #[test]
+    fn stream_queries_ask_for_keepalive() {
+        let cookie: &[u8] = &[1, 2, 3, 4, 5, 6, 7, 8];
+        // A client OPT with its own keepalive and padding: both replaced by
+        // one empty keepalive; the cookie stays.
+        let q = with_options(
+            query(7, "example.com", 1, true),
+            &[(11, &[]), (10, cookie), (12, &[0; 20])],
+        );
+        let info = parse_query(&q).unwrap();
+        let framed = stream_query(&q, &info);
+        let up = &framed[2..];
+        assert_eq!(
+            usize::from(u16::from_be_bytes([framed[0], framed[1]])),
+            up.len()
+        );
+        assert_eq!(id(up), 0);
+        assert_eq!(opt_options(up), [(10, cookie.to_vec()), (11, vec![])]);
+        assert!(parse_query(up).unwrap().edns.keepalive);
+        // The same bytes as the UDP form, but the keepalive request (and
+        // the RDLENGTH counting it).
+        let plain = upstream_query(&q, &info, 0);
+        let rdlen_at = info.opt.unwrap().start + OPT_RDLEN;
+        assert_eq!(up.len(), plain.len() + 4);
+        assert_eq!(&up[..rdlen_at], &plain[..rdlen_at]);
+        assert_eq!(&up[rdlen_at + 2..plain.len()], &plain[rdlen_at + 2..]);
+
+        // A client OPT without options gains the request.
+        let q = query(8, "example.com", 1, true);
+        let info = parse_query(&q).unwrap();
+        let framed = stream_query(&q, &info);
+        assert_eq!(opt_options(&framed[2..]), [(11, vec![])]);
+
+        // No client OPT: one is added, carrying the request.
+        let q = query(9, "example.com", 28, false);
+        let info = parse_query(&q).unwrap();
+        let framed = stream_query(&q, &info);
+        let up = &framed[2..];
+        assert_eq!(count(up, AR), 1);
+        assert_eq!(opt_options(up), [(11, vec![])]);
+        let opt = parse_query(up).unwrap().opt.unwrap();
+        assert_eq!(&up[opt.start + 3..opt.start + 5], &1232u16.to_be_bytes());
+    }
+
+    #[test]
+    fn reads_the_keepalive_of_a_reply() {
+        let q = query(7, "example.com", 1, true);
+        assert_eq!(reply_keepalive(&answer(&q, true)), None, "no option");
+        assert_eq!(reply_keepalive(&answer(&q, false)), None, "no OPT");
+        let r = with_options(answer(&q, true), &[(12, &[0; 9]), (11, &[0, 10])]);
+        assert_eq!(reply_keepalive(&r), Some(10));
+        let r = with_options(answer(&q, true), &[(11, &[0, 0])]);
+        assert_eq!(reply_keepalive(&r), Some(0));
+        // An empty option 11 (a client's form) is no timeout.
+        let r = with_options(answer(&q, true), &[(11, &[])]);
+        assert_eq!(reply_keepalive(&r), None);
+        // Found whatever the OPT's place among the additional records.
+        let r = opt_then_a(&q, &[(11, &[1, 0])]);
+        assert_eq!(reply_keepalive(&r), Some(256));
+    }
+
+    #[test]
     fn client_reply_adds_keepalive_and_padding() {
         let q = with_options(query(7, "example.com", 1, true), &[(11, &[]), (12, &[])]);
         let info = parse_query(&q).unwrap();
@@ -985,6 +1125,12 @@ mod tests {
             let leg = legs[rand::random_range(0..legs.len())];
             if let Ok(info) = parse_query(&m) {
                 let up = upstream_query(&m, &info, 5);
+                let framed = stream_query(&m, &info);
+                assert_eq!(
+                    usize::from(u16::from_be_bytes([framed[0], framed[1]])),
+                    framed.len() - 2
+                );
+                let _ = reply_keepalive(&framed[2..]);
                 let _ = client_reply(up.clone(), &info, leg);
                 let _ = match_reply(&up, &m[info.question.clone()]);
                 let _ = error_reply(&m, Some(&info), 2, leg);
@@ -992,6 +1138,7 @@ mod tests {
             }
             let _ = error_reply(&m, None, 1, leg);
             let _ = match_reply(&m, b"\x01a\x00\x00\x01\x00\x01");
+            let _ = reply_keepalive(&m);
             if let Some(end) = question_end(&m) {
                 for opt in [None, Some(0..0)] {
                     let info = QueryInfo {

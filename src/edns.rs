@@ -173,6 +173,18 @@ pub fn push_forwarded_options(out: &mut Vec<u8>, rdata: &[u8]) -> usize {
     out.len() - before
 }
 
+/// The timeout of the first edns-tcp-keepalive option in OPT RDATA that
+/// carries one (a server's form, RFC 7828 §3.1: two bytes, 100 ms units).
+/// An empty or odd-sized option 11 is not a timeout and is skipped; options
+/// after malformed bytes are not read.
+pub fn keepalive_timeout(rdata: &[u8]) -> Option<u16> {
+    options(rdata)
+        .map_while(Result::ok)
+        .find(|o| o.code == KEEPALIVE && o.data_len() == 2)
+        .and_then(|o| rdata.get(o.range.start + OPTION_HEADER..o.range.end))
+        .map(|v| u16::from_be_bytes([v[0], v[1]]))
+}
+
 /// True when `rdata` holds options 11 or 12 (which a reply must not pass
 /// on), or is malformed.
 pub fn needs_rewrite(rdata: &[u8]) -> bool {

@@ -1,5 +1,6 @@
 //! `dotgate check HOST[:PORT]`: connects to any DoT server the way the real
-//! clients of ../shared/REQUIREMENTS.md do and says, one line per check,
+//! clients (Android strict and opportunistic, stubby, systemd-resolved) do
+//! and says, one line per check,
 //! whether it will work for them and why not: name and port, TLS 1.2 and 1.3,
 //! the certificate chain as Android strict mode verifies it, SNI and ALPN,
 //! resumption, plaintext refusal, Android's validation probe, pipelining, the
@@ -198,8 +199,8 @@ pub async fn run(opts: &Options) -> Result<Report, ClientError> {
     );
     checks.extend(rest.0);
     checks.push(match idle {
-        // Under --quick, say what the server advertises instead.
         Some(check) => check,
+        // Under --quick, say what the server advertises instead.
         None => Check::skip(
             "idle",
             Clients::ALL,
@@ -478,9 +479,9 @@ async fn version_check(
     })
 }
 
-/// Both versions refused while the default handshake works cannot happen;
-/// if one version check FAILs to run at all, say so.
-fn version_checks_done(mut a: Check, mut b: Check) -> [Check; 2] {
+/// Both versions refused, though the first handshake worked (a flaky
+/// server): a FAIL each, not two WARNs.
+fn both_versions(mut a: Check, mut b: Check) -> [Check; 2] {
     if a.status == Status::Warn && b.status == Status::Warn {
         a.status = Status::Fail;
         b.status = Status::Fail;
@@ -1008,7 +1009,7 @@ async fn rest_checks(
     let v12 = version_check(ctx, &TLS12).await;
     let v13 = version_check(ctx, &TLS13).await;
     match (v12, v13) {
-        (Ok(a), Ok(b)) => checks.extend(version_checks_done(a, b)),
+        (Ok(a), Ok(b)) => checks.extend(both_versions(a, b)),
         (a, b) => {
             for (r, id) in [(a, "tls1.2"), (b, "tls1.3")] {
                 checks.push(r.unwrap_or_else(|e| Check::skip(id, Clients::NONE, e)));

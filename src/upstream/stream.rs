@@ -15,6 +15,15 @@
 //!   once more on another (or a new) connection, within its deadline;
 //! * the remote closing an idle connection is normal: it is dropped from the
 //!   pool and the next query opens a new one;
+//! * every query asks for edns-tcp-keepalive (RFC 7828). Once a reply
+//!   advertises a timeout, the connection is closed by dotgate after it has
+//!   been idle (nothing in flight) for a little less than that timeout, and
+//!   no query is sent on it once it is that old: a query never crosses the
+//!   upstream's idle close on the wire. A timeout of 0 retires the
+//!   connection at once: no new query, closed when its last one is
+//!   answered. Idleness, the timeout and retirement live under the
+//!   pending-map lock, so a query registers only on a connection that will
+//!   not be closed under it;
 //! * the plain mutexes are held for map and list operations only, never
 //!   across an await; only opening a connection is serialized (by an async
 //!   gate), so a burst does not open one connection per query.
@@ -24,9 +33,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::{classify, dot::DotTarget, Reply, UpstreamError};
@@ -48,6 +58,21 @@ const WRITE_QUEUE: usize = 1024;
 /// Largest write the writer gathers from queued queries.
 const WRITE_BATCH: usize = 16 * 1024;
 
+/// Least margin kept before an upstream's advertised keepalive timeout: the
+/// upstream counts from when it sent its last reply, dotgate from when it
+/// read it, and a new query takes time to arrive, so closing exactly at the
+/// timeout could still cross the upstream's close.
+const KEEPALIVE_MARGIN: Duration = Duration::from_millis(500);
+
+/// Time allowed to close dotgate's side of an idle connection (TLS
+/// close_notify, then FIN) before it is simply dropped.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Connections one query may be offered to before giving up: a connection
+/// can retire between being picked and taking the query, and then another
+/// is picked (or opened).
+const MAX_PICKS: usize = MAX_CONNECTIONS + 4;
+
 /// How to open a connection.
 pub enum Connector {
     Tcp(SocketAddr),
@@ -63,6 +88,26 @@ struct Waiter {
 struct Pending {
     dead: bool,
     waiters: HashMap<u16, Waiter>,
+    /// No new query may register: the upstream advertised keepalive 0, or
+    /// the connection outlived its idle limit. It closes once `waiters` is
+    /// empty.
+    retiring: bool,
+    /// How long the connection may stay idle, from the upstream's latest
+    /// keepalive (less [`idle_limit`]'s margin); `None` until a reply
+    /// carries one, and then the remote's idle close is simply awaited.
+    idle_limit: Option<Duration>,
+    /// When `waiters` last became empty (or the connection opened).
+    idle_since: Instant,
+}
+
+impl Pending {
+    /// True once the connection has been idle for its whole idle limit.
+    fn idle_expired(&self) -> bool {
+        self.waiters.is_empty()
+            && self
+                .idle_limit
+                .is_some_and(|limit| self.idle_since.elapsed() >= limit)
+    }
 }
 
 struct Conn {
@@ -70,6 +115,14 @@ struct Conn {
     out: mpsc::Sender<Vec<u8>>,
     /// Mirrors `pending.dead` for lock-free checks when picking.
     dead: AtomicBool,
+    /// Mirrors `pending.retiring` for lock-free checks when picking.
+    retiring: AtomicBool,
+    /// Set once a reply carried a keepalive timeout: until then the writer
+    /// has no idle limit to watch and never takes the lock for it.
+    keepalive_known: AtomicBool,
+    /// Wakes the writer's idle watch: the connection became idle, learned
+    /// or changed its idle limit, or retired.
+    idle_changed: Notify,
     inflight: AtomicUsize,
     next_seq: AtomicU64,
 }
@@ -82,6 +135,70 @@ impl Conn {
 
     fn is_dead(&self) -> bool {
         self.dead.load(Ordering::Relaxed)
+    }
+
+    /// Open and taking new queries.
+    fn is_usable(&self) -> bool {
+        !self.is_dead() && !self.retiring.load(Ordering::Relaxed)
+    }
+
+    /// Under the pending lock: no query registers on this connection any
+    /// more; the writer closes it once it is idle.
+    fn retire(&self, pending: &mut Pending) {
+        pending.retiring = true;
+        self.retiring.store(true, Ordering::Relaxed);
+        self.idle_changed.notify_one();
+    }
+
+    /// Under the pending lock, after a waiter was removed: starts the idle
+    /// clock when it was the last one, and wakes the idle watch when there
+    /// is one.
+    fn removed(&self, pending: &mut Pending) {
+        if pending.waiters.is_empty() {
+            pending.idle_since = Instant::now();
+            if pending.idle_limit.is_some() {
+                self.idle_changed.notify_one();
+            }
+        }
+    }
+
+    /// Under the pending lock: applies a keepalive timeout (100 ms units)
+    /// read from a reply on this connection.
+    fn learn_keepalive(&self, pending: &mut Pending, units: u16) {
+        let limit = idle_limit(units);
+        if pending.idle_limit != Some(limit) {
+            tracing::debug!(timeout = ?limit, "upstream advertised edns-tcp-keepalive");
+            pending.idle_limit = Some(limit);
+            self.keepalive_known.store(true, Ordering::Relaxed);
+            self.idle_changed.notify_one();
+        }
+        if units == 0 && !pending.retiring {
+            tracing::debug!("upstream advertised keepalive 0: retiring the connection");
+            self.retire(pending);
+        }
+    }
+
+    /// What the idle watch should do now.
+    fn idle_state(&self) -> Idle {
+        if !self.keepalive_known.load(Ordering::Relaxed) {
+            return Idle::Wait(None);
+        }
+        let mut pending = self.pending();
+        let Some(limit) = pending.idle_limit else {
+            return Idle::Wait(None);
+        };
+        if !pending.waiters.is_empty() {
+            return Idle::Wait(None);
+        }
+        if pending.retiring {
+            return Idle::Close;
+        }
+        let idle = pending.idle_since.elapsed();
+        if idle >= limit {
+            self.retire(&mut pending);
+            return Idle::Close;
+        }
+        Idle::Wait(Some(limit - idle))
     }
 
     /// Marks the connection dead and fails every waiter (their senders are
@@ -97,8 +214,30 @@ impl Conn {
     }
 }
 
-/// The connection died with this query in flight: retryable elsewhere.
-struct Lost;
+/// Why a query got no reply on a connection.
+enum SendError {
+    /// The connection died with this query in flight: retryable elsewhere.
+    Lost,
+    /// The connection retired before the query was registered: it was never
+    /// sent, so it goes to another connection without counting as lost.
+    Retired,
+}
+
+/// What a connection's idle watch should do.
+enum Idle {
+    /// Close the connection: idle and retired.
+    Close,
+    /// Look again after this long, or when woken.
+    Wait(Option<Duration>),
+}
+
+/// The idle limit for an advertised keepalive of `units` × 100 ms: the
+/// timeout less a tenth of it, and at least [`KEEPALIVE_MARGIN`] less,
+/// never below zero.
+fn idle_limit(units: u16) -> Duration {
+    let advertised = Duration::from_millis(u64::from(units) * 100);
+    advertised.saturating_sub((advertised / 10).max(KEEPALIVE_MARGIN))
+}
 
 /// The pooled connections toward one upstream.
 pub struct StreamPool {
@@ -138,34 +277,44 @@ impl StreamPool {
 
     /// Sends one query and waits for its reply (no timeout here: the pool
     /// bounds each try). A query whose connection dies is sent once more on
-    /// another connection.
+    /// another connection; one whose connection retired before taking it
+    /// goes to another without counting as a loss.
     pub async fn exchange(&self, msg: &[u8], info: &QueryInfo) -> Result<Reply, UpstreamError> {
-        let out = dns::frame(&dns::upstream_query(msg, info, 0));
+        // Built once, and moved into the first try: a second try (rare)
+        // builds its own copy.
+        let mut first = Some(dns::stream_query(msg, info));
         let question = &msg[info.question.clone()];
         let mut lost = false;
-        loop {
+        for _ in 0..MAX_PICKS {
             let conn = self.connection().await?;
-            match send(&conn, out.clone(), question).await {
+            let out = first.take().unwrap_or_else(|| dns::stream_query(msg, info));
+            match send(&conn, out, question).await {
                 Ok(reply) => return Ok(reply),
-                Err(Lost) if !lost => {
+                Err(SendError::Retired) => {}
+                Err(SendError::Lost) if !lost => {
                     lost = true;
                     self.stats.count(&self.stats.upstream_connections_lost);
                     tracing::debug!("upstream connection lost with a query in flight: resending");
                 }
-                Err(Lost) => return Err(UpstreamError::Closed),
+                Err(SendError::Lost) => return Err(UpstreamError::Closed),
             }
         }
+        Err(UpstreamError::Closed)
     }
 
-    /// The least loaded live connection, unless all are at the pipeline
-    /// depth and another may be opened.
+    /// The least loaded usable connection, unless all are at the pipeline
+    /// depth and another may be opened. Retiring connections (finishing
+    /// their last queries) take nothing new and do not count toward
+    /// [`MAX_CONNECTIONS`].
     fn pick(&self) -> Option<Arc<Conn>> {
         let mut conns = self.conns();
         conns.retain(|c| !c.is_dead());
-        let best = conns
-            .iter()
+        let usable = conns.iter().filter(|c| c.is_usable());
+        let best = usable
+            .clone()
             .min_by_key(|c| c.inflight.load(Ordering::Relaxed))?;
-        if best.inflight.load(Ordering::Relaxed) < PIPELINE_DEPTH || conns.len() >= MAX_CONNECTIONS
+        if best.inflight.load(Ordering::Relaxed) < PIPELINE_DEPTH
+            || usable.count() >= MAX_CONNECTIONS
         {
             Some(best.clone())
         } else {
@@ -210,9 +359,15 @@ impl StreamPool {
             pending: Mutex::new(Pending {
                 dead: false,
                 waiters: HashMap::new(),
+                retiring: false,
+                idle_limit: None,
+                idle_since: Instant::now(),
             }),
             out: tx,
             dead: AtomicBool::new(false),
+            retiring: AtomicBool::new(false),
+            keepalive_known: AtomicBool::new(false),
+            idle_changed: Notify::new(),
             inflight: AtomicUsize::new(0),
             next_seq: AtomicU64::new(0),
         });
@@ -228,13 +383,21 @@ impl StreamPool {
 }
 
 /// Registers a waiter under a fresh ID, queues the framed query and waits.
-async fn send(conn: &Arc<Conn>, mut out: Vec<u8>, question: &[u8]) -> Result<Reply, Lost> {
+/// A connection that is retiring, or idle past its limit (and so about to
+/// be closed by either side), takes no new query.
+async fn send(conn: &Arc<Conn>, mut out: Vec<u8>, question: &[u8]) -> Result<Reply, SendError> {
     let (tx, rx) = oneshot::channel();
     let seq = conn.next_seq.fetch_add(1, Ordering::Relaxed);
     let id = {
         let mut pending = conn.pending();
         if pending.dead || pending.waiters.len() >= usize::from(u16::MAX) {
-            return Err(Lost);
+            return Err(SendError::Lost);
+        }
+        if pending.idle_expired() {
+            conn.retire(&mut pending);
+        }
+        if pending.retiring {
+            return Err(SendError::Retired);
         }
         loop {
             let id: u16 = rand::random();
@@ -253,9 +416,9 @@ async fn send(conn: &Arc<Conn>, mut out: Vec<u8>, question: &[u8]) -> Result<Rep
     // The ID sits after the 2-byte length prefix.
     dns::set_id(&mut out[2..], id);
     if conn.out.send(out).await.is_err() {
-        return Err(Lost);
+        return Err(SendError::Lost);
     }
-    rx.await.map_err(|_| Lost)
+    rx.await.map_err(|_| SendError::Lost)
 }
 
 /// Counts a query in flight on its connection and removes its waiter when
@@ -276,12 +439,14 @@ impl Drop for WaiterGuard<'_> {
             .is_some_and(|w| w.seq == self.seq)
         {
             pending.waiters.remove(&self.id);
+            self.conn.removed(&mut pending);
         }
     }
 }
 
 /// One connection's reader and writer, until either ends, the remote closes,
-/// or the pool is dropped; then every waiter is failed over.
+/// the connection is idle past its keepalive limit (or retired and idle), or
+/// the pool is dropped; then every waiter is failed over.
 async fn run<S>(
     stream: S,
     conn: Arc<Conn>,
@@ -310,7 +475,24 @@ async fn run<S>(
     };
     let writer = async {
         let mut batch = Vec::new();
-        while let Some(first) = queue.recv().await {
+        loop {
+            let first = tokio::select! {
+                // Queued queries first. The idle watch closes only with no
+                // waiter registered, so what is still queued then belongs to
+                // abandoned queries.
+                biased;
+                next = queue.recv() => match next {
+                    Some(first) => first,
+                    None => return,
+                },
+                () = idle_watch(&conn) => {
+                    // Nothing in flight and nothing may register: close
+                    // dotgate's side cleanly (close_notify and FIN on TLS).
+                    tracing::debug!("closing an idle upstream connection before its keepalive timeout");
+                    let _ = tokio::time::timeout(CLOSE_WAIT, write_half.shutdown()).await;
+                    return;
+                }
+            };
             batch.clear();
             batch.extend_from_slice(&first);
             while batch.len() < WRITE_BATCH {
@@ -337,12 +519,31 @@ async fn run<S>(
     conn.kill();
 }
 
+/// Returns once the connection should be closed: retired or idle past its
+/// keepalive limit, with nothing in flight. Pending forever on a connection
+/// whose upstream never advertised keepalive.
+async fn idle_watch(conn: &Conn) {
+    loop {
+        match conn.idle_state() {
+            Idle::Close => return,
+            Idle::Wait(None) => conn.idle_changed.notified().await,
+            Idle::Wait(Some(left)) => {
+                let _ = tokio::time::timeout(left, conn.idle_changed.notified()).await;
+            }
+        }
+    }
+}
+
+/// Hands a reply to its waiter; a matched reply's keepalive option sets the
+/// connection's idle limit.
 fn deliver(conn: &Conn, reply: &[u8], stats: &Stats) {
     if reply.len() < dns::HEADER_LEN {
         stats.count(&stats.mismatched_replies);
         return;
     }
     let id = dns::id(reply);
+    // Read before taking the lock; applied only if the reply matches.
+    let keepalive = dns::reply_keepalive(reply);
     let waiter = {
         let mut pending = conn.pending();
         let Some(waiter) = pending.waiters.get(&id) else {
@@ -350,10 +551,17 @@ fn deliver(conn: &Conn, reply: &[u8], stats: &Stats) {
             stats.count(&stats.mismatched_replies);
             return;
         };
-        match classify(reply, &waiter.question) {
+        let delivered = match classify(reply, &waiter.question) {
             Some(result) => pending.waiters.remove(&id).map(|w| (w, result)),
             None => None,
+        };
+        if delivered.is_some() {
+            if let Some(units) = keepalive {
+                conn.learn_keepalive(&mut pending, units);
+            }
+            conn.removed(&mut pending);
         }
+        delivered
     };
     match waiter {
         // The receiver may have given up (timeout): nothing to do.

@@ -13,6 +13,7 @@ mod config;
 mod deploy;
 mod edns;
 mod framing;
+mod keepalive;
 mod lifetime;
 mod limits;
 mod metrics;

@@ -12,6 +12,10 @@
 //!   carrying the upstream's own padding ([`UPSTREAM_PADDING`] bytes), a
 //!   keepalive of [`UPSTREAM_KEEPALIVE`] and an NSID of [`UPSTREAM_NSID`], as
 //!   a resolver that pads for its own clients would send;
+//! * `keepalive-<units>`: the usual answer, and (when the query had an OPT
+//!   record) an edns-tcp-keepalive option with that timeout, as a stream
+//!   upstream advertising its idle timeout (or 0: "close this connection")
+//!   would send;
 //! * `servfail`, or a first label ending in `-dnsotls-ds` (Android's Private
 //!   DNS probe, `<random>-dnsotls-ds.metric.gstatic.com`): SERVFAIL with the
 //!   question echoed;
@@ -396,6 +400,17 @@ fn script(query: &Message, transport: Transport) -> Script {
                 11,
                 UPSTREAM_KEEPALIVE.to_be_bytes().to_vec(),
             ));
+        }
+        return vec![Step::after(delay, encode(&reply))];
+    }
+    let keepalive = labels
+        .iter()
+        .find_map(|l| l.strip_prefix("keepalive-")?.parse::<u16>().ok());
+    if let Some(units) = keepalive {
+        let mut reply = answer(query);
+        if let Some(edns) = reply.edns.as_mut() {
+            edns.options_mut()
+                .insert(EdnsOption::Unknown(11, units.to_be_bytes().to_vec()));
         }
         return vec![Step::after(delay, encode(&reply))];
     }
