@@ -397,7 +397,8 @@ pub async fn pipeline(
     timeout: Duration,
 ) -> Result<Vec<Answer>, ClientError> {
     let mut out = Vec::with_capacity(questions.len() * 64);
-    let mut waiting: HashMap<u16, usize> = HashMap::new();
+    // ID -> (question index, the question's wire bytes).
+    let mut waiting: HashMap<u16, (usize, Vec<u8>)> = HashMap::new();
     let first_id: u16 = rand::random();
     for (index, q) in questions.iter().enumerate() {
         let id = first_id.wrapping_add(index as u16);
@@ -409,7 +410,10 @@ pub async fn pipeline(
             .to_vec()
             .map_err(|e| ClientError::Encode(e.to_string()))?;
         out.extend_from_slice(&dns::frame(&bytes));
-        waiting.insert(id, index);
+        let question = dns::parse_query(&bytes)
+            .map(|info| bytes[info.question].to_vec())
+            .map_err(|e| ClientError::Encode(e.to_string()))?;
+        waiting.insert(id, (index, question));
     }
     let (read_half, mut write_half) = tokio::io::split(stream);
     let started = Instant::now();
@@ -428,7 +432,13 @@ pub async fn pipeline(
             let Some(frame) = reader.read_frame().await? else {
                 break;
             };
-            let Some(index) = waiting.remove(&dns::id(&frame)) else {
+            // The same rule as the upstreams: the ID and the question must
+            // both match (RFC 5452); anything else is ignored.
+            let id = dns::id(&frame);
+            let matches = waiting.get(&id).is_some_and(|(_, question)| {
+                dns::match_reply(&frame, question) != dns::ReplyMatch::Mismatch
+            });
+            let Some((index, _)) = matches.then(|| waiting.remove(&id)).flatten() else {
                 continue;
             };
             if let Ok(msg) = Message::from_vec(&frame) {
