@@ -91,13 +91,7 @@ pub struct Check {
 
 impl Check {
     pub fn pass(id: &'static str, clients: Clients, reason: impl Into<String>) -> Check {
-        Check {
-            id,
-            status: Status::Pass,
-            reason: reason.into(),
-            fix: None,
-            clients,
-        }
+        Check::new(id, Status::Pass, clients, reason.into(), None)
     }
 
     pub fn warn(
@@ -106,13 +100,7 @@ impl Check {
         reason: impl Into<String>,
         fix: impl Into<String>,
     ) -> Check {
-        Check {
-            id,
-            status: Status::Warn,
-            reason: reason.into(),
-            fix: Some(fix.into()),
-            clients,
-        }
+        Check::new(id, Status::Warn, clients, reason.into(), Some(fix.into()))
     }
 
     pub fn fail(
@@ -121,23 +109,27 @@ impl Check {
         reason: impl Into<String>,
         fix: impl Into<String>,
     ) -> Check {
+        Check::new(id, Status::Fail, clients, reason.into(), Some(fix.into()))
+    }
+
+    fn new(
+        id: &'static str,
+        status: Status,
+        clients: Clients,
+        reason: String,
+        fix: Option<String>,
+    ) -> Check {
         Check {
             id,
-            status: Status::Fail,
-            reason: reason.into(),
-            fix: Some(fix.into()),
+            status,
+            reason,
+            fix,
             clients,
         }
     }
 
     pub fn skip(id: &'static str, clients: Clients, reason: impl Into<String>) -> Check {
-        Check {
-            id,
-            status: Status::Skip,
-            reason: reason.into(),
-            fix: None,
-            clients,
-        }
+        Check::new(id, Status::Skip, clients, reason.into(), None)
     }
 }
 
