@@ -224,34 +224,10 @@ fn frame_bytes(read: Read) -> Vec<u8> {
 /// Counts OPT records in the additional section by walking the wire format
 /// (hickory folds OPT into `edns` and refuses duplicates; this counts them).
 fn count_opt_records(msg: &[u8]) -> usize {
-    fn skip_name(msg: &[u8], mut pos: usize) -> usize {
-        loop {
-            let len = msg[pos] as usize;
-            if len == 0 {
-                return pos + 1;
-            }
-            if len >= 0xc0 {
-                return pos + 2;
-            }
-            pos += 1 + len;
-        }
-    }
-    let count = |i: usize| usize::from(u16::from_be_bytes([msg[4 + 2 * i], msg[5 + 2 * i]]));
-    let mut pos = 12;
-    for _ in 0..count(0) {
-        pos = skip_name(msg, pos) + 4;
-    }
-    let mut opts = 0;
-    let before_additional = count(1) + count(2);
-    for index in 0..before_additional + count(3) {
-        pos = skip_name(msg, pos);
-        let rtype = u16::from_be_bytes([msg[pos], msg[pos + 1]]);
-        let rdlen = usize::from(u16::from_be_bytes([msg[pos + 8], msg[pos + 9]]));
-        if index >= before_additional && rtype == 41 {
-            opts += 1;
-        }
-        pos += 10 + rdlen;
-    }
-    assert_eq!(pos, msg.len(), "records end where the message ends");
-    opts
+    let (records, end) = crate::upstream::raw_records(msg);
+    assert_eq!(end, msg.len(), "records end where the message ends");
+    records
+        .iter()
+        .filter(|r| r.additional && r.rtype == 41)
+        .count()
 }

@@ -109,21 +109,12 @@ impl Pki {
         std::fs::write(&cert, format!("{}{}", leaf_cert.pem(), ca.pem())).unwrap();
         std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
 
-        let mut roots = RootCertStore::empty();
-        roots.add(ca.der().clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut client = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        client.alpn_protocols = vec![b"dot".to_vec()];
         Pki {
             dir,
             ca: ca_path,
             cert,
             key,
-            client: Arc::new(client),
+            client: client_trusting(ca.der()),
             issuer: Arc::new(ca),
         }
     }
@@ -296,21 +287,12 @@ impl Pki {
         std::fs::write(&cert, chain).unwrap();
         std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
 
-        let mut roots = RootCertStore::empty();
-        roots.add(root.der().clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut client = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        client.alpn_protocols = vec![b"dot".to_vec()];
         Pki {
             dir,
             ca: ca_path,
             cert,
             key,
-            client: Arc::new(client),
+            client: client_trusting(root.der()),
             issuer: Arc::new(intermediate),
         }
     }
@@ -553,6 +535,20 @@ async fn wait_until_listening(child: &mut Child, addr: SocketAddr, limit: Durati
 }
 
 // ---------- a raw DoT client ----------
+
+/// A TLS client configuration (offering ALPN `dot`) that trusts one root.
+fn client_trusting(root: &rustls_pki_types::CertificateDer<'_>) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add(root.clone().into_owned()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut client = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.alpn_protocols = vec![b"dot".to_vec()];
+    Arc::new(client)
+}
 
 /// What reading one frame gave.
 #[derive(Debug)]

@@ -535,6 +535,32 @@ fn receive(state: &State, bytes: &[u8], transport: Transport) -> Option<Script> 
 /// parsed (empty without one), read from the wire so that nothing is
 /// normalized.
 pub fn raw_opt_options(msg: &[u8]) -> Vec<(u16, Vec<u8>)> {
+    let (records, _) = raw_records(msg);
+    let mut options = Vec::new();
+    for record in records.iter().filter(|r| r.rtype == 41) {
+        options.clear();
+        let mut rdata = record.rdata;
+        while rdata.len() >= 4 {
+            let code = u16::from_be_bytes([rdata[0], rdata[1]]);
+            let len = usize::from(u16::from_be_bytes([rdata[2], rdata[3]]));
+            options.push((code, rdata[4..4 + len].to_vec()));
+            rdata = &rdata[4 + len..];
+        }
+    }
+    options
+}
+
+/// One resource record as found on the wire.
+pub struct RawRecord<'a> {
+    pub additional: bool,
+    pub rtype: u16,
+    pub rdata: &'a [u8],
+}
+
+/// Every resource record of a message, walked by hand rather than through
+/// hickory (which folds OPT into `edns` and refuses duplicates), and the
+/// offset where the last one ends.
+pub fn raw_records(msg: &[u8]) -> (Vec<RawRecord<'_>>, usize) {
     fn skip_name(msg: &[u8], mut pos: usize) -> usize {
         loop {
             let len = usize::from(msg[pos]);
@@ -552,25 +578,20 @@ pub fn raw_opt_options(msg: &[u8]) -> Vec<(u16, Vec<u8>)> {
     for _ in 0..count(0) {
         pos = skip_name(msg, pos) + 4;
     }
-    let mut options = Vec::new();
-    for _ in 0..count(1) + count(2) + count(3) {
+    let before_additional = count(1) + count(2);
+    let mut records = Vec::new();
+    for index in 0..before_additional + count(3) {
         pos = skip_name(msg, pos);
         let rtype = u16::from_be_bytes([msg[pos], msg[pos + 1]]);
         let rdlen = usize::from(u16::from_be_bytes([msg[pos + 8], msg[pos + 9]]));
-        let mut rdata = &msg[pos + 10..pos + 10 + rdlen];
+        records.push(RawRecord {
+            additional: index >= before_additional,
+            rtype,
+            rdata: &msg[pos + 10..pos + 10 + rdlen],
+        });
         pos += 10 + rdlen;
-        if rtype != 41 {
-            continue;
-        }
-        options.clear();
-        while rdata.len() >= 4 {
-            let code = u16::from_be_bytes([rdata[0], rdata[1]]);
-            let len = usize::from(u16::from_be_bytes([rdata[2], rdata[3]]));
-            options.push((code, rdata[4..4 + len].to_vec()));
-            rdata = &rdata[4 + len..];
-        }
     }
-    options
+    (records, pos)
 }
 
 /// Tracks one query from arrival until just before its last message is sent.
