@@ -13,7 +13,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::certcheck::{self, CertFacts, Eku, KeyVerdict, SignatureKind, EXPIRY_WARNING_DAYS};
 
-use super::report::{Check, Clients};
+use super::report::{Check, Clients, CHAIN_CAUSES};
 
 const DAY: i64 = 24 * 60 * 60;
 
@@ -141,25 +141,17 @@ pub fn chain_checks(input: &ChainInput<'_>) -> Vec<Check> {
         Some(Ok(leaf)) => leaf.clone(),
         Some(Err(e)) => {
             let reason = format!("cannot read the leaf certificate ({e})");
-            return [
-                "chain",
-                "intermediates",
-                "expiry",
-                "name",
-                "eku",
-                "key",
-                "signature",
-            ]
-            .into_iter()
-            .map(|id| {
-                Check::fail(
-                    id,
-                    VERIFYING,
-                    reason.clone(),
-                    "serve a well-formed X.509 certificate",
-                )
-            })
-            .collect();
+            return std::iter::once("chain")
+                .chain(CHAIN_CAUSES.iter().copied())
+                .map(|id| {
+                    Check::fail(
+                        id,
+                        VERIFYING,
+                        reason.clone(),
+                        "serve a well-formed X.509 certificate",
+                    )
+                })
+                .collect();
         }
         None => {
             return vec![Check::fail(

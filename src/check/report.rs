@@ -160,7 +160,7 @@ pub const ORDER: &[&str] = &[
 ];
 
 /// The certificate checks that explain a failed chain verification.
-const CHAIN_CAUSES: &[&str] = &["intermediates", "expiry", "name", "eku", "key", "signature"];
+pub const CHAIN_CAUSES: &[&str] = &["intermediates", "expiry", "name", "eku", "key", "signature"];
 
 /// What was checked.
 #[derive(Debug, Clone)]

@@ -13,10 +13,8 @@ use crate::harness::{
     assert_answer, assert_reply_header, encode, frame, parse, query, with_opt, Client, Process,
     Read, Server, REPLY_WAIT,
 };
-use crate::process::{on_path, run};
-use crate::upstream::{
-    expected_a, raw_opt_options, Transport, Upstream, UPSTREAM_KEEPALIVE, UPSTREAM_NSID,
-};
+use crate::process::{assert_kdig_answer, on_path, run};
+use crate::upstream::{raw_opt_options, Transport, Upstream, UPSTREAM_KEEPALIVE, UPSTREAM_NSID};
 
 const KEEPALIVE: u16 = 11;
 const PADDING: u16 = 12;
@@ -480,18 +478,6 @@ async fn run_kdig(kdig: &Path, server: &Process, options: &[&str], name: &str) -
     );
     assert!(stdout.contains(";; Received "), "no reply:\n{stdout}");
     stdout
-}
-
-/// Checks that kdig printed a NOERROR answer with the upstream's record.
-fn assert_kdig_answer(stdout: &str, name: &str) {
-    assert!(stdout.contains("status: NOERROR"), "{stdout}");
-    let want = expected_a(name).to_string();
-    assert!(
-        stdout
-            .lines()
-            .any(|l| l.starts_with(name) && l.contains(&want)),
-        "no A {want} for {name} in kdig's output:\n{stdout}"
-    );
 }
 
 /// R14 with a real client: `kdig +ednsopt=11` shows the idle timeout, and

@@ -105,14 +105,7 @@ async fn kdig_gets_an_answer() {
         out.status,
         server.logs()
     );
-    assert!(stdout.contains("NOERROR"), "{stdout}");
-    let want = expected_a(name).to_string();
-    assert!(
-        stdout
-            .lines()
-            .any(|l| l.starts_with(name) && l.contains(&want)),
-        "no A {want} for {name} in kdig's output:\n{stdout}"
-    );
+    assert_kdig_answer(&stdout, name);
 }
 
 /// `dotgate query` with --ca: two pipelined questions answered, exit 0; a
@@ -175,5 +168,17 @@ async fn dotgate_query_verifies_and_prints_answers() {
         up.received().len(),
         4,
         "no query sent over an unverified connection"
+    );
+}
+
+/// Checks that kdig printed a NOERROR answer with the upstream's record.
+pub fn assert_kdig_answer(stdout: &str, name: &str) {
+    assert!(stdout.contains("status: NOERROR"), "{stdout}");
+    let want = expected_a(name).to_string();
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with(name) && l.contains(&want)),
+        "no A {want} for {name} in kdig's output:\n{stdout}"
     );
 }
