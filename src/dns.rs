@@ -302,7 +302,10 @@ pub fn stream_query(msg: &[u8], info: &QueryInfo) -> Vec<u8> {
     let mut out = Vec::with_capacity(2 + msg.len() + OPT_RR_LEN + KEEPALIVE_REQUEST.len());
     out.extend_from_slice(&[0, 0]);
     write_upstream_query(&mut out, msg, info, 0, true);
-    let len = (out.len() - 2).min(usize::from(u16::MAX)) as u16;
+    // At most 65535: `msg` came through a 16-bit frame, and nothing is
+    // added that would not fit (see `write_upstream_query`).
+    let len = u16::try_from(out.len() - 2).unwrap_or(u16::MAX);
+    debug_assert_eq!(usize::from(len), out.len() - 2);
     out[..2].copy_from_slice(&len.to_be_bytes());
     out
 }
@@ -317,9 +320,14 @@ fn write_upstream_query(
     keepalive: bool,
 ) {
     let base = out.len();
-    let adds_opt = info.opt.is_none() && count(msg, AR) == 0;
-    let grown = msg.len() + KEEPALIVE_REQUEST.len() + if adds_opt { OPT_RR_LEN } else { 0 };
-    let keepalive = keepalive && (info.opt.is_some() || adds_opt) && grown <= usize::from(u16::MAX);
+    // Every addition must keep the message within 16 bits: a frame whose
+    // prefix announced less than was written would desynchronise a pooled
+    // upstream connection that other clients' queries share.
+    let fits = |extra: usize| msg.len() + extra <= usize::from(u16::MAX);
+    let adds_opt = info.opt.is_none() && count(msg, AR) == 0 && fits(OPT_RR_LEN);
+    let keepalive = keepalive
+        && (info.opt.is_some() || adds_opt)
+        && fits(KEEPALIVE_REQUEST.len() + if adds_opt { OPT_RR_LEN } else { 0 });
     match &info.opt {
         Some(opt) if keepalive || info.edns.has_hop_by_hop() => {
             // One copy still: the bytes up to the OPT's options, the options
@@ -418,6 +426,12 @@ pub enum ReplyMatch {
     Mismatch,
 }
 
+/// RCODEs with which a server may answer without echoing the question:
+/// FORMERR, SERVFAIL, NOTIMP and REFUSED (it could not, or would not, read
+/// it). A question-less NOERROR or NXDOMAIN is never accepted: one spoofed
+/// datagram with the right ID could otherwise turn any name into NXDOMAIN.
+const QUESTIONLESS_RCODES: [u8; 4] = [1, 2, 4, 5];
+
 /// Decides whether `reply` answers `question` (the bytes of the question
 /// section that was sent). The caller has already matched source and ID.
 pub fn match_reply(reply: &[u8], question: &[u8]) -> ReplyMatch {
@@ -425,7 +439,9 @@ pub fn match_reply(reply: &[u8], question: &[u8]) -> ReplyMatch {
         return ReplyMatch::Mismatch;
     }
     match count(reply, QD) {
-        0 if rcode(reply) != Rcode::NoError as u8 => ReplyMatch::ErrorWithoutQuestion(rcode(reply)),
+        0 if QUESTIONLESS_RCODES.contains(&rcode(reply)) => {
+            ReplyMatch::ErrorWithoutQuestion(rcode(reply))
+        }
         1 => match question_end(reply) {
             Some(end) if same_question(&reply[HEADER_LEN..end], question) => ReplyMatch::Answer,
             _ => ReplyMatch::Mismatch,
@@ -617,6 +633,7 @@ pub fn frame(msg: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(2 + msg.len());
     // Messages longer than 65535 bytes cannot be produced: every path builds
     // them from a framed query or a reply read through a 16-bit length.
+    debug_assert!(msg.len() <= usize::from(u16::MAX));
     out.extend_from_slice(&(msg.len().min(u16::MAX as usize) as u16).to_be_bytes());
     out.extend_from_slice(msg);
     out
@@ -790,11 +807,28 @@ mod tests {
             match_reply(&formerr, &q[info.question.clone()]),
             ReplyMatch::ErrorWithoutQuestion(1)
         );
-        formerr[3] = 0;
-        assert_eq!(
-            match_reply(&formerr, &q[info.question]),
-            ReplyMatch::Mismatch
-        );
+        for (rcode, accepted) in [
+            (0, false),
+            (1, true),
+            (2, true),
+            (3, false), // NXDOMAIN: a spoofer's favourite
+            (4, true),
+            (5, true),
+            (6, false),
+            (9, false),
+        ] {
+            formerr[3] = 0x80 | rcode;
+            let expected = if accepted {
+                ReplyMatch::ErrorWithoutQuestion(rcode)
+            } else {
+                ReplyMatch::Mismatch
+            };
+            assert_eq!(
+                match_reply(&formerr, &q[info.question.clone()]),
+                expected,
+                "question-less reply with RCODE {rcode}"
+            );
+        }
     }
 
     #[test]
@@ -930,6 +964,61 @@ mod tests {
         assert_eq!(opt_options(up), [(11, vec![])]);
         let opt = parse_query(up).unwrap().opt.unwrap();
         assert_eq!(&up[opt.start + 3..opt.start + 5], &1232u16.to_be_bytes());
+    }
+
+    /// A query of `len` bytes: the question for `example.com`, then one
+    /// authority record (type NULL) whose data fills the rest; `opt` puts
+    /// an OPT record (with `opt_len` bytes of option data) after it.
+    fn big_query(len: usize, opt: Option<usize>) -> Vec<u8> {
+        let mut q = query(5, "example.com", 1, false);
+        set_count(&mut q, NS, 1);
+        let tail = opt.map_or(0, |data| OPT_RR_LEN + data);
+        let rdlen = len - q.len() - 11 - tail;
+        q.extend_from_slice(&[0, 0, 10, 0, 1, 0, 0, 0, 0]);
+        q.extend_from_slice(&(rdlen as u16).to_be_bytes());
+        q.resize(q.len() + rdlen, 0xaa);
+        if let Some(data) = opt {
+            set_count(&mut q, AR, 1);
+            push_opt(&mut q, 4096);
+            let rdlen_at = q.len() - 2;
+            q[rdlen_at..].copy_from_slice(&(data as u16).to_be_bytes());
+            // One unknown option (65001) holding the rest.
+            q.extend_from_slice(&65001u16.to_be_bytes());
+            q.extend_from_slice(&((data - 4) as u16).to_be_bytes());
+            q.resize(q.len() + data - 4, 0);
+        }
+        assert_eq!(q.len(), len);
+        q
+    }
+
+    /// Near the 16-bit limit nothing is added that would not fit: the
+    /// length prefix always announces exactly the bytes that follow, so a
+    /// pooled upstream connection is never desynchronised.
+    #[test]
+    fn stream_queries_never_outgrow_their_prefix() {
+        for len in [65_535, 65_530, 65_524, 65_520, 65_500, 60_000] {
+            for opt in [None, Some(4)] {
+                let q = big_query(len, opt);
+                let info = parse_query(&q).unwrap();
+                let framed = stream_query(&q, &info);
+                let body = &framed[2..];
+                assert_eq!(
+                    usize::from(u16::from_be_bytes([framed[0], framed[1]])),
+                    body.len(),
+                    "query of {len} bytes, OPT {opt:?}"
+                );
+                assert!(body.len() <= 65_535);
+                let up = parse_query(body).unwrap();
+                assert_eq!(&body[up.question.clone()], &q[info.question.clone()]);
+                let udp = upstream_query(&q, &info, 3);
+                assert!(udp.len() <= 65_535, "UDP form of {len} bytes, OPT {opt:?}");
+                assert_eq!(id(&udp), 3);
+            }
+        }
+        // Room left: the OPT and the keepalive request are added as usual.
+        let q = big_query(60_000, None);
+        let framed = stream_query(&q, &parse_query(&q).unwrap());
+        assert_eq!(opt_options(&framed[2..]), [(11, vec![])]);
     }
 
     #[test]

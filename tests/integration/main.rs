@@ -13,6 +13,7 @@ mod config;
 mod deploy;
 mod edns;
 mod framing;
+mod hardening;
 mod keepalive;
 mod lifetime;
 mod limits;
