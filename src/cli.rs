@@ -112,6 +112,11 @@ pub struct ServeArgs {
     #[arg(long, env = "DOTGATE_HANDSHAKE_TIMEOUT", default_value = "10s")]
     pub handshake_timeout: Duration,
 
+    /// Close a connection whose message, once its first byte arrived, is not
+    /// complete within this long.
+    #[arg(long, env = "DOTGATE_READ_TIMEOUT", default_value = "10s")]
+    pub read_timeout: Duration,
+
     /// Answer SERVFAIL when the upstream has not replied within this long.
     #[arg(long, env = "DOTGATE_UPSTREAM_TIMEOUT", default_value = "2s")]
     pub upstream_timeout: Duration,
@@ -120,6 +125,16 @@ pub struct ServeArgs {
     /// connection until a reply goes out.
     #[arg(long, env = "DOTGATE_MAX_INFLIGHT", default_value_t = 128)]
     pub max_inflight: usize,
+
+    /// Memory in MiB, shared by all connections, for messages larger than a
+    /// connection's own 4 KiB read buffer; over it, such reads wait.
+    #[arg(
+        long,
+        env = "DOTGATE_MESSAGE_MEMORY_MIB",
+        default_value_t = 64,
+        value_name = "MIB"
+    )]
+    pub message_memory_mib: usize,
 
     /// Open connections in total; new connections over it are closed at once.
     #[arg(long, env = "DOTGATE_MAX_CONNECTIONS", default_value_t = 10_000)]

@@ -19,7 +19,7 @@ pub enum CertSource {
     SelfSigned(String),
 }
 
-/// The four named timeouts. Each exists for a reason given on its field.
+/// The five named timeouts. Each exists for a reason given on its field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     /// Idle time, counted only while nothing is in flight. Longer than every
@@ -29,6 +29,10 @@ pub struct Timeouts {
     /// Accept to finished handshake, including the first byte. Keeps slow or
     /// silent peers from holding connection slots.
     pub handshake: Duration,
+    /// First byte of a message to its last. The idle timer restarts with
+    /// every message and pauses while queries are in flight, so without this
+    /// a peer could hold a partial message (and its buffer) for ever.
+    pub read: Duration,
     /// Per query: after this the client gets SERVFAIL (R11). Android has no
     /// per-query timeout of its own.
     pub upstream: Duration,
@@ -51,6 +55,9 @@ pub struct Limits {
     pub max_queries_per_connection: Option<u64>,
     /// Age after which a connection is retired (R15), if limited.
     pub max_connection_age: Option<Duration>,
+    /// Bytes of message buffers past each connection's base read buffer,
+    /// shared by all connections (see [`crate::framing::MessageBudget`]).
+    pub message_memory: usize,
 }
 
 /// TLS settings beyond the certificate itself.
@@ -221,6 +228,7 @@ impl Config {
         let timeouts = Timeouts {
             idle: nonzero(args.idle_timeout, "--idle-timeout")?,
             handshake: nonzero(args.handshake_timeout, "--handshake-timeout")?,
+            read: nonzero(args.read_timeout, "--read-timeout")?,
             upstream,
             drain: upstream + DRAIN_SLACK,
         };
@@ -231,6 +239,7 @@ impl Config {
         }
         for (value, flag) in [
             (args.max_connections, "--max-connections"),
+            (args.message_memory_mib, "--message-memory-mib"),
             (args.max_connections_per_ip, "--max-connections-per-ip"),
             (
                 args.max_queries_per_connection.map_or(1, |n| n as usize),
@@ -273,6 +282,9 @@ impl Config {
                 max_handshakes_per_ip_per_sec: args.max_handshakes_per_ip_per_sec,
                 max_queries_per_connection: args.max_queries_per_connection,
                 max_connection_age,
+                // At least 1 MiB (checked above), which holds a largest
+                // message (`framing::MIN_BUDGET`).
+                message_memory: args.message_memory_mib.saturating_mul(1 << 20),
             },
             metrics_listen: args.metrics_listen,
             proxy: crate::proxy::ProxySettings {

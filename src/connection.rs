@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Timeouts;
 use crate::dns::{self, Rcode};
 use crate::edns::LegOptions;
-use crate::framing::{FrameError, FrameReader};
+use crate::framing::{FrameError, FrameReader, ReadLimits};
 use crate::stats::{Stats, Synthesized};
 use crate::upstream::{Pool, Reply, UpstreamError};
 
@@ -46,6 +46,8 @@ pub struct Shared {
     pub max_queries: Option<u64>,
     /// Age after which a connection is retired, if limited.
     pub max_age: Option<Duration>,
+    /// The read timeout and the shared message budget.
+    pub read_limits: ReadLimits,
 }
 
 /// Why a connection ended, for logs and counters.
@@ -61,6 +63,8 @@ pub enum CloseReason {
     Shutdown,
     /// `--max-queries-per-connection` or `--max-connection-age` was reached.
     Retired,
+    /// A message begun was not complete within `--read-timeout`.
+    ReadTimeout,
 }
 
 /// Largest batch of replies the writer coalesces into one write.
@@ -93,7 +97,7 @@ where
         shared.stats.clone(),
     ));
     let inflight = InFlight::new(shared.max_inflight);
-    let mut reader = FrameReader::new(read_half);
+    let mut reader = FrameReader::with_limits(read_half, shared.read_limits.clone());
     let lifetime = Lifetime::new(shared.max_queries, shared.max_age);
     // Without a maximum age this sleep never completes.
     let too_old = lifetime.retire_at(tokio::time::Instant::now());
@@ -125,6 +129,7 @@ where
                 // FIN without close_notify: the client is gone all the same.
                 break CloseReason::Client;
             }
+            Err(FrameError::ReadTimeout) => break CloseReason::ReadTimeout,
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "closing connection");
                 break CloseReason::Error;
@@ -267,6 +272,11 @@ where
             .await?;
             for read_at in &received {
                 stats.query_duration.observe(read_at.elapsed());
+            }
+            // A large reply grew the batch past its usual size: give that
+            // memory back rather than keep the peak for the connection's life.
+            if batch.capacity() > WRITE_BATCH {
+                batch = Vec::new();
             }
         }
         // All senders are gone: nothing more to write.

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::connection::{self, Shared};
+use crate::framing::{MessageBudget, ReadLimits};
 use crate::http;
 use crate::listener::{self, HandshakeError};
 use crate::per_ip::{IpSlot, PerIp, Refusal};
@@ -112,6 +113,13 @@ pub async fn run_with_metrics(
         max_inflight: config.limits.max_inflight,
         max_queries: config.limits.max_queries_per_connection,
         max_age: config.limits.max_connection_age,
+        read_limits: ReadLimits {
+            read_timeout: Some(config.timeouts.read),
+            budget: Some(MessageBudget::new(
+                config.limits.message_memory,
+                stats.message_budget_waits.clone(),
+            )),
+        },
     });
     let slots = Arc::new(Semaphore::new(config.limits.max_connections));
     let per_ip = PerIp::new(

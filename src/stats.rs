@@ -51,6 +51,9 @@ pub struct Stats {
     pub closed_error: AtomicU64,
     pub closed_retired: AtomicU64,
     pub closed_shutdown: AtomicU64,
+    pub closed_read_timeout: AtomicU64,
+    /// Reads that waited for room in the shared message budget.
+    pub message_budget_waits: Arc<AtomicU64>,
     /// All failed handshakes; the three below split them by reason.
     pub handshake_failures: AtomicU64,
     pub handshake_timeouts: AtomicU64,
@@ -77,7 +80,7 @@ pub struct Stats {
     pub mismatched_replies: AtomicU64,
     /// Queries sent to a second upstream after the first failed or timed out.
     pub upstream_failovers: AtomicU64,
-    /// Queries answered SERVFAIL at once because every upstream was down.
+    /// Queries sent while every upstream was marked down (panic mode).
     pub upstream_all_down: AtomicU64,
     /// Queries whose pooled TCP/TLS upstream connection died under them
     /// (each is sent again on another connection).
@@ -247,6 +250,7 @@ impl Stats {
             CloseReason::Error => &self.closed_error,
             CloseReason::Retired => &self.closed_retired,
             CloseReason::Shutdown => &self.closed_shutdown,
+            CloseReason::ReadTimeout => &self.closed_read_timeout,
         });
     }
 
@@ -634,7 +638,15 @@ impl StatsCollector {
             .with(&["client"], count_of(&s.closed_client))
             .with(&["error"], count_of(&s.closed_error))
             .with(&["retired"], count_of(&s.closed_retired))
-            .with(&["shutdown"], count_of(&s.closed_shutdown)),
+            .with(&["shutdown"], count_of(&s.closed_shutdown))
+            .with(&["read_timeout"], count_of(&s.closed_read_timeout)),
+            Family::new(
+                "dotgate_message_budget_waits_total",
+                "Reads of a large message that waited for room in --message-memory-mib.",
+                COUNTER,
+                &[],
+            )
+            .counter(&s.message_budget_waits),
             Family::new(
                 "dotgate_tls_handshakes_total",
                 "TLS handshakes by result and negotiated version.",

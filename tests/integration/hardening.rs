@@ -6,10 +6,13 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
+use tokio::io::AsyncWriteExt;
 
 use crate::harness::{
-    assert_answer, assert_reply_header, encode, frame, query, Client, Server, REPLY_WAIT,
+    assert_answer, assert_reply_header, encode, frame, query, Client, Process, Read, Server,
+    REPLY_WAIT,
 };
+use crate::metrics::{metrics_addr, scrape, value};
 use crate::upstream::{Transport, Upstream};
 
 /// Sends `names` (A queries, IDs from `first_id`) pipelined in one write and
@@ -169,4 +172,120 @@ async fn oversized_query_never_desynchronises_a_shared_tcp_upstream() {
     // Each query reached the upstream once: no connection was lost and
     // nothing was resent.
     assert_eq!(up.count(Transport::Tcp), before.len() + after.len() + 3);
+}
+
+/// Resident memory of a process, in KiB (Linux).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in {status}"))
+}
+
+/// A prefix promising 65535 bytes, then one byte every 200 ms: closed at
+/// `--read-timeout` (not at the later idle timeout), counted, while another
+/// client keeps getting answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dribbled_message_is_closed_at_the_read_timeout() {
+    let up = Upstream::start().await;
+    let metrics = metrics_addr();
+    let metrics_flag = metrics.to_string();
+    let server = Server::start(
+        up.addr,
+        &[
+            "--read-timeout",
+            "1s",
+            "--idle-timeout",
+            "30s",
+            "--metrics-listen",
+            &metrics_flag,
+        ],
+    )
+    .await;
+    let mut slow = server.client().await;
+    let mut other = server.client().await;
+    let started = Instant::now();
+    slow.send_raw(&[0xff, 0xff]).await;
+    let dribble = async {
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if slow.stream.write_all(&[0]).await.is_err() || slow.stream.flush().await.is_err() {
+                break;
+            }
+        }
+        slow
+    };
+    let others = async {
+        for id in 0..10u16 {
+            let name = format!("n{id}.dribble.test.");
+            other.send(&query(id, &name, RecordType::A)).await;
+            assert_answer(&other.recv().await, id, &name, RecordType::A);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let (mut slow, ()) = tokio::join!(dribble, others);
+    match slow.read(Duration::from_secs(5)).await {
+        Read::Eof | Read::Error(_) => {}
+        other => panic!("expected the connection closed, got {other:?}"),
+    }
+    let closed = started.elapsed();
+    assert!(closed < Duration::from_secs(5), "{closed:?}");
+    let text = scrape(metrics).await;
+    assert_eq!(
+        value(
+            &text,
+            "dotgate_connections_closed_total{reason=\"read_timeout\"}"
+        ),
+        1.0
+    );
+}
+
+/// Connections that each promised a 65535-byte message and sent one byte
+/// of it hold about what an idle connection holds, not 64 KiB each, and
+/// every one of them is closed at the read timeout, after which a client is
+/// served as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announced_lengths_cost_no_memory_until_the_bytes_come() {
+    const CONNECTIONS: usize = 300;
+    let up = Upstream::start().await;
+    let server = Process::start(
+        up.addr,
+        &["--read-timeout", "3s", "--max-connections-per-ip", "1000"],
+    )
+    .await;
+    let mut probe = server.client().await;
+    probe
+        .send(&query(1, "before.rss.test.", RecordType::A))
+        .await;
+    assert_answer(&probe.recv().await, 1, "before.rss.test.", RecordType::A);
+    let before = rss_kib(server.pid());
+    let mut stalled = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let mut c = server.client().await;
+        c.send_raw(&[0xff, 0xff, 0]).await;
+        stalled.push(c);
+    }
+    // Let the server read what was sent.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let during = rss_kib(server.pid());
+    let per_connection = during.saturating_sub(before) / CONNECTIONS as u64;
+    eprintln!("{per_connection} KiB per stalled connection ({before} KiB before, {during} KiB with {CONNECTIONS})");
+    // An idle TLS connection costs about 20 KiB here; buffering the
+    // announced length would add 64 KiB to each.
+    assert!(
+        per_connection < 48,
+        "{per_connection} KiB per stalled connection ({before} KiB before, {during} KiB with them)"
+    );
+    for c in stalled.iter_mut() {
+        match c.read(Duration::from_secs(6)).await {
+            Read::Eof | Read::Error(_) => {}
+            other => panic!("expected a close at the read timeout, got {other:?}"),
+        }
+    }
+    probe
+        .send(&query(2, "after.rss.test.", RecordType::A))
+        .await;
+    assert_answer(&probe.recv().await, 2, "after.rss.test.", RecordType::A);
 }
