@@ -1,12 +1,19 @@
-//! Checks of the served certificate chain that catch the mistakes which break
-//! real clients (R3): a leaf-only chain (Android strict mode does not fetch
-//! missing intermediates), a certificate for the wrong name, and expiry.
+//! The one judge of a certificate chain, for the server's start-up and
+//! reload warnings and for `dotgate check` alike, so that both give the
+//! same answer on the same chain (R3): whether the leaf's issuer is sent
+//! (Android strict mode does not fetch missing intermediates), whether the
+//! name is covered, and expiry.
+//!
+//! [`judge`] decides; [`check_chain`] words its verdict as the server's log
+//! warnings, `check::cert` as `dotgate check` lines. What only a client can
+//! judge (path verification against a trust store) stays in `check::cert`;
+//! what depends on the trust store here is passed in as a predicate, which
+//! the server, knowing no store, answers with "no".
 //!
 //! Pure functions of the chain, the name and the time, so that they are unit
-//! tested with generated certificates; the caller logs the findings at
-//! start-up and on every reload. None of them stops dotgate: a key that does
-//! not match the leaf is the one fatal problem, and `CertifiedKey::from_der`
-//! reports it before these checks run.
+//! tested with generated certificates. None of the findings stops dotgate: a
+//! key that does not match the leaf is the one fatal problem, and
+//! `CertifiedKey::from_der` reports it before these checks run.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -15,12 +22,240 @@ use rustls_pki_types::CertificateDer;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
+use x509_parser::time::ASN1Time;
 
-/// Warn this long before the leaf expires: time for one failed renewal and a
-/// retry (certbot renews 30 days ahead, cert-manager at two thirds of life).
+/// Warn this long before a certificate of the chain expires: time for one
+/// failed renewal and a retry (certbot renews 30 days ahead, cert-manager
+/// at two thirds of life).
 pub const EXPIRY_WARNING_DAYS: i64 = 14;
 
-const DAY: i64 = 24 * 60 * 60;
+/// Seconds in a day, for the expiry arithmetic on UNIX times.
+pub const DAY: i64 = 24 * 60 * 60;
+
+/// The one way the chain checks write a date: `YYYY-MM-DD` (UTC), from
+/// x509-parser's own calendar (the `time` crate).
+pub fn date(unix: i64) -> String {
+    match ASN1Time::from_timestamp(unix) {
+        Ok(t) => t.to_datetime().date().to_string(),
+        // Out of `time`'s range (years beyond ±9999): never from a parsed
+        // certificate, whose dates come from that same range.
+        Err(_) => format!("{unix} s after 1970"),
+    }
+}
+
+/// What the judge needs besides the chain.
+#[derive(Clone, Copy)]
+pub struct Judge<'a> {
+    /// `--self-signed`: a leaf without issuer is expected.
+    pub self_signed_on_purpose: bool,
+    /// True when a name (DER) is a root of the trust store in use; then a
+    /// leaf it issued needs no intermediate. The server, which cannot know
+    /// its clients' stores, answers false.
+    pub is_trusted_root: &'a dyn Fn(&[u8]) -> bool,
+    /// The name clients ask for, if known (`--tls-name`).
+    pub name: Option<&'a str>,
+    /// Seconds since the UNIX epoch.
+    pub now: i64,
+}
+
+/// Why a chain could not be judged at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JudgeError {
+    #[error("the chain is empty")]
+    Empty,
+    #[error("cannot read the leaf certificate ({0})")]
+    UnreadableLeaf(String),
+}
+
+/// Whether the certificates a client needs to reach a root are sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Intermediates {
+    /// The leaf is self-issued (or `--self-signed`): no issuer to send.
+    SelfSigned,
+    /// The leaf's issuer is sent; `in_order` when each certificate is
+    /// followed by its issuer, as TLS 1.2 requires and old clients expect.
+    Sent { in_order: bool },
+    /// Not sent, but the trust store holds the issuer as a root itself.
+    IssuerIsTrustedRoot { issuer: String },
+    /// Not sent, and not known as a root: clients that do not fetch
+    /// intermediates refuse the chain.
+    Missing(MissingIssuer),
+}
+
+/// The leaf's issuer is in no certificate sent after it. `Display` is the
+/// sentence both the server and `dotgate check` use for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingIssuer {
+    /// The leaf's issuer, e.g. `CN=R11, O=Let's Encrypt, C=US`.
+    pub issuer: String,
+    /// How many certificates are sent besides the leaf (none of which
+    /// issued it).
+    pub others: usize,
+}
+
+impl fmt::Display for MissingIssuer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let issuer = &self.issuer;
+        match self.others {
+            0 => write!(f, "the leaf's issuer ({issuer}) is not sent: only the leaf is"),
+            1 => write!(
+                f,
+                "the leaf's issuer ({issuer}) is not sent: the other certificate sent did not issue the leaf"
+            ),
+            n => write!(
+                f,
+                "the leaf's issuer ({issuer}) is not sent: none of the {n} other certificates sent issued the leaf"
+            ),
+        }
+    }
+}
+
+/// The validity of the chain; the first that applies, in this order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expiry {
+    /// The leaf has expired (UNIX time of its end).
+    Expired { not_after: i64 },
+    /// The leaf is not valid yet (a clock problem, or a certificate from the
+    /// future).
+    NotYetValid { not_before: i64 },
+    /// Another certificate sent has expired: clients that build the path
+    /// through it fail (as with the expired DST Root CA X3 cross-sign).
+    OtherExpired { subject: String, not_after: i64 },
+    /// The leaf, or an intermediate (`subject` set), expires within
+    /// [`EXPIRY_WARNING_DAYS`].
+    ExpiresSoon {
+        subject: Option<String>,
+        not_after: i64,
+        days_left: i64,
+    },
+    /// Everything sent is in date; the leaf lasts `days_left` more days.
+    InDate { not_after: i64, days_left: i64 },
+}
+
+/// Whether the leaf covers the name clients ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameVerdict {
+    /// Covered, by this SAN (e.g. `DNS:*.example.net`).
+    Covered { name: String, by: String },
+    /// Not covered; `sans` are the leaf's SANs as text.
+    NotCovered { name: String, sans: Vec<String> },
+}
+
+/// The judge's answer on one chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub leaf: CertFacts,
+    /// The other certificates sent that could be read, in order.
+    pub others: Vec<CertFacts>,
+    /// How many certificates were sent, the leaf and unreadable ones
+    /// included.
+    pub sent: usize,
+    pub intermediates: Intermediates,
+    pub expiry: Expiry,
+    /// `None` when no name was given.
+    pub name: Option<NameVerdict>,
+}
+
+/// Judges `chain` (leaf first).
+pub fn judge(chain: &[CertificateDer<'_>], judge: &Judge<'_>) -> Result<Verdict, JudgeError> {
+    let first = chain.first().ok_or(JudgeError::Empty)?;
+    let leaf = cert_facts(first).map_err(JudgeError::UnreadableLeaf)?;
+    let others: Vec<CertFacts> = chain[1..]
+        .iter()
+        .filter_map(|c| cert_facts(c).ok())
+        .collect();
+    Ok(Verdict {
+        intermediates: intermediates(&leaf, &others, chain.len(), judge),
+        expiry: expiry(&leaf, &others, judge.now),
+        name: judge.name.map(|name| name_verdict(name, &leaf.sans)),
+        leaf,
+        others,
+        sent: chain.len(),
+    })
+}
+
+fn intermediates(
+    leaf: &CertFacts,
+    others: &[CertFacts],
+    sent: usize,
+    judge: &Judge<'_>,
+) -> Intermediates {
+    if leaf.self_issued || judge.self_signed_on_purpose {
+        return Intermediates::SelfSigned;
+    }
+    if others.iter().any(|c| c.subject_der == leaf.issuer_der) {
+        let in_order = std::iter::once(leaf)
+            .chain(others)
+            .collect::<Vec<_>>()
+            .windows(2)
+            .all(|w| w[0].issuer_der == w[1].subject_der);
+        return Intermediates::Sent { in_order };
+    }
+    if (judge.is_trusted_root)(&leaf.issuer_der) {
+        return Intermediates::IssuerIsTrustedRoot {
+            issuer: leaf.issuer.clone(),
+        };
+    }
+    Intermediates::Missing(MissingIssuer {
+        issuer: leaf.issuer.clone(),
+        others: sent.saturating_sub(1),
+    })
+}
+
+fn expiry(leaf: &CertFacts, others: &[CertFacts], now: i64) -> Expiry {
+    if now > leaf.not_after {
+        return Expiry::Expired {
+            not_after: leaf.not_after,
+        };
+    }
+    if now < leaf.not_before {
+        return Expiry::NotYetValid {
+            not_before: leaf.not_before,
+        };
+    }
+    if let Some(gone) = others.iter().find(|c| now > c.not_after) {
+        return Expiry::OtherExpired {
+            subject: gone.subject.clone(),
+            not_after: gone.not_after,
+        };
+    }
+    // Roots sent along are not counted: clients use their own copy.
+    let soonest = others
+        .iter()
+        .filter(|c| !c.self_issued && c.not_after < leaf.not_after)
+        .min_by_key(|c| c.not_after);
+    let (subject, not_after) = match soonest {
+        Some(c) => (Some(c.subject.clone()), c.not_after),
+        None => (None, leaf.not_after),
+    };
+    if not_after - now < EXPIRY_WARNING_DAYS * DAY {
+        return Expiry::ExpiresSoon {
+            subject,
+            not_after,
+            days_left: (not_after - now) / DAY,
+        };
+    }
+    Expiry::InDate {
+        not_after: leaf.not_after,
+        days_left: (leaf.not_after - now) / DAY,
+    }
+}
+
+fn name_verdict(name: &str, sans: &[San]) -> NameVerdict {
+    match sans
+        .iter()
+        .find(|san| name_covered(name, std::slice::from_ref(*san)))
+    {
+        Some(san) => NameVerdict::Covered {
+            name: name.to_string(),
+            by: san.to_string(),
+        },
+        None => NameVerdict::NotCovered {
+            name: name.to_string(),
+            sans: sans.iter().map(San::to_string).collect(),
+        },
+    }
+}
 
 /// What the log says about the certificate being served.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +264,7 @@ pub struct LeafInfo {
     pub subject: String,
     /// The issuer's distinguished name.
     pub issuer: String,
-    /// The end of validity, as the certificate writes it (UTC).
+    /// The end of validity, as [`date`] writes it.
     pub not_after: String,
     /// The end of validity in seconds since the UNIX epoch.
     pub not_after_unix: i64,
@@ -37,19 +272,26 @@ pub struct LeafInfo {
     pub chain_len: usize,
 }
 
-/// A problem worth a warning; `Display` is the log message.
+/// A problem worth a warning in the server's log; `Display` is the message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finding {
-    /// The leaf cannot be parsed for these checks (rustls accepted it).
+    /// The chain cannot be judged (rustls accepted it).
     Unparsable(String),
-    /// One certificate, not self-issued: the intermediates are missing.
-    LeafOnly { issuer: String },
+    /// The leaf's issuer is not sent: the intermediates are missing.
+    MissingIntermediate(MissingIssuer),
     /// The leaf's SANs do not cover `--tls-name`.
     NameNotCovered { name: String, sans: Vec<String> },
-    /// The leaf expires within [`EXPIRY_WARNING_DAYS`].
-    ExpiresSoon { not_after: String, days_left: i64 },
+    /// The leaf, or the intermediate `subject`, expires within
+    /// [`EXPIRY_WARNING_DAYS`].
+    ExpiresSoon {
+        subject: Option<String>,
+        not_after: String,
+        days_left: i64,
+    },
     /// The leaf has expired.
     Expired { not_after: String },
+    /// Another certificate of the chain has expired.
+    OtherExpired { subject: String, not_after: String },
     /// The leaf is not valid yet (a clock problem, or a certificate from the
     /// future).
     NotYetValid { not_before: String },
@@ -60,11 +302,11 @@ impl fmt::Display for Finding {
         match self {
             Finding::Unparsable(e) => write!(
                 f,
-                "cannot read the leaf certificate for the chain checks ({e}); serving it unchecked"
+                "cannot read the certificate for the chain checks ({e}); serving it unchecked"
             ),
-            Finding::LeafOnly { issuer } => write!(
+            Finding::MissingIntermediate(missing) => write!(
                 f,
-                "the certificate file holds only the leaf certificate (issued by {issuer}): \
+                "the intermediate certificate is missing: {missing}: \
                  clients that do not fetch intermediates, Android's Private DNS among them, \
                  will refuse it; give the full chain, leaf first (certbot's fullchain.pem). \
                  Ignore this only if every client trusts that issuer itself (a private CA, \
@@ -83,16 +325,28 @@ impl fmt::Display for Finding {
                 )
             }
             Finding::ExpiresSoon {
+                subject,
                 not_after,
                 days_left,
-            } => write!(
-                f,
-                "the certificate expires in {days_left} days ({not_after}): renew it \
-                 (dotgate reloads renewed files by itself, or on SIGHUP)"
-            ),
+            } => {
+                let which = match subject {
+                    Some(subject) => format!("the intermediate certificate {subject}"),
+                    None => "the certificate".to_string(),
+                };
+                write!(
+                    f,
+                    "{which} expires in {days_left} days ({not_after}): renew it \
+                     (dotgate reloads renewed files by itself, or on SIGHUP)"
+                )
+            }
             Finding::Expired { not_after } => write!(
                 f,
                 "the certificate EXPIRED on {not_after}: clients that verify it refuse every connection"
+            ),
+            Finding::OtherExpired { subject, not_after } => write!(
+                f,
+                "{subject} in the certificate file EXPIRED on {not_after}: clients that build the \
+                 path through it fail; serve the CA's current intermediate instead"
             ),
             Finding::NotYetValid { not_before } => write!(
                 f,
@@ -110,7 +364,8 @@ pub struct Report {
     pub findings: Vec<Finding>,
 }
 
-/// Checks `chain` (leaf first) at `now` (seconds since the UNIX epoch).
+/// The server's reading of [`judge`]: checks `chain` (leaf first) at `now`
+/// (seconds since the UNIX epoch), knowing no trust store.
 /// `self_signed_on_purpose` is set for `--self-signed`, where a one-element
 /// chain is expected. `tls_name` is `--tls-name`, if given.
 pub fn check_chain(
@@ -119,14 +374,16 @@ pub fn check_chain(
     tls_name: Option<&str>,
     now: i64,
 ) -> Report {
-    let Some(first) = chain.first() else {
-        return Report {
-            leaf: None,
-            findings: vec![Finding::Unparsable("the chain is empty".into())],
-        };
-    };
-    let leaf = match X509Certificate::from_der(first.as_ref()) {
-        Ok((_, leaf)) => leaf,
+    let verdict = match judge(
+        chain,
+        &Judge {
+            self_signed_on_purpose,
+            is_trusted_root: &|_| false,
+            name: tls_name,
+            now,
+        },
+    ) {
+        Ok(verdict) => verdict,
         Err(e) => {
             return Report {
                 leaf: None,
@@ -134,49 +391,45 @@ pub fn check_chain(
             }
         }
     };
-    let validity = leaf.validity();
+    let leaf = &verdict.leaf;
     let info = LeafInfo {
-        subject: leaf.subject().to_string(),
-        issuer: leaf.issuer().to_string(),
-        not_after: validity.not_after.to_string(),
-        not_after_unix: validity.not_after.timestamp(),
-        chain_len: chain.len(),
+        subject: leaf.subject.clone(),
+        issuer: leaf.issuer.clone(),
+        not_after: date(leaf.not_after),
+        not_after_unix: leaf.not_after,
+        chain_len: verdict.sent,
     };
     let mut findings = Vec::new();
-
-    let self_issued = leaf.subject().as_raw() == leaf.issuer().as_raw();
-    if chain.len() == 1 && !self_signed_on_purpose && !self_issued {
-        findings.push(Finding::LeafOnly {
-            issuer: info.issuer.clone(),
+    if let Intermediates::Missing(missing) = &verdict.intermediates {
+        findings.push(Finding::MissingIntermediate(missing.clone()));
+    }
+    if let Some(NameVerdict::NotCovered { name, sans }) = &verdict.name {
+        findings.push(Finding::NameNotCovered {
+            name: name.clone(),
+            sans: sans.clone(),
         });
     }
-
-    if let Some(name) = tls_name {
-        let sans = subject_alt_names(&leaf);
-        if !name_covered(name, &sans) {
-            findings.push(Finding::NameNotCovered {
-                name: name.to_string(),
-                sans: sans.iter().map(San::to_string).collect(),
-            });
-        }
-    }
-
-    let not_after = validity.not_after.timestamp();
-    let not_before = validity.not_before.timestamp();
-    if now > not_after {
-        findings.push(Finding::Expired {
-            not_after: info.not_after.clone(),
-        });
-    } else if not_after - now < EXPIRY_WARNING_DAYS * DAY {
-        findings.push(Finding::ExpiresSoon {
-            not_after: info.not_after.clone(),
-            days_left: (not_after - now) / DAY,
-        });
-    }
-    if now < not_before {
-        findings.push(Finding::NotYetValid {
-            not_before: validity.not_before.to_string(),
-        });
+    match &verdict.expiry {
+        Expiry::Expired { not_after } => findings.push(Finding::Expired {
+            not_after: date(*not_after),
+        }),
+        Expiry::NotYetValid { not_before } => findings.push(Finding::NotYetValid {
+            not_before: date(*not_before),
+        }),
+        Expiry::OtherExpired { subject, not_after } => findings.push(Finding::OtherExpired {
+            subject: subject.clone(),
+            not_after: date(*not_after),
+        }),
+        Expiry::ExpiresSoon {
+            subject,
+            not_after,
+            days_left,
+        } => findings.push(Finding::ExpiresSoon {
+            subject: subject.clone(),
+            not_after: date(*not_after),
+            days_left: *days_left,
+        }),
+        Expiry::InDate { .. } => {}
     }
     Report {
         leaf: Some(info),
@@ -522,9 +775,10 @@ mod tests {
         let report = check_chain(&chain, false, None, NOW);
         assert_eq!(
             report.findings,
-            vec![Finding::LeafOnly {
-                issuer: "CN=check test CA".into()
-            }]
+            vec![Finding::MissingIntermediate(MissingIssuer {
+                issuer: "CN=check test CA".into(),
+                others: 0,
+            })]
         );
         assert!(report.findings[0].to_string().contains("fullchain.pem"));
         // --self-signed: expected.
@@ -536,9 +790,78 @@ mod tests {
             !report
                 .findings
                 .iter()
-                .any(|f| matches!(f, Finding::LeafOnly { .. })),
+                .any(|f| matches!(f, Finding::MissingIntermediate(_))),
             "{report:?}"
         );
+    }
+
+    /// [leaf, a certificate that did not issue it]: the issuer is missing
+    /// as surely as with the leaf alone. The server used to count
+    /// certificates (two: fine) while `dotgate check` looked for the issuer.
+    #[test]
+    fn an_unrelated_second_certificate_is_no_intermediate() {
+        let ca = ca();
+        let unrelated = rcgen::generate_simple_self_signed(vec!["other.test".to_string()]).unwrap();
+        let chain = vec![
+            year_around_now(&["dns.test"], &ca),
+            unrelated.cert.der().clone(),
+        ];
+        let missing = MissingIssuer {
+            issuer: "CN=check test CA".into(),
+            others: 1,
+        };
+        let no_roots = Judge {
+            self_signed_on_purpose: false,
+            is_trusted_root: &|_| false,
+            name: Some("dns.test"),
+            now: NOW,
+        };
+        let verdict = judge(&chain, &no_roots).unwrap();
+        assert_eq!(
+            verdict.intermediates,
+            Intermediates::Missing(missing.clone())
+        );
+        assert_eq!(
+            missing.to_string(),
+            "the leaf's issuer (CN=check test CA) is not sent: \
+             the other certificate sent did not issue the leaf"
+        );
+        // The server's warning says the same.
+        let findings = check_chain(&chain, false, Some("dns.test"), NOW).findings;
+        assert_eq!(
+            findings,
+            vec![Finding::MissingIntermediate(missing.clone())]
+        );
+        assert!(findings[0].to_string().contains(&missing.to_string()));
+        // Unless the trust store in use holds the issuer as a root.
+        let ca_name = cert_facts(ca.der()).unwrap().subject_der;
+        let is_ca = |name: &[u8]| name == ca_name.as_slice();
+        let with_ca = Judge {
+            is_trusted_root: &is_ca,
+            ..no_roots
+        };
+        assert_eq!(
+            judge(&chain, &with_ca).unwrap().intermediates,
+            Intermediates::IssuerIsTrustedRoot {
+                issuer: "CN=check test CA".into()
+            }
+        );
+        // With the CA sent after the unrelated one: sent, out of order.
+        let mut disordered = chain.clone();
+        disordered.push(ca.der().clone());
+        assert_eq!(
+            judge(&disordered, &no_roots).unwrap().intermediates,
+            Intermediates::Sent { in_order: false }
+        );
+    }
+
+    #[test]
+    fn dates_are_civil() {
+        assert_eq!(date(0), "1970-01-01");
+        assert_eq!(date(NOW), "2025-06-15");
+        assert_eq!(date(951_782_400), "2000-02-29");
+        assert_eq!(date(-DAY), "1969-12-31");
+        assert!(!date(i64::MAX).is_empty());
     }
 
     #[test]
@@ -606,6 +929,41 @@ mod tests {
         let gone = check(NOW - 60);
         assert!(matches!(&gone[..], [Finding::Expired { .. }]), "{gone:?}");
         assert!(gone[0].to_string().contains("EXPIRED"));
+    }
+
+    /// An intermediate's expiry counts as the leaf's does: soon is a
+    /// warning naming it, past is a warning that it EXPIRED.
+    #[test]
+    fn intermediate_expiry_warnings() {
+        let ca = ca();
+        let inter = |until: i64| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "check test intermediate");
+            let epoch = rcgen::date_time_ymd(1970, 1, 1);
+            params.not_before = epoch + std::time::Duration::from_secs((NOW - 90 * DAY) as u64);
+            params.not_after = epoch + std::time::Duration::from_secs(until as u64);
+            CertifiedIssuer::signed_by(params, KeyPair::generate().unwrap(), &ca).unwrap()
+        };
+        let check = |until: i64| {
+            let inter = inter(until);
+            let chain = vec![year_around_now(&["dns.test"], &inter), inter.der().clone()];
+            check_chain(&chain, false, None, NOW).findings
+        };
+        let soon = check(NOW + 3 * DAY + 60);
+        assert!(
+            matches!(&soon[..], [Finding::ExpiresSoon { subject: Some(s), days_left: 3, .. }]
+                if s == "CN=check test intermediate"),
+            "{soon:?}"
+        );
+        let gone = check(NOW - DAY);
+        assert!(
+            matches!(&gone[..], [Finding::OtherExpired { .. }]),
+            "{gone:?}"
+        );
+        assert!(gone[0].to_string().contains("EXPIRED"), "{}", gone[0]);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! verification as Android strict mode does it (the certificates sent, the
 //! trust store, nothing fetched), the intermediates, expiry, and what R24
 //! asks of the leaf. Pure functions of the chain, the roots, the name and
-//! the time.
+//! the time. What the server judges as well (intermediates, expiry,
+//! name) is decided by [`certcheck::judge`], the one judge both use; only
+//! the wording, and path verification by webpki, are this module's.
 
 use std::sync::Arc;
 
@@ -11,11 +13,12 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::{CertificateError, RootCertStore};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::certcheck::{self, CertFacts, Eku, KeyVerdict, SignatureKind, EXPIRY_WARNING_DAYS};
+use crate::certcheck::{
+    self, date, CertFacts, Eku, Expiry, Intermediates, JudgeError, KeyVerdict, NameVerdict,
+    SignatureKind, Verdict,
+};
 
 use super::report::{Check, Clients, CHAIN_CAUSES};
-
-const DAY: i64 = 24 * 60 * 60;
 
 /// Who each certificate check matters to: the clients that verify.
 const VERIFYING: Clients = Clients::VERIFYING;
@@ -117,30 +120,31 @@ fn who(facts: &CertFacts) -> &str {
     }
 }
 
-fn date(unix: i64) -> String {
-    // YYYY-MM-DD from days since the epoch (civil-from-days, H. Hinnant).
-    let days = unix.div_euclid(DAY);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
 /// Every certificate check, in report order: chain, intermediates, expiry,
 /// name, eku, key, signature.
 pub fn chain_checks(input: &ChainInput<'_>) -> Vec<Check> {
-    let facts: Vec<Result<CertFacts, String>> =
-        input.chain.iter().map(certcheck::cert_facts).collect();
-    let leaf = match facts.first() {
-        Some(Ok(leaf)) => leaf.clone(),
-        Some(Err(e)) => {
-            let reason = format!("cannot read the leaf certificate ({e})");
+    let is_trusted_root = |name: &[u8]| is_trusted_root_name(input.roots, name);
+    let judged = certcheck::judge(
+        input.chain,
+        &certcheck::Judge {
+            self_signed_on_purpose: false,
+            is_trusted_root: &is_trusted_root,
+            name: Some(input.name_text),
+            now: input.now,
+        },
+    );
+    let verdict = match judged {
+        Ok(verdict) => verdict,
+        Err(JudgeError::Empty) => {
+            return vec![Check::fail(
+                "chain",
+                VERIFYING,
+                "the server sent no certificate",
+                "configure a certificate",
+            )]
+        }
+        Err(e @ JudgeError::UnreadableLeaf(_)) => {
+            let reason = e.to_string();
             return std::iter::once("chain")
                 .chain(CHAIN_CAUSES.iter().copied())
                 .map(|id| {
@@ -153,39 +157,22 @@ pub fn chain_checks(input: &ChainInput<'_>) -> Vec<Check> {
                 })
                 .collect();
         }
-        None => {
-            return vec![Check::fail(
-                "chain",
-                VERIFYING,
-                "the server sent no certificate",
-                "configure a certificate",
-            )]
-        }
     };
-    let others: Vec<CertFacts> = facts
-        .iter()
-        .skip(1)
-        .filter_map(|f| f.as_ref().ok().cloned())
-        .collect();
     let verified = verify(input);
     vec![
-        chain_check(input, &leaf, &others, &verified),
-        intermediates_check(input, &leaf, &others),
-        expiry_check(input, &leaf, &others, &verified),
-        name_check(input, &leaf),
-        eku_check(&leaf),
-        key_check(&leaf),
-        signature_check(&leaf, &others),
+        chain_check(input, &verdict, &verified),
+        intermediates_check(input, &verdict),
+        expiry_check(&verdict, &verified),
+        name_check(&verdict),
+        eku_check(&verdict.leaf),
+        key_check(&verdict.leaf),
+        signature_check(&verdict.leaf, &verdict.others),
     ]
 }
 
-fn chain_check(
-    input: &ChainInput<'_>,
-    leaf: &CertFacts,
-    others: &[CertFacts],
-    verified: &Verified,
-) -> Check {
+fn chain_check(input: &ChainInput<'_>, verdict: &Verdict, verified: &Verified) -> Check {
     let trust = input.trust_label;
+    let (leaf, others) = (&verdict.leaf, &verdict.others);
     let n = input.chain.len();
     let sent = if n == 1 {
         "the one certificate sent".to_string()
@@ -207,33 +194,30 @@ fn chain_check(
             format!("the chain verifies against {trust} (the name does not: see name)"),
         ),
         Verified::UnknownIssuer => {
-            let (why, fix) = if leaf.self_issued && n == 1 {
-                (
+            let (why, fix) = match &verdict.intermediates {
+                Intermediates::SelfSigned => (
                     format!("a self-signed certificate ({}) that {trust} does not hold", who(leaf)),
                     "use a certificate from a CA clients trust (e.g. Let's Encrypt); for a private CA \
                      on purpose, check with --ca CA.pem"
                         .to_string(),
-                )
-            } else if !issuer_sent(leaf, others) && !is_trusted_root_name(input.roots, &leaf.issuer_der) {
-                (
-                    format!(
-                        "no path to a trusted root: the leaf's issuer ({}) is neither sent nor in {trust}",
-                        leaf.issuer
-                    ),
+                ),
+                Intermediates::Missing(missing) => (
+                    format!("no path to a trusted root: {missing}, nor is it in {trust}"),
                     "serve the full chain, leaf first, then intermediates (certbot's fullchain.pem)"
                         .to_string(),
-                )
-            } else {
-                let top = others.last().unwrap_or(leaf);
-                (
-                    format!(
-                        "no path to a trusted root: the chain ends at {}, issued by {}, which is not in {trust}",
-                        who(top),
-                        top.issuer
-                    ),
-                    "use a certificate from a CA clients trust; for a private CA, check with --ca CA.pem"
-                        .to_string(),
-                )
+                ),
+                Intermediates::Sent { .. } | Intermediates::IssuerIsTrustedRoot { .. } => {
+                    let top = others.last().unwrap_or(leaf);
+                    (
+                        format!(
+                            "no path to a trusted root: the chain ends at {}, issued by {}, which is not in {trust}",
+                            who(top),
+                            top.issuer
+                        ),
+                        "use a certificate from a CA clients trust; for a private CA, check with --ca CA.pem"
+                            .to_string(),
+                    )
+                }
             };
             Check::fail("chain", VERIFYING, format!("does not verify: {why}; {STRICT_SAYS}"), fix)
         }
@@ -264,193 +248,160 @@ fn chain_check(
     }
 }
 
-fn issuer_sent(leaf: &CertFacts, others: &[CertFacts]) -> bool {
-    others.iter().any(|c| c.subject_der == leaf.issuer_der)
-}
-
-fn intermediates_check(input: &ChainInput<'_>, leaf: &CertFacts, others: &[CertFacts]) -> Check {
+fn intermediates_check(input: &ChainInput<'_>, verdict: &Verdict) -> Check {
     const ID: &str = "intermediates";
-    let n = input.chain.len();
-    if leaf.self_issued && n == 1 {
-        return Check::pass(
+    let n = verdict.sent;
+    let names: Vec<&str> = verdict.others.iter().map(who).collect();
+    match &verdict.intermediates {
+        Intermediates::SelfSigned => Check::pass(
             ID,
             VERIFYING,
             "a self-signed certificate: there is no intermediate to send",
-        );
-    }
-    if issuer_sent(leaf, others) {
-        let mut all = vec![leaf.clone()];
-        all.extend(others.iter().cloned());
-        let in_order = all.windows(2).all(|w| w[0].issuer_der == w[1].subject_der);
-        let names: Vec<&str> = others.iter().map(who).collect();
-        return if in_order {
+        ),
+        Intermediates::Sent { in_order: true } => Check::pass(
+            ID,
+            VERIFYING,
+            format!(
+                "sends {n} certificates: the leaf, then {}",
+                names.join(", then ")
+            ),
+        ),
+        Intermediates::Sent { in_order: false } => Check::warn(
+            ID,
+            VERIFYING,
+            format!(
+                "sends its intermediates, but not in order (leaf, then each issuer): {}",
+                names.join(", ")
+            ),
+            "order the chain file: leaf first, then the certificate that issued it, and so on",
+        ),
+        Intermediates::IssuerIsTrustedRoot { issuer } => {
+            let sends = if n == 1 {
+                "sends the leaf only, and its issuer".to_string()
+            } else {
+                "does not send the leaf's issuer, but that issuer".to_string()
+            };
             Check::pass(
                 ID,
                 VERIFYING,
                 format!(
-                    "sends {n} certificates: the leaf, then {}",
-                    names.join(", then ")
+                    "{sends} ({issuer}) is itself a root in {}: nothing to fetch",
+                    input.trust_label
                 ),
             )
-        } else {
-            Check::warn(
-                ID,
-                VERIFYING,
-                format!(
-                    "sends its intermediates, but not in order (leaf, then each issuer): {}",
-                    names.join(", ")
-                ),
-                "order the chain file: leaf first, then the certificate that issued it, and so on",
-            )
-        };
-    }
-    if is_trusted_root_name(input.roots, &leaf.issuer_der) {
-        return Check::pass(
+        }
+        Intermediates::Missing(missing) => Check::fail(
             ID,
             VERIFYING,
             format!(
-                "sends the leaf only, and its issuer ({}) is itself a root in {}: nothing to fetch",
-                leaf.issuer, input.trust_label
+                "the server does not send its intermediate certificate: {missing}, nor is it a root in {}; \
+                 Android strict mode does not fetch missing intermediates",
+                input.trust_label
             ),
-        );
+            format!(
+                "serve the full chain, leaf first, then intermediates (certbot's fullchain.pem, not cert.pem); \
+                 if {} is your own root CA, check with --ca",
+                missing.issuer
+            ),
+        ),
     }
-    let sent = if n == 1 {
-        "it sends only the leaf".to_string()
-    } else {
-        format!(
-            "none of the {} other certificates it sends issued the leaf",
-            n - 1
-        )
-    };
-    Check::fail(
-        ID,
-        VERIFYING,
-        format!(
-            "the server does not send its intermediate certificate: {sent}, issued by {}, which is not a trusted root; \
-             Android strict mode does not fetch missing intermediates",
-            leaf.issuer
-        ),
-        format!(
-            "serve the full chain, leaf first, then intermediates (certbot's fullchain.pem, not cert.pem); \
-             if {} is your own root CA, check with --ca",
-            leaf.issuer
-        ),
-    )
 }
 
-fn expiry_check(
-    input: &ChainInput<'_>,
-    leaf: &CertFacts,
-    others: &[CertFacts],
-    verified: &Verified,
-) -> Check {
+fn expiry_check(verdict: &Verdict, verified: &Verified) -> Check {
     const ID: &str = "expiry";
-    let now = input.now;
-    if now > leaf.not_after {
-        return Check::fail(
+    let leaf = &verdict.leaf;
+    match &verdict.expiry {
+        Expiry::Expired { not_after } => Check::fail(
             ID,
             VERIFYING,
-            format!("the certificate ({}) expired on {}", who(leaf), date(leaf.not_after)),
+            format!("the certificate ({}) expired on {}", who(leaf), date(*not_after)),
             "renew the certificate and reload the server (certbot renew; dotgate reloads renewed files itself)",
-        );
-    }
-    if now < leaf.not_before {
-        return Check::fail(
+        ),
+        Expiry::NotYetValid { not_before } => Check::fail(
             ID,
             VERIFYING,
             format!(
                 "the certificate ({}) is not valid before {}",
                 who(leaf),
-                date(leaf.not_before)
+                date(*not_before)
             ),
             "check the clocks of this machine and of the server",
-        );
-    }
-    if let Some(gone) = others.iter().find(|c| now > c.not_after) {
-        let reason = format!(
-            "{} in the chain expired on {}",
-            who(gone),
-            date(gone.not_after)
-        );
-        return if *verified == Verified::Expired {
-            Check::fail(
-                ID,
-                VERIFYING,
-                reason,
-                "get the current intermediate from the CA and serve it instead",
-            )
-        } else {
+        ),
+        Expiry::OtherExpired { subject, not_after } => {
+            let reason = format!("{subject} in the chain expired on {}", date(*not_after));
+            if *verified == Verified::Expired {
+                Check::fail(
+                    ID,
+                    VERIFYING,
+                    reason,
+                    "get the current intermediate from the CA and serve it instead",
+                )
+            } else {
+                Check::warn(
+                    ID,
+                    VERIFYING,
+                    format!(
+                        "{reason}; clients that build the path through it fail (as with the expired DST Root CA X3 cross-sign)"
+                    ),
+                    "remove the expired certificate from the chain file",
+                )
+            }
+        }
+        Expiry::ExpiresSoon {
+            subject,
+            not_after,
+            days_left,
+        } => {
+            let which = match subject {
+                Some(subject) => format!("{subject} in the chain"),
+                None => format!("the certificate ({})", who(leaf)),
+            };
             Check::warn(
                 ID,
                 VERIFYING,
-                format!(
-                    "{reason}; clients that build the path through it fail (as with the expired DST Root CA X3 cross-sign)"
-                ),
-                "remove the expired certificate from the chain file",
+                format!("{which} expires in {days_left} days ({})", date(*not_after)),
+                "renew now, and check that renewal is automatic",
             )
-        };
-    }
-    let days_left = (leaf.not_after - now) / DAY;
-    let soonest = others
-        .iter()
-        .filter(|c| !c.self_issued)
-        .map(|c| c.not_after)
-        .chain(std::iter::once(leaf.not_after))
-        .min()
-        .unwrap_or(leaf.not_after);
-    if soonest - now < EXPIRY_WARNING_DAYS * DAY {
-        let days = (soonest - now) / DAY;
-        return Check::warn(
+        }
+        Expiry::InDate {
+            not_after,
+            days_left,
+        } => Check::pass(
             ID,
             VERIFYING,
             format!(
-                "a certificate of the chain expires in {days} days ({})",
-                date(soonest)
+                "valid until {} ({days_left} days); every certificate sent is in date",
+                date(*not_after)
             ),
-            "renew now, and check that renewal is automatic",
-        );
-    }
-    Check::pass(
-        ID,
-        VERIFYING,
-        format!(
-            "valid until {} ({days_left} days); every certificate sent is in date",
-            date(leaf.not_after)
         ),
-    )
+    }
 }
 
-fn name_check(input: &ChainInput<'_>, leaf: &CertFacts) -> Check {
+fn name_check(verdict: &Verdict) -> Check {
     const ID: &str = "name";
-    let name = input.name_text;
-    let sans: Vec<String> = leaf.sans.iter().map(|s| s.to_string()).collect();
-    if certcheck::name_covered(name, &leaf.sans) {
-        let matching: Vec<&String> = sans
-            .iter()
-            .zip(&leaf.sans)
-            .filter(|(_, san)| certcheck::name_covered(name, std::slice::from_ref(*san)))
-            .map(|(text, _)| text)
-            .collect();
-        let by = matching.first().map(|s| s.as_str()).unwrap_or("a SAN");
-        return Check::pass(
+    match &verdict.name {
+        Some(NameVerdict::Covered { name, by }) => Check::pass(
             ID,
             VERIFYING,
             format!("the leaf's subjectAltName covers {name} ({by})"),
-        );
-    }
-    let listed = if sans.is_empty() {
-        "none".to_string()
-    } else {
-        sans.join(", ")
-    };
-    Check::fail(
-        ID,
-        VERIFYING,
-        format!(
-            "the certificate does not cover {name}: its subjectAltNames are {listed}; clients that verify the name refuse it"
         ),
-        format!("get a certificate whose subjectAltName holds {name}, or check with --tls-name the name clients use"),
-    )
+        Some(NameVerdict::NotCovered { name, sans }) => {
+            let listed = if sans.is_empty() {
+                "none".to_string()
+            } else {
+                sans.join(", ")
+            };
+            Check::fail(
+                ID,
+                VERIFYING,
+                format!(
+                    "the certificate does not cover {name}: its subjectAltNames are {listed}; clients that verify the name refuse it"
+                ),
+                format!("get a certificate whose subjectAltName holds {name}, or check with --tls-name the name clients use"),
+            )
+        }
+        None => Check::skip(ID, VERIFYING, "no name to check the certificate against"),
+    }
 }
 
 fn eku_check(leaf: &CertFacts) -> Check {
@@ -541,6 +492,7 @@ fn signature_check(leaf: &CertFacts, others: &[CertFacts]) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::certcheck::DAY;
     use crate::check::report::Status;
     use rcgen::{
         BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
@@ -678,10 +630,31 @@ mod tests {
         assert_eq!(*status(&checks, "intermediates").0, Status::Pass);
     }
 
+    /// [leaf, a certificate that did not issue it]: the issuer is missing,
+    /// in the words the server's warning uses too.
     #[test]
-    fn dates_are_civil() {
-        assert_eq!(date(0), "1970-01-01");
-        assert_eq!(date(NOW), "2025-06-15");
-        assert_eq!(date(951_782_400), "2000-02-29");
+    fn an_unrelated_second_certificate_is_a_missing_intermediate() {
+        let root = ca("root", None);
+        let inter = ca("intermediate", Some(&root));
+        let unrelated = ca("unrelated", None);
+        let chain = vec![
+            leaf(&["dns.test"], NOW + 90 * DAY, &inter),
+            unrelated.der().clone(),
+        ];
+        let checks = run(&chain, root.der(), "dns.test");
+        let (s, reason) = status(&checks, "intermediates");
+        assert_eq!(*s, Status::Fail);
+        let server = certcheck::check_chain(&chain, false, Some("dns.test"), NOW).findings;
+        let [certcheck::Finding::MissingIntermediate(missing)] = &server[..] else {
+            panic!("the server judged otherwise: {server:?}");
+        };
+        assert!(reason.contains(&missing.to_string()), "{reason}");
+        assert!(
+            reason.contains("the leaf's issuer (CN=intermediate) is not sent"),
+            "{reason}"
+        );
+        let (s, reason) = status(&checks, "chain");
+        assert_eq!(*s, Status::Fail);
+        assert!(reason.contains(&missing.to_string()), "{reason}");
     }
 }

@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use crate::harness::{ChainSpec, Pki, Server, TLS_NAME};
+use crate::harness::{ChainSpec, Pki, Process, Server, TLS_NAME};
 use crate::process::run;
 use crate::upstream::Upstream;
 
@@ -250,6 +250,52 @@ async fn a_leaf_only_chain_fails_for_the_missing_intermediate() {
         (false, Some("intermediates".into()))
     );
     assert_eq!(outcome.summary("android-opportunistic"), (true, None));
+}
+
+/// The leaf, then a certificate that did not issue it: the server's
+/// start-up warning and `dotgate check` give the same verdict, in the same
+/// words: the leaf's issuer is not sent. (The server used to count the
+/// certificates, two, and say nothing.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unrelated_second_certificate_is_missing_the_intermediate_for_both() {
+    let up = Upstream::start().await;
+    let spec = ChainSpec {
+        unrelated_second: true,
+        ..ChainSpec::default()
+    };
+    let server = Process::start_with_pki(Pki::with_intermediate(&spec), up.addr, &[], &[]).await;
+    let verdict = "the leaf's issuer (CN=dotgate test intermediate CA) is not sent: \
+                   the other certificate sent did not issue the leaf";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let warning = loop {
+        let logs = server.logs();
+        if let Some(line) = logs
+            .lines()
+            .find(|l| l.contains("WARN") && l.contains("intermediate certificate is missing"))
+        {
+            break line.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no start-up warning about the intermediate:\n{logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(warning.contains(verdict), "{warning}");
+
+    let outcome = check(server.addr, &server.pki.ca).await;
+    let (status, reason) = outcome.check("intermediates");
+    assert_eq!(status, "FAIL", "{}", outcome.pretty());
+    assert!(
+        reason.contains("the server does not send its intermediate certificate")
+            && reason.contains(verdict),
+        "{reason}"
+    );
+    assert_status(&outcome, "chain", "FAIL");
+    assert_eq!(
+        outcome.summary("android-strict"),
+        (false, Some("intermediates".into()))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

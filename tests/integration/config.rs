@@ -144,3 +144,51 @@ async fn check_config_reports_every_problem() {
     assert!(stdout.contains("short.key"), "ticket key: {stdout}");
     assert!(stdout.contains("3 problem(s)"), "{stdout}");
 }
+
+/// `--proxy-protocol-from` networks that cannot be (a prefix past the
+/// family's length, an IPv4-mapped network under /96) stop `--check-config`
+/// with an error naming the flag, given as a flag or as a file key; a
+/// mapped network of /96 or more is its IPv4 network and passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impossible_proxy_networks_are_refused_naming_the_flag() {
+    let dir = TempDir::new();
+    let check = |extra: Vec<String>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_dotgate"));
+        command.args([
+            "serve",
+            "--check-config",
+            "--self-signed",
+            "dns.test",
+            "--upstream",
+            "127.0.0.1:9",
+            "--proxy-protocol",
+        ]);
+        command.args(extra);
+        run(command)
+    };
+    for bad in ["::ffff:1.2.3.4/95", "10.0.0.0/33", "::/200"] {
+        let out = check(vec![format!("--proxy-protocol-from={bad}")]).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bad} accepted: {stderr}");
+        assert!(
+            stderr.contains("--proxy-protocol-from") && stderr.contains(bad),
+            "{bad}: {stderr}"
+        );
+    }
+    let file = write_config(&dir, "proxy-protocol-from = [\"::ffff:10.0.0.0/95\"]\n");
+    let out = check(vec!["--config".into(), file]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "file value accepted: {stderr}");
+    assert!(
+        stderr.contains("--proxy-protocol-from") && stderr.contains("/96 or more"),
+        "{stderr}"
+    );
+
+    let out = check(vec!["--proxy-protocol-from=::ffff:10.0.0.0/104".into()]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

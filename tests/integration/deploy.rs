@@ -7,27 +7,24 @@ use std::process::Command;
 
 use clap::{CommandFactory, Parser};
 
-use crate::process::run;
+use crate::process::{missing_tool, run};
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
 }
 
 /// Every YAML document under deploy/ parses, each Kubernetes manifest has a
-/// kind, and the Grafana dashboard is JSON with panels.
+/// kind, and the Grafana dashboard is JSON with panels. Ignored by plain
+/// `cargo test`; fails where python3 or PyYAML is missing.
 #[tokio::test]
+#[ignore = "needs python3 with PyYAML (package python3-yaml); run with --include-ignored"]
 async fn yaml_and_json_files_parse() {
     let has_yaml = Command::new("python3")
         .args(["-c", "import yaml"])
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_yaml {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "python3 with PyYAML is missing under CI: .ci/run must install it"
-        );
-        eprintln!("note: python3 with PyYAML not found: deploy YAML check skipped");
-        return;
+        missing_tool("python3 with PyYAML", "python3-yaml");
     }
     let script = r#"
 import glob, json, sys, yaml

@@ -216,6 +216,9 @@ pub struct ChainSpec {
     pub expired: bool,
     /// The chain file holds only the leaf, not the intermediate.
     pub leaf_only: bool,
+    /// The chain file holds the leaf, then a certificate that did not issue
+    /// it (another CA's) instead of the intermediate.
+    pub unrelated_second: bool,
 }
 
 impl Pki {
@@ -281,6 +284,13 @@ impl Pki {
         std::fs::write(&ca_path, root.pem()).unwrap();
         let chain = if spec.leaf_only {
             leaf_cert.pem()
+        } else if spec.unrelated_second {
+            let unrelated = CertifiedIssuer::self_signed(
+                ca_params("dotgate test unrelated CA"),
+                KeyPair::generate().unwrap(),
+            )
+            .unwrap();
+            format!("{}{}", leaf_cert.pem(), unrelated.pem())
         } else {
             format!("{}{}", leaf_cert.pem(), intermediate.pem())
         };
@@ -437,7 +447,16 @@ impl Process {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Process {
-        let pki = Pki::new();
+        Process::start_with_pki(Pki::new(), upstream, extra, env).await
+    }
+
+    /// Like [`Process::start_with_env`], serving the certificate of `pki`.
+    pub async fn start_with_pki(
+        pki: Pki,
+        upstream: SocketAddr,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Process {
         let mut failures = String::new();
         // The free port may be taken again before dotgate binds it: retry.
         for attempt in 0..3 {
