@@ -213,9 +213,11 @@ impl Pool {
                             source,
                         })?,
                 },
-                UpstreamSpec::Tcp(addr) => {
-                    Transport::Stream(StreamPool::new(Connector::Tcp(*addr), stats.clone()))
-                }
+                UpstreamSpec::Tcp(addr) => Transport::Stream(StreamPool::new(
+                    Connector::Tcp(*addr),
+                    stats.clone(),
+                    timeout,
+                )),
                 UpstreamSpec::Tls { name, ip, port } => {
                     let config = match &tls_config {
                         Some(config) => Arc::clone(config),
@@ -231,7 +233,11 @@ impl Pool {
                     };
                     let target =
                         dot::DotTarget::new(name.clone(), *ip, *port, settings.bootstrap, config);
-                    Transport::Stream(StreamPool::new(Connector::Tls(target), stats.clone()))
+                    Transport::Stream(StreamPool::new(
+                        Connector::Tls(target),
+                        stats.clone(),
+                        timeout,
+                    ))
                 }
             };
             let name = spec.to_string();

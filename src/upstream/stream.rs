@@ -24,6 +24,12 @@
 //!   answered. Idleness, the timeout and retirement live under the
 //!   pending-map lock, so a query registers only on a connection that will
 //!   not be closed under it;
+//! * a connection that stops answering is not kept: when a query on it is
+//!   abandoned (its try timed out) and nothing at all came back on that
+//!   connection since the query was sent, the connection is retired (no new
+//!   query; closed once its last one is answered or abandoned), so the next
+//!   query opens a fresh one; a write that does not complete within the
+//!   write timeout ends the connection (its queries go elsewhere);
 //! * the plain mutexes are held for map and list operations only, never
 //!   across an await; only opening a connection is serialized (by an async
 //!   gate), so a burst does not open one connection per query.
@@ -86,6 +92,9 @@ struct Waiter {
     seq: u64,
     question: Box<[u8]>,
     tx: oneshot::Sender<Reply>,
+    /// When the query was registered, to tell a stalled connection (nothing
+    /// answered since) from a slow name.
+    sent: Instant,
 }
 
 struct Pending {
@@ -101,6 +110,8 @@ struct Pending {
     idle_limit: Option<Duration>,
     /// When `waiters` last became empty (or the connection opened).
     idle_since: Instant,
+    /// When the latest matching reply arrived on this connection.
+    last_reply: Option<Instant>,
 }
 
 impl Pending {
@@ -162,7 +173,7 @@ impl Conn {
     fn removed(&self, pending: &mut Pending) {
         if pending.waiters.is_empty() {
             pending.idle_since = Instant::now();
-            if pending.idle_limit.is_some() {
+            if pending.idle_limit.is_some() || pending.retiring {
                 self.idle_changed.notify_one();
             }
         }
@@ -186,19 +197,19 @@ impl Conn {
 
     /// What the idle watch should do now.
     fn idle_state(&self) -> Idle {
-        if !self.keepalive_known.load(Ordering::Relaxed) {
+        if !self.keepalive_known.load(Ordering::Relaxed) && !self.retiring.load(Ordering::Relaxed) {
             return Idle::Wait(None);
         }
         let mut pending = self.pending();
-        let Some(limit) = pending.idle_limit else {
-            return Idle::Wait(None);
-        };
         if !pending.waiters.is_empty() {
             return Idle::Wait(None);
         }
         if pending.retiring {
             return Idle::Close;
         }
+        let Some(limit) = pending.idle_limit else {
+            return Idle::Wait(None);
+        };
         let idle = pending.idle_since.elapsed();
         if idle >= limit {
             self.retire(&mut pending);
@@ -248,6 +259,9 @@ fn idle_limit(units: u16) -> Duration {
 /// The pooled connections toward one upstream.
 pub struct StreamPool {
     connector: Connector,
+    /// Longest a write to the upstream may take before the connection is
+    /// given up: the upstream timeout, after which its queries failed anyway.
+    write_timeout: Duration,
     conns: Mutex<Vec<Arc<Conn>>>,
     connecting: tokio::sync::Mutex<()>,
     stats: Arc<Stats>,
@@ -264,9 +278,10 @@ impl Drop for StreamPool {
 }
 
 impl StreamPool {
-    pub fn new(connector: Connector, stats: Arc<Stats>) -> Self {
+    pub fn new(connector: Connector, stats: Arc<Stats>, write_timeout: Duration) -> Self {
         Self {
             connector,
+            write_timeout,
             conns: Mutex::new(Vec::new()),
             connecting: tokio::sync::Mutex::new(()),
             stats,
@@ -379,6 +394,7 @@ impl StreamPool {
                 retiring: false,
                 idle_limit: None,
                 idle_since: Instant::now(),
+                last_reply: None,
             }),
             out: tx,
             dead: AtomicBool::new(false),
@@ -395,6 +411,7 @@ impl StreamPool {
             rx,
             self.stats.clone(),
             self.stop.child_token(),
+            self.write_timeout,
         ));
         conn
     }
@@ -424,6 +441,7 @@ async fn send(conn: &Arc<Conn>, mut out: Vec<u8>, question: &[u8]) -> Result<Rep
                     seq,
                     question: question.into(),
                     tx,
+                    sent: Instant::now(),
                 });
                 break id;
             }
@@ -451,12 +469,21 @@ impl Drop for WaiterGuard<'_> {
     fn drop(&mut self) {
         self.conn.inflight.fetch_sub(1, Ordering::Relaxed);
         let mut pending = self.conn.pending();
-        if pending
-            .waiters
-            .get(&self.id)
-            .is_some_and(|w| w.seq == self.seq)
-        {
+        let abandoned = match pending.waiters.get(&self.id) {
+            Some(w) if w.seq == self.seq => Some(w.sent),
+            _ => None,
+        };
+        if let Some(sent) = abandoned {
             pending.waiters.remove(&self.id);
+            // Nothing at all came back on this connection since the query
+            // went out: it is stalled or black-holed, not just slow on a name.
+            let stalled = pending.last_reply.is_none_or(|at| at < sent);
+            if stalled && !pending.retiring && !pending.dead {
+                tracing::debug!(
+                    "no reply on an upstream connection since an abandoned query: retiring it"
+                );
+                self.conn.retire(&mut pending);
+            }
             self.conn.removed(&mut pending);
         }
     }
@@ -471,6 +498,7 @@ async fn run<S>(
     mut queue: mpsc::Receiver<Vec<u8>>,
     stats: Arc<Stats>,
     stop: CancellationToken,
+    write_timeout: Duration,
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -523,9 +551,16 @@ async fn run<S>(
                 write_half.write_all(&batch).await?;
                 write_half.flush().await
             };
-            if let Err(e) = written.await {
-                tracing::debug!(error = %e, "cannot write to the upstream");
-                return;
+            match tokio::time::timeout(write_timeout, written).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "cannot write to the upstream");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(timeout = ?write_timeout, "upstream not reading: giving the connection up");
+                    return;
+                }
             }
         }
     };
@@ -574,6 +609,7 @@ fn deliver(conn: &Conn, reply: &[u8], stats: &Stats) {
             None => None,
         };
         if delivered.is_some() {
+            pending.last_reply = Some(Instant::now());
             if let Some(units) = keepalive {
                 conn.learn_keepalive(&mut pending, units);
             }

@@ -2,18 +2,22 @@
 //! never costs another client its answers. Every test here asserts that each
 //! query sent got exactly one reply, with its own ID and question.
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::harness::{
     assert_answer, assert_reply_header, encode, frame, query, Client, Process, Read, Server,
     REPLY_WAIT,
 };
 use crate::metrics::{metrics_addr, scrape, value};
-use crate::upstream::{Transport, Upstream};
+use crate::upstream::{ordinary_answer, Transport, Upstream};
 
 /// Sends `names` (A queries, IDs from `first_id`) pipelined in one write and
 /// checks that each gets exactly one reply, its own answer, in any order.
@@ -288,4 +292,97 @@ async fn announced_lengths_cost_no_memory_until_the_bytes_come() {
         .send(&query(2, "after.rss.test.", RecordType::A))
         .await;
     assert_answer(&probe.recv().await, 2, "after.rss.test.", RecordType::A);
+}
+
+/// A TCP upstream that answers every query, until `black_hole` is set: then
+/// the connection that reads the next query keeps it, never answers, and
+/// stops reading, with its socket left open (a stateful firewall that lost
+/// the flow, a resolver wedged on one connection). Connections opened after
+/// that are served normally. Returns its address, the switch, and the
+/// number of connections accepted.
+async fn black_holing_upstream() -> (SocketAddr, Arc<AtomicBool>, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let black_hole = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let (switch, count) = (black_hole.clone(), accepted.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve_until_black_hole(stream, switch.clone()));
+        }
+    });
+    (addr, black_hole, accepted)
+}
+
+async fn serve_until_black_hole(mut stream: TcpStream, black_hole: Arc<AtomicBool>) {
+    loop {
+        let mut prefix = [0u8; 2];
+        if stream.read_exact(&mut prefix).await.is_err() {
+            return;
+        }
+        let mut query = vec![0; usize::from(u16::from_be_bytes(prefix))];
+        if stream.read_exact(&mut query).await.is_err() {
+            return;
+        }
+        if black_hole.swap(false, Ordering::SeqCst) {
+            // Hold the socket open, read nothing more, answer nothing.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            return;
+        }
+        let Some(reply) = ordinary_answer(&query) else {
+            return;
+        };
+        if stream.write_all(&frame(&reply)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Defect: a pooled `tcp://` connection that stops answering stayed in use,
+/// so every later query timed out on it. Now the query that times out
+/// there retires it, and the next query goes to a fresh connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_upstream_connection_is_replaced() {
+    let (addr, black_hole, accepted) = black_holing_upstream().await;
+    let entry = format!("tcp://{addr}");
+    let server = Server::start_without_default_upstream(&[
+        "--upstream",
+        &entry,
+        "--upstream-timeout",
+        "1s",
+        "--health-check-interval",
+        "60s",
+    ])
+    .await;
+    let mut client = server.client().await;
+    client
+        .send(&query(1, "first.hole.test.", RecordType::A))
+        .await;
+    assert_answer(&client.recv().await, 1, "first.hole.test.", RecordType::A);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    black_hole.store(true, Ordering::SeqCst);
+    client
+        .send(&query(2, "lost.hole.test.", RecordType::A))
+        .await;
+    let reply = client.recv().await;
+    assert_reply_header(
+        &reply,
+        2,
+        "lost.hole.test.",
+        RecordType::A,
+        ResponseCode::ServFail,
+    );
+    for id in 3..8u16 {
+        let name = format!("after{id}.hole.test.");
+        let sent = Instant::now();
+        client.send(&query(id, &name, RecordType::A)).await;
+        assert_answer(&client.recv().await, id, &name, RecordType::A);
+        assert!(
+            sent.elapsed() < Duration::from_millis(900),
+            "{:?}",
+            sent.elapsed()
+        );
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "one fresh connection");
 }

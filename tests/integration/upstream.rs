@@ -477,6 +477,14 @@ fn answer(query: &Message) -> Message {
     reply
 }
 
+/// The scripted upstream's ordinary answer to the bytes of a query, for
+/// tests that serve a misbehaving upstream by hand; `None` for bytes that
+/// are not a DNS message.
+pub fn ordinary_answer(query: &[u8]) -> Option<Vec<u8>> {
+    let query = Message::from_vec(query).ok()?;
+    Some(encode(&answer(&query)))
+}
+
 fn record(name: &Name, data: RData) -> Record {
     Record::from_rdata(name.clone(), 60, data)
 }
