@@ -76,6 +76,8 @@ pub struct Stats {
     pub synthesized: [AtomicU64; Synthesized::ALL.len()],
     pub upstream_timeouts: AtomicU64,
     pub tc_fallbacks: AtomicU64,
+    /// UDP queries sent a second time after no reply within the resend delay.
+    pub upstream_udp_resends: AtomicU64,
     /// Upstream messages with an unknown ID or a different question.
     pub mismatched_replies: AtomicU64,
     /// Queries sent to a second upstream after the first failed or timed out.
@@ -767,6 +769,13 @@ impl StatsCollector {
                 &[],
             )
             .counter(&s.tc_fallbacks),
+            Family::new(
+                "dotgate_upstream_udp_resends_total",
+                "UDP queries sent once more after no reply within the resend delay.",
+                COUNTER,
+                &[],
+            )
+            .counter(&s.upstream_udp_resends),
             Family::new(
                 "dotgate_upstream_mismatched_replies_total",
                 "Upstream messages dropped: unknown ID, other question, or too short.",

@@ -199,6 +199,8 @@ impl Pool {
         timeout: Duration,
         stats: Arc<Stats>,
     ) -> Result<Self, PoolError> {
+        // The shortest time a try may get (with a failover possible).
+        let try_timeout = timeout.mul_f64(TRY_FRACTION);
         // Built once, for the first tls:// upstream, and shared by all.
         let mut tls_config = None;
         let mut members = Vec::with_capacity(specs.len());
@@ -206,7 +208,7 @@ impl Pool {
             let transport = match spec {
                 UpstreamSpec::Plain(addr) => Transport::Plain {
                     addr: *addr,
-                    udp: udp::UdpTransport::new(*addr, stats.clone())
+                    udp: udp::UdpTransport::new(*addr, stats.clone(), try_timeout)
                         .await
                         .map_err(|source| PoolError::Udp {
                             addr: *addr,
@@ -257,7 +259,7 @@ impl Pool {
             policy: settings.policy,
             next: AtomicUsize::new(0),
             timeout,
-            try_timeout: timeout.mul_f64(TRY_FRACTION),
+            try_timeout,
             stats,
         });
         let probe_timeout = health::probe_timeout(settings.health_interval, inner.try_timeout);

@@ -7,14 +7,20 @@
 //! repeats the question that was sent (RFC 5452). Anything else is counted and
 //! ignored; the real reply may still arrive.
 //!
+//! A datagram can be lost on the way. As stub resolvers do, a query with no
+//! reply after a short delay (four smoothed round-trip times, at least
+//! [`MIN_RESEND`], at most half the try's timeout) is sent once more, with
+//! the same ID, so one lost packet costs that delay rather than a SERVFAIL.
+//!
 //! The pending map is behind a plain mutex, held only for a map operation and
 //! never across an await.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
@@ -33,6 +39,22 @@ const RECV_BUFFER: usize = 4 << 20;
 
 /// Largest datagram the receive buffer takes.
 const MAX_DATAGRAM: usize = 65_535;
+
+/// Least wait before a query is sent again (unless half the try's timeout is
+/// shorter): long enough for a recursive resolver to answer most cache
+/// misses, so the resend is for lost packets rather than for slow names.
+pub const MIN_RESEND: Duration = Duration::from_millis(500);
+
+/// One reply in this many updates the smoothed round-trip time: enough to
+/// follow the upstream, without a shared write per query.
+const RTT_SAMPLE: u64 = 8;
+
+/// Receive errors in a row after which the receive task starts pausing
+/// between reads, so an error that repeats cannot spin a core.
+const ERRORS_BEFORE_BACKOFF: u32 = 8;
+
+/// Longest pause between reads after repeated receive errors.
+const MAX_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 struct Waiter {
     /// Tells this waiter from a later one that reuses the same ID.
@@ -60,10 +82,21 @@ pub struct UdpTransport {
     sockets: Vec<Arc<Socket>>,
     next: AtomicUsize,
     receivers: Vec<JoinHandle<()>>,
+    /// Smoothed round-trip time in microseconds (0: none measured yet).
+    srtt_us: AtomicU32,
+    /// The resend delay never exceeds this: half the try's timeout.
+    resend_cap: Duration,
+    stats: Arc<Stats>,
 }
 
 impl UdpTransport {
-    pub async fn new(upstream: SocketAddr, stats: Arc<Stats>) -> std::io::Result<Self> {
+    /// Sockets toward `upstream`; `try_timeout` is the shortest time a try
+    /// on it may get, which bounds the resend delay.
+    pub async fn new(
+        upstream: SocketAddr,
+        stats: Arc<Stats>,
+        try_timeout: Duration,
+    ) -> std::io::Result<Self> {
         let bind: SocketAddr = if upstream.is_ipv4() {
             "0.0.0.0:0".parse().map_err(std::io::Error::other)?
         } else {
@@ -90,7 +123,29 @@ impl UdpTransport {
             sockets,
             next: AtomicUsize::new(0),
             receivers,
+            srtt_us: AtomicU32::new(0),
+            resend_cap: try_timeout / 2,
+            stats,
         })
+    }
+
+    /// How long to wait for a reply before sending the query again.
+    fn resend_delay(&self) -> Duration {
+        let srtt = Duration::from_micros(u64::from(self.srtt_us.load(Ordering::Relaxed)));
+        (srtt * 4).max(MIN_RESEND).min(self.resend_cap)
+    }
+
+    /// Folds one measured round trip into the smoothed one (RFC 6298's 1/8).
+    fn sample_rtt(&self, rtt: Duration) {
+        let rtt = u32::try_from(rtt.as_micros()).unwrap_or(u32::MAX);
+        let old = self.srtt_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            rtt
+        } else {
+            let smoothed = (u64::from(old) * 7 + u64::from(rtt)) / 8;
+            u32::try_from(smoothed).unwrap_or(u32::MAX)
+        };
+        self.srtt_us.store(new, Ordering::Relaxed);
     }
 
     /// Sends one query and waits for its matching reply (no timeout here: the
@@ -119,18 +174,46 @@ impl UdpTransport {
         };
         let _guard = PendingGuard { socket, id, seq };
         let out = dns::upstream_query(msg, info, id);
-        if let Err(e) = socket.sock.send(&out).await {
-            // A connected UDP socket reports an earlier ICMP "port
-            // unreachable" on whichever call comes next; that error belongs
-            // to an old datagram, not this one, so send once more.
-            if e.kind() != std::io::ErrorKind::ConnectionRefused {
-                return Err(e.into());
-            }
-            socket.sock.send(&out).await?;
-        }
+        send(socket, &out).await?;
+        let sent = Instant::now();
         // The sender lives in the map until the reply or the guard removes it.
-        rx.await.map_err(|_| UpstreamError::Closed)
+        let mut rx = rx;
+        let reply = tokio::select! {
+            reply = &mut rx => reply,
+            () = tokio::time::sleep(self.resend_delay()) => {
+                // Lost on the way, or just slow: either way, once more.
+                self.stats.count(&self.stats.upstream_udp_resends);
+                send(socket, &out).await?;
+                rx.await
+            }
+        };
+        let reply = reply.map_err(|_| UpstreamError::Closed)?;
+        if seq.is_multiple_of(RTT_SAMPLE) {
+            self.sample_rtt(sent.elapsed());
+        }
+        Ok(reply)
     }
+}
+
+/// Sends one datagram. A connected UDP socket reports an earlier ICMP "port
+/// unreachable" on whichever call comes next; that error belongs to an old
+/// datagram, not this one, so it is sent once more.
+async fn send(socket: &Socket, out: &[u8]) -> Result<(), UpstreamError> {
+    if let Err(e) = socket.sock.send(out).await {
+        if e.kind() != std::io::ErrorKind::ConnectionRefused {
+            return Err(e.into());
+        }
+        socket.sock.send(out).await?;
+    }
+    Ok(())
+}
+
+/// The pause after `errors` receive errors in a row: none for the first
+/// few, then 1 ms doubling up to [`MAX_ERROR_BACKOFF`].
+fn error_backoff(errors: u32) -> Option<Duration> {
+    let over = errors.checked_sub(ERRORS_BEFORE_BACKOFF)?;
+    let pause = Duration::from_millis(1).saturating_mul(1 << over.min(16));
+    Some(pause.min(MAX_ERROR_BACKOFF))
 }
 
 impl Drop for UdpTransport {
@@ -160,14 +243,23 @@ impl Drop for PendingGuard<'_> {
 
 async fn receive_loop(socket: Arc<Socket>, stats: Arc<Stats>) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut errors = 0u32;
     loop {
         let n = match socket.sock.recv(&mut buf).await {
-            Ok(n) => n,
+            Ok(n) => {
+                errors = 0;
+                n
+            }
             Err(e) => {
                 // ICMP port unreachable shows up here as ECONNREFUSED on a
                 // connected socket: the upstream is down, the queries time
-                // out, and the socket stays usable.
+                // out, and the socket stays usable. Any error that repeats
+                // (this one included) slows the loop down rather than spin.
                 tracing::debug!(error = %e, "upstream UDP receive error");
+                errors = errors.saturating_add(1);
+                if let Some(pause) = error_backoff(errors) {
+                    tokio::time::sleep(pause).await;
+                }
                 continue;
             }
         };
@@ -198,5 +290,52 @@ async fn receive_loop(socket: Arc<Socket>, stats: Arc<Stats>) {
                 tracing::debug!(id, "upstream reply whose question does not match: ignored");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_errors_back_off_up_to_a_cap() {
+        assert_eq!(error_backoff(1), None);
+        assert_eq!(error_backoff(ERRORS_BEFORE_BACKOFF - 1), None);
+        assert_eq!(
+            error_backoff(ERRORS_BEFORE_BACKOFF),
+            Some(Duration::from_millis(1))
+        );
+        assert_eq!(
+            error_backoff(ERRORS_BEFORE_BACKOFF + 3),
+            Some(Duration::from_millis(8))
+        );
+        assert_eq!(error_backoff(u32::MAX), Some(MAX_ERROR_BACKOFF));
+    }
+
+    #[tokio::test]
+    async fn resend_delay_follows_the_rtt_within_bounds() {
+        let upstream: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let udp = UdpTransport::new(upstream, Arc::new(Stats::default()), Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert_eq!(udp.resend_delay(), MIN_RESEND, "nothing measured yet");
+        udp.sample_rtt(Duration::from_millis(1));
+        assert_eq!(udp.resend_delay(), MIN_RESEND, "a fast LAN: the floor");
+        for _ in 0..50 {
+            udp.sample_rtt(Duration::from_millis(200));
+        }
+        let delay = udp.resend_delay();
+        assert!(
+            delay > Duration::from_millis(700) && delay <= Duration::from_secs(1),
+            "{delay:?}"
+        );
+        for _ in 0..50 {
+            udp.sample_rtt(Duration::from_secs(5));
+        }
+        assert_eq!(
+            udp.resend_delay(),
+            Duration::from_secs(1),
+            "half the try's timeout"
+        );
     }
 }

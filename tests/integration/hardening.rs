@@ -386,3 +386,40 @@ async fn a_black_holed_upstream_connection_is_replaced() {
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 2, "one fresh connection");
 }
+
+/// Defect: over UDP, one lost datagram cost the whole upstream timeout and
+/// a SERVFAIL. Now the query is sent once more after the resend delay (at
+/// least 500 ms) and answered well before the 2 s timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_udp_datagram_is_sent_again() {
+    let up = Upstream::start().await;
+    let server = Server::start(
+        up.addr,
+        &["--upstream-timeout", "2s", "--health-check-interval", "60s"],
+    )
+    .await;
+    let mut client = server.client().await;
+    for id in 0..3u16 {
+        let name = format!("lose-first.n{id}.lossy.test.");
+        let sent = Instant::now();
+        client.send(&query(id, &name, RecordType::A)).await;
+        assert_answer(&client.recv().await, id, &name, RecordType::A);
+        let took = sent.elapsed();
+        assert!(
+            took >= Duration::from_millis(450),
+            "answered after {took:?}: sent twice at once?"
+        );
+        assert!(
+            took < Duration::from_millis(1500),
+            "answered after {took:?}"
+        );
+    }
+    // Each name reached the upstream exactly twice, over UDP.
+    let received = up.received();
+    for id in 0..3u16 {
+        let name = format!("lose-first.n{id}.lossy.test.");
+        let copies = received.iter().filter(|r| r.name == name).count();
+        assert_eq!(copies, 2, "{name}");
+    }
+    assert_eq!(up.count(Transport::Tcp), 0);
+}

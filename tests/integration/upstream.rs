@@ -16,6 +16,8 @@
 //!   record) an edns-tcp-keepalive option with that timeout, as a stream
 //!   upstream advertising its idle timeout (or 0: "close this connection")
 //!   would send;
+//! * `lose-first`: over UDP, the first datagram of the name is dropped as
+//!   if lost on the way, and a second copy is answered as usual;
 //! * `servfail`, or a first label ending in `-dnsotls-ds` (Android's Private
 //!   DNS probe, `<random>-dnsotls-ds.metric.gstatic.com`): SERVFAIL with the
 //!   question echoed;
@@ -102,6 +104,8 @@ struct State {
     kill: Mutex<CancellationToken>,
     /// Fixed A answers: lower-case name with the dot -> (address, TTL).
     addresses: Mutex<HashMap<String, (Ipv4Addr, u32)>>,
+    /// `lose-first` names whose first UDP datagram was already dropped.
+    lost_once: Mutex<std::collections::HashSet<String>>,
 }
 
 impl State {
@@ -526,6 +530,9 @@ fn receive(state: &State, bytes: &[u8], transport: Transport) -> Option<Script> 
         });
         return Some(slowed(vec![Step::after(Duration::ZERO, encode(&reply))]));
     }
+    let first_loss = transport == Transport::Udp
+        && name.split('.').any(|label| label == "lose-first")
+        && state.lost_once.lock().unwrap().insert(name.clone());
     state.log.lock().unwrap().push(Received {
         transport,
         id: query.metadata.id,
@@ -536,6 +543,9 @@ fn receive(state: &State, bytes: &[u8], transport: Transport) -> Option<Script> 
         dnssec_ok: query.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
         checking_disabled: query.metadata.checking_disabled,
     });
+    if first_loss {
+        return Some(Vec::new());
+    }
     Some(slowed(script(&query, transport)))
 }
 
