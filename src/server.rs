@@ -198,14 +198,67 @@ struct AcceptLoop {
     proxy: Arc<ProxySettings>,
 }
 
-/// Pause after an accept error (such as running out of file descriptors),
-/// doubling up to the maximum, so the loop does not spin.
-const ACCEPT_BACKOFF_START: Duration = Duration::from_millis(5);
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Pause after an accept error (most often EMFILE or ENFILE: out of file
+/// descriptors), doubling up to the maximum and reset by the next success.
+/// The listener stays readable while connections wait in the backlog, so
+/// without a pause the loop would retry at once and spin a core; the
+/// maximum is short so that service resumes within a tenth of a second once
+/// descriptors are freed (an accept attempt that fails costs microseconds).
+const ACCEPT_BACKOFF_START: Duration = Duration::from_millis(1);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(100);
+
+/// At most one warning per this long about failing accepts: a process out
+/// of descriptors would otherwise log ten lines a second until it recovers.
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(1);
+
+/// The accept loop's error pacing: the current pause, and when it last
+/// warned and how many errors it has not reported yet.
+struct AcceptErrors {
+    backoff: Duration,
+    warned: Option<tokio::time::Instant>,
+    unreported: u64,
+}
+
+impl AcceptErrors {
+    fn new() -> Self {
+        Self {
+            backoff: ACCEPT_BACKOFF_START,
+            warned: None,
+            unreported: 0,
+        }
+    }
+
+    fn succeeded(&mut self) {
+        self.backoff = ACCEPT_BACKOFF_START;
+    }
+
+    /// Counts and (at most once per [`ACCEPT_WARN_EVERY`]) logs one failed
+    /// accept; returns how long to pause before the next attempt.
+    fn failed(&mut self, error: &std::io::Error, stats: &Stats) -> Duration {
+        stats.count(&stats.accept_errors);
+        self.unreported += 1;
+        let now = tokio::time::Instant::now();
+        if self
+            .warned
+            .is_none_or(|at| now.duration_since(at) >= ACCEPT_WARN_EVERY)
+        {
+            tracing::warn!(
+                %error,
+                failures = self.unreported,
+                "accepting connections failed; pausing up to {ACCEPT_BACKOFF_MAX:?} between attempts"
+            );
+            self.warned = Some(now);
+            self.unreported = 0;
+        }
+        let pause = self.backoff;
+        self.backoff = (self.backoff * 2).min(ACCEPT_BACKOFF_MAX);
+        pause
+    }
+}
 
 impl AcceptLoop {
     async fn run(self) {
-        let mut backoff = ACCEPT_BACKOFF_START;
+        let mut errors = AcceptErrors::new();
         loop {
             let accepted = tokio::select! {
                 _ = self.shutdown.cancelled() => return,
@@ -213,13 +266,15 @@ impl AcceptLoop {
             };
             let (tcp, peer) = match accepted {
                 Ok(pair) => {
-                    backoff = ACCEPT_BACKOFF_START;
+                    errors.succeeded();
                     pair
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed; pausing {backoff:?}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                    let pause = errors.failed(&e, &self.shared.stats);
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
                     continue;
                 }
             };
