@@ -343,6 +343,17 @@ fn admit(per_ip: &Arc<PerIp>, client: SocketAddr, stats: &Stats) -> Option<IpSlo
     }
 }
 
+/// The kernel send buffer of a client connection (Linux doubles it for its
+/// bookkeeping: 128 KiB). Left to autotuning, it grows to `tcp_wmem`'s
+/// maximum (4 MiB by default) for a client that sends queries for large
+/// answers and never reads them: 40 bytes of queries then pin megabytes of
+/// kernel memory per connection until the write timeout, and dotgate keeps
+/// reading and forwarding that client's queries meanwhile. Fixed, a client
+/// that stops reading holds at most this plus `--max-inflight` replies, and
+/// is stopped after a few dozen queries. Twice a largest DNS message is
+/// ample for DNS: it limits one connection to 128 KiB per round trip.
+const CLIENT_SEND_BUFFER: usize = 64 * 1024;
+
 /// A connection's places under the global and the per-address caps, held
 /// for its whole life and released together. The per-address place is
 /// taken after the PROXY header when PROXY is on.
@@ -368,6 +379,8 @@ async fn handle(
     let stats = &shared.stats;
     let _open = stats.open_connection();
     let _ = tcp.set_nodelay(true);
+    // Best effort: without it the kernel's autotuning holds the default.
+    let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(CLIENT_SEND_BUFFER);
     let deadline = tokio::time::Instant::now() + shared.timeouts.handshake;
     // The address used for limits and logs: the socket's peer, or the
     // client a trusted proxy names.
