@@ -447,3 +447,45 @@ async fn handle(
     let reason = connection::serve(tls, client, shared.clone(), shutdown).await;
     stats.count_close(reason);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn emfile() -> std::io::Error {
+        std::io::Error::from_raw_os_error(24)
+    }
+
+    /// The pause doubles from 1 ms to at most 100 ms, every failure is
+    /// counted, and a success starts over from 1 ms.
+    #[tokio::test(start_paused = true)]
+    async fn accept_errors_back_off_and_reset_on_success() {
+        let stats = Stats::default();
+        let mut errors = AcceptErrors::new();
+        let pauses: Vec<u64> = (0..10)
+            .map(|_| errors.failed(&emfile(), &stats).as_millis() as u64)
+            .collect();
+        assert_eq!(pauses, [1, 2, 4, 8, 16, 32, 64, 100, 100, 100]);
+        assert_eq!(Stats::get(&stats.accept_errors), 10);
+        errors.succeeded();
+        assert_eq!(errors.failed(&emfile(), &stats), ACCEPT_BACKOFF_START);
+    }
+
+    /// One warning, then the failures of the next second are only tallied,
+    /// and reported with the next warning.
+    #[tokio::test(start_paused = true)]
+    async fn accept_errors_warn_at_most_once_a_second() {
+        let stats = Stats::default();
+        let mut errors = AcceptErrors::new();
+        errors.failed(&emfile(), &stats);
+        assert_eq!(errors.unreported, 0, "the first failure is logged");
+        for _ in 0..5 {
+            tokio::time::advance(Duration::from_millis(100)).await;
+            errors.failed(&emfile(), &stats);
+        }
+        assert_eq!(errors.unreported, 5, "not logged within the second");
+        tokio::time::advance(ACCEPT_WARN_EVERY).await;
+        errors.failed(&emfile(), &stats);
+        assert_eq!(errors.unreported, 0, "logged again a second later");
+    }
+}

@@ -421,8 +421,8 @@ async fn connections_over_the_caps_are_refused_fast_counted_and_cost_nothing() {
 /// Clients that pipeline 1,000 queries for big answers (about 5 KB of TXT
 /// each) and never read a byte: dotgate stops reading from each once its
 /// 128 KiB send buffer and `--max-inflight` replies are full, closes it
-/// when a write has made no progress for the write timeout (the idle
-/// timeout, 3 s here), and holds meanwhile what `--max-inflight` allows,
+/// when a batch of replies could not be written within the write timeout
+/// (the idle timeout, 3 s here), and holds meanwhile what `--max-inflight` allows,
 /// not what was asked; a normal client is served throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_is_closed_at_the_write_timeout() {
