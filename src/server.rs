@@ -198,14 +198,67 @@ struct AcceptLoop {
     proxy: Arc<ProxySettings>,
 }
 
-/// Pause after an accept error (such as running out of file descriptors),
-/// doubling up to the maximum, so the loop does not spin.
-const ACCEPT_BACKOFF_START: Duration = Duration::from_millis(5);
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Pause after an accept error (most often EMFILE or ENFILE: out of file
+/// descriptors), doubling up to the maximum and reset by the next success.
+/// The listener stays readable while connections wait in the backlog, so
+/// without a pause the loop would retry at once and spin a core; the
+/// maximum is short so that service resumes within a tenth of a second once
+/// descriptors are freed (an accept attempt that fails costs microseconds).
+const ACCEPT_BACKOFF_START: Duration = Duration::from_millis(1);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(100);
+
+/// At most one warning per this long about failing accepts: a process out
+/// of descriptors would otherwise log ten lines a second until it recovers.
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(1);
+
+/// The accept loop's error pacing: the current pause, and when it last
+/// warned and how many errors it has not reported yet.
+struct AcceptErrors {
+    backoff: Duration,
+    warned: Option<tokio::time::Instant>,
+    unreported: u64,
+}
+
+impl AcceptErrors {
+    fn new() -> Self {
+        Self {
+            backoff: ACCEPT_BACKOFF_START,
+            warned: None,
+            unreported: 0,
+        }
+    }
+
+    fn succeeded(&mut self) {
+        self.backoff = ACCEPT_BACKOFF_START;
+    }
+
+    /// Counts and (at most once per [`ACCEPT_WARN_EVERY`]) logs one failed
+    /// accept; returns how long to pause before the next attempt.
+    fn failed(&mut self, error: &std::io::Error, stats: &Stats) -> Duration {
+        stats.count(&stats.accept_errors);
+        self.unreported += 1;
+        let now = tokio::time::Instant::now();
+        if self
+            .warned
+            .is_none_or(|at| now.duration_since(at) >= ACCEPT_WARN_EVERY)
+        {
+            tracing::warn!(
+                %error,
+                failures = self.unreported,
+                "accepting connections failed; pausing up to {ACCEPT_BACKOFF_MAX:?} between attempts"
+            );
+            self.warned = Some(now);
+            self.unreported = 0;
+        }
+        let pause = self.backoff;
+        self.backoff = (self.backoff * 2).min(ACCEPT_BACKOFF_MAX);
+        pause
+    }
+}
 
 impl AcceptLoop {
     async fn run(self) {
-        let mut backoff = ACCEPT_BACKOFF_START;
+        let mut errors = AcceptErrors::new();
         loop {
             let accepted = tokio::select! {
                 _ = self.shutdown.cancelled() => return,
@@ -213,13 +266,15 @@ impl AcceptLoop {
             };
             let (tcp, peer) = match accepted {
                 Ok(pair) => {
-                    backoff = ACCEPT_BACKOFF_START;
+                    errors.succeeded();
                     pair
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed; pausing {backoff:?}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                    let pause = errors.failed(&e, &self.shared.stats);
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
                     continue;
                 }
             };
@@ -288,6 +343,17 @@ fn admit(per_ip: &Arc<PerIp>, client: SocketAddr, stats: &Stats) -> Option<IpSlo
     }
 }
 
+/// The kernel send buffer of a client connection (Linux doubles it for its
+/// bookkeeping: 128 KiB). Left to autotuning, it grows to `tcp_wmem`'s
+/// maximum (4 MiB by default) for a client that sends queries for large
+/// answers and never reads them: 40 bytes of queries then pin megabytes of
+/// kernel memory per connection until the write timeout, and dotgate keeps
+/// reading and forwarding that client's queries meanwhile. Fixed, a client
+/// that stops reading holds at most this plus `--max-inflight` replies, and
+/// is stopped after a few dozen queries. Twice a largest DNS message is
+/// ample for DNS: it limits one connection to 128 KiB per round trip.
+const CLIENT_SEND_BUFFER: usize = 64 * 1024;
+
 /// A connection's places under the global and the per-address caps, held
 /// for its whole life and released together. The per-address place is
 /// taken after the PROXY header when PROXY is on.
@@ -313,6 +379,8 @@ async fn handle(
     let stats = &shared.stats;
     let _open = stats.open_connection();
     let _ = tcp.set_nodelay(true);
+    // Best effort: without it the kernel's autotuning holds the default.
+    let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(CLIENT_SEND_BUFFER);
     let deadline = tokio::time::Instant::now() + shared.timeouts.handshake;
     // The address used for limits and logs: the socket's peer, or the
     // client a trusted proxy names.
@@ -378,4 +446,46 @@ async fn handle(
     }
     let reason = connection::serve(tls, client, shared.clone(), shutdown).await;
     stats.count_close(reason);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn emfile() -> std::io::Error {
+        std::io::Error::from_raw_os_error(24)
+    }
+
+    /// The pause doubles from 1 ms to at most 100 ms, every failure is
+    /// counted, and a success starts over from 1 ms.
+    #[tokio::test(start_paused = true)]
+    async fn accept_errors_back_off_and_reset_on_success() {
+        let stats = Stats::default();
+        let mut errors = AcceptErrors::new();
+        let pauses: Vec<u64> = (0..10)
+            .map(|_| errors.failed(&emfile(), &stats).as_millis() as u64)
+            .collect();
+        assert_eq!(pauses, [1, 2, 4, 8, 16, 32, 64, 100, 100, 100]);
+        assert_eq!(Stats::get(&stats.accept_errors), 10);
+        errors.succeeded();
+        assert_eq!(errors.failed(&emfile(), &stats), ACCEPT_BACKOFF_START);
+    }
+
+    /// One warning, then the failures of the next second are only tallied,
+    /// and reported with the next warning.
+    #[tokio::test(start_paused = true)]
+    async fn accept_errors_warn_at_most_once_a_second() {
+        let stats = Stats::default();
+        let mut errors = AcceptErrors::new();
+        errors.failed(&emfile(), &stats);
+        assert_eq!(errors.unreported, 0, "the first failure is logged");
+        for _ in 0..5 {
+            tokio::time::advance(Duration::from_millis(100)).await;
+            errors.failed(&emfile(), &stats);
+        }
+        assert_eq!(errors.unreported, 5, "not logged within the second");
+        tokio::time::advance(ACCEPT_WARN_EVERY).await;
+        errors.failed(&emfile(), &stats);
+        assert_eq!(errors.unreported, 0, "logged again a second later");
+    }
 }

@@ -46,6 +46,9 @@ pub struct Stats {
     pub refused_proxy_malformed: AtomicU64,
     /// A connection from outside `--proxy-protocol-from` while PROXY is on.
     pub refused_proxy_untrusted: AtomicU64,
+    /// Failed accepts on a DoT listener (out of file descriptors, mostly);
+    /// each one is followed by a pause, see `server::AcceptErrors`.
+    pub accept_errors: AtomicU64,
     pub closed_idle: AtomicU64,
     pub closed_client: AtomicU64,
     pub closed_error: AtomicU64,
@@ -379,6 +382,7 @@ impl Stats {
             refused_handshake_rate = Self::get(&self.refused_handshake_rate),
             refused_proxy_malformed = Self::get(&self.refused_proxy_malformed),
             refused_proxy_untrusted = Self::get(&self.refused_proxy_untrusted),
+            accept_errors = Self::get(&self.accept_errors),
             handshake_failures = Self::get(&self.handshake_failures),
             queries = Self::get(&self.queries),
             formerr_synthesized = Self::get(&self.formerr_synthesized),
@@ -631,6 +635,13 @@ impl StatsCollector {
             .with(&["proxy_malformed"], count_of(&s.refused_proxy_malformed))
             .with(&["proxy_untrusted"], count_of(&s.refused_proxy_untrusted)),
             Family::new(
+                "dotgate_accept_errors_total",
+                "Failed accepts on a DoT listener (e.g. out of file descriptors), each followed by a pause.",
+                COUNTER,
+                &[],
+            )
+            .counter(&s.accept_errors),
+            Family::new(
                 "dotgate_connections_closed_total",
                 "Served connections closed, by reason.",
                 COUNTER,
@@ -856,6 +867,7 @@ mod tests {
         stats.count_close(CloseReason::Idle);
         stats.count_synthesized(Synthesized::ServFailTimeout);
         stats.count(&stats.refused_plaintext);
+        stats.count(&stats.accept_errors);
         stats.count_handshake(TlsVersionLabel::Tls13, true);
         stats.count_handshake_failure(HandshakeFailure::Timeout);
         let up = stats.upstream("127.0.0.1:53");
@@ -902,6 +914,7 @@ mod tests {
             1.0
         );
         assert_eq!(value(&text, "dotgate_tls_resumed_handshakes_total"), 1.0);
+        assert_eq!(value(&text, "dotgate_accept_errors_total"), 1.0);
         assert_eq!(
             value(
                 &text,

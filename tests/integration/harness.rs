@@ -457,20 +457,55 @@ impl Process {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Process {
+        Process::spawn(pki, upstream, extra, env, None).await
+    }
+
+    /// Like [`Process::start`], with the process's file-descriptor limit
+    /// (RLIMIT_NOFILE, soft and hard) set to `nofile` before it runs, as
+    /// `prlimit --nofile` or systemd's `LimitNOFILE` would.
+    pub async fn start_with_nofile(upstream: SocketAddr, extra: &[&str], nofile: u64) -> Process {
+        Process::spawn(Pki::new(), upstream, extra, &[], Some(nofile)).await
+    }
+
+    async fn spawn(
+        pki: Pki,
+        upstream: SocketAddr,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Process {
         let mut failures = String::new();
         // The free port may be taken again before dotgate binds it: retry.
         for attempt in 0..3 {
             let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
             let log = pki.dir.path().join(format!("dotgate-{attempt}.log"));
-            let mut child = Command::new(env!("CARGO_BIN_EXE_dotgate"))
+            let mut command = Command::new(env!("CARGO_BIN_EXE_dotgate"));
+            command
                 .args(serve_args(&pki, &addr.to_string(), upstream, extra))
                 .args(["--log-level", "dotgate=debug"])
                 .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .expect("spawn dotgate");
+                .stderr(std::fs::File::create(&log).unwrap());
+            if let Some(nofile) = nofile {
+                use std::os::unix::process::CommandExt;
+                let limit = libc::rlimit {
+                    rlim_cur: nofile as libc::rlim_t,
+                    rlim_max: nofile as libc::rlim_t,
+                };
+                // SAFETY: setrlimit(2) is async-signal-safe, and the closure
+                // touches nothing but its own copy of `limit`.
+                unsafe {
+                    command.pre_exec(move || {
+                        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                            Ok(())
+                        } else {
+                            Err(std::io::Error::last_os_error())
+                        }
+                    });
+                }
+            }
+            let mut child = command.spawn().expect("spawn dotgate");
             if wait_until_listening(&mut child, addr, Duration::from_secs(10)).await {
                 return Process {
                     addr,
@@ -614,6 +649,22 @@ impl Client {
             tcp.set_nodelay(true)?;
             TlsConnector::from(config).connect(name, tcp).await
         };
+        let stream = tokio::time::timeout(REPLY_WAIT, connect)
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS connect"))??;
+        Ok(Client {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    /// A TLS connection over a TCP connection the test set up itself (bound
+    /// to a given source address, with small socket buffers...), verified
+    /// against the test CA, within [`REPLY_WAIT`].
+    pub async fn try_connect_over(tcp: TcpStream, pki: &Pki) -> std::io::Result<Client> {
+        let name = ServerName::try_from(TLS_NAME.to_string()).expect("a valid server name");
+        tcp.set_nodelay(true)?;
+        let connect = TlsConnector::from(pki.client.clone()).connect(name, tcp);
         let stream = tokio::time::timeout(REPLY_WAIT, connect)
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS connect"))??;

@@ -14,6 +14,7 @@ mod deploy;
 mod edns;
 mod framing;
 mod hardening;
+mod hostile;
 mod keepalive;
 mod lifetime;
 mod limits;
