@@ -219,15 +219,16 @@ impl Conn {
     }
 
     /// Marks the connection dead and fails every waiter (their senders are
-    /// dropped, which their queries see as [`Lost`]).
-    fn kill(&self) {
+    /// dropped, which their queries see as [`Lost`]). Returns how many
+    /// queries were in flight.
+    fn kill(&self) -> usize {
         let drained: Vec<Waiter> = {
             let mut pending = self.pending();
             pending.dead = true;
             self.dead.store(true, Ordering::Relaxed);
             pending.waiters.drain().map(|(_, w)| w).collect()
         };
-        drop(drained);
+        drained.len()
     }
 }
 
@@ -322,7 +323,6 @@ impl StreamPool {
                 Err(SendError::Lost) if !lost => {
                     lost = true;
                     newer_than = self.generations.load(Ordering::Relaxed);
-                    self.stats.count(&self.stats.upstream_connections_lost);
                     tracing::debug!("upstream connection lost with a query in flight: resending");
                 }
                 Err(SendError::Lost) => return Err(UpstreamError::Closed),
@@ -569,7 +569,10 @@ async fn run<S>(
         _ = writer => {}
         _ = stop.cancelled() => {}
     }
-    conn.kill();
+    // Counted once per connection, however many queries it took down.
+    if conn.kill() > 0 {
+        stats.count(&stats.upstream_connections_lost);
+    }
 }
 
 /// Returns once the connection should be closed: retired or idle past its
