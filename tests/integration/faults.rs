@@ -667,7 +667,8 @@ async fn a_tcp_reply_cut_in_half_is_asked_again() {
     let server = tcp_server(up.addr, metrics, "3s").await;
     let mut client = server.client().await;
     for (round, cut) in ["rst", "fin"].into_iter().enumerate() {
-        let names: Vec<String> = (0..6)
+        // Fewer than a connection's pipeline depth: all on one connection.
+        let names: Vec<String> = (0..12)
             .map(|i| {
                 if i == 2 {
                     format!("{cut}.q{i}.cut.test.")
