@@ -142,7 +142,15 @@ struct Conn {
     /// Order of opening within the pool: a query resent after a lost
     /// connection only goes to a connection opened after the loss.
     generation: u64,
+    /// The pool's next generation when this connection died (set under the
+    /// pending lock before its waiters are failed; [`UNKNOWN`] until then):
+    /// the queries it took down go to connections of this generation or
+    /// later, however late each of them notices the loss.
+    lost_at: AtomicU64,
 }
+
+/// `lost_at` of a connection not yet dead.
+const UNKNOWN: u64 = u64::MAX;
 
 impl Conn {
     fn pending(&self) -> MutexGuard<'_, Pending> {
@@ -219,15 +227,18 @@ impl Conn {
     }
 
     /// Marks the connection dead and fails every waiter (their senders are
-    /// dropped, which their queries see as [`Lost`]).
-    fn kill(&self) {
+    /// dropped, which their queries see as [`Lost`]), noting the pool's
+    /// `next_generation` for where they go next. Returns how many queries
+    /// were in flight.
+    fn kill(&self, next_generation: u64) -> usize {
         let drained: Vec<Waiter> = {
             let mut pending = self.pending();
+            self.lost_at.store(next_generation, Ordering::Relaxed);
             pending.dead = true;
             self.dead.store(true, Ordering::Relaxed);
             pending.waiters.drain().map(|(_, w)| w).collect()
         };
-        drop(drained);
+        drained.len()
     }
 }
 
@@ -267,8 +278,9 @@ pub struct StreamPool {
     stats: Arc<Stats>,
     /// Ends every connection task when the pool is dropped.
     stop: CancellationToken,
-    /// Generation of the next connection opened.
-    generations: AtomicU64,
+    /// Generation of the next connection opened (shared with the
+    /// connection tasks, which note it when their connection dies).
+    generations: Arc<AtomicU64>,
 }
 
 impl Drop for StreamPool {
@@ -286,7 +298,7 @@ impl StreamPool {
             connecting: tokio::sync::Mutex::new(()),
             stats,
             stop: CancellationToken::new(),
-            generations: AtomicU64::new(0),
+            generations: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -321,8 +333,15 @@ impl StreamPool {
                 Err(SendError::Retired) => {}
                 Err(SendError::Lost) if !lost => {
                     lost = true;
-                    newer_than = self.generations.load(Ordering::Relaxed);
-                    self.stats.count(&self.stats.upstream_connections_lost);
+                    // Connections opened since the loss, including those
+                    // other lost queries opened before this one woke: not
+                    // one new connection per lost query.
+                    newer_than = match conn.lost_at.load(Ordering::Relaxed) {
+                        // The writer's queue closed just before the
+                        // connection was marked dead.
+                        UNKNOWN => self.generations.load(Ordering::Relaxed),
+                        at => at,
+                    };
                     tracing::debug!("upstream connection lost with a query in flight: resending");
                 }
                 Err(SendError::Lost) => return Err(UpstreamError::Closed),
@@ -404,6 +423,7 @@ impl StreamPool {
             inflight: AtomicUsize::new(0),
             next_seq: AtomicU64::new(0),
             generation: self.generations.fetch_add(1, Ordering::Relaxed),
+            lost_at: AtomicU64::new(UNKNOWN),
         });
         tokio::spawn(run(
             stream,
@@ -412,6 +432,7 @@ impl StreamPool {
             self.stats.clone(),
             self.stop.child_token(),
             self.write_timeout,
+            self.generations.clone(),
         ));
         conn
     }
@@ -499,6 +520,7 @@ async fn run<S>(
     stats: Arc<Stats>,
     stop: CancellationToken,
     write_timeout: Duration,
+    generations: Arc<AtomicU64>,
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -569,7 +591,10 @@ async fn run<S>(
         _ = writer => {}
         _ = stop.cancelled() => {}
     }
-    conn.kill();
+    // Counted once per connection, however many queries it took down.
+    if conn.kill(generations.load(Ordering::Relaxed)) > 0 {
+        stats.count(&stats.upstream_connections_lost);
+    }
 }
 
 /// Returns once the connection should be closed: retired or idle past its

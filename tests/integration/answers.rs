@@ -11,6 +11,7 @@ use crate::harness::{
     assert_answer, assert_reply_header, encode, frame, parse, query, with_opt, Read, Server,
     REPLY_WAIT,
 };
+use crate::metrics::{metrics_addr, scrape, value};
 use crate::upstream::{big_txt, Transport, Upstream, SPOOFED_A};
 
 /// R12: ID echoed, question echoed, and the upstream's records delivered.
@@ -72,11 +73,23 @@ async fn truncated_udp_answer_comes_back_complete_over_tcp() {
 
 /// R21: replies with a wrong ID, with the right ID and another question, or
 /// with the right ID and question from another source port, are ignored;
-/// the real one is delivered.
+/// the real one is delivered. The first two are counted as mismatched (the
+/// kernel drops the third: the socket is connected to the upstream).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoofed_upstream_replies_are_ignored() {
     let up = Upstream::start().await;
-    let server = Server::start(up.addr, &["--upstream-timeout", "1s"]).await;
+    let metrics = metrics_addr();
+    let metrics_flag = metrics.to_string();
+    let server = Server::start(
+        up.addr,
+        &[
+            "--upstream-timeout",
+            "1s",
+            "--metrics-listen",
+            &metrics_flag,
+        ],
+    )
+    .await;
     let mut client = server.client().await;
     for (id, name) in [(5, "spoof.one.test."), (6, "spoof.two.test.")] {
         client.send(&query(id, name, RecordType::A)).await;
@@ -90,6 +103,16 @@ async fn spoofed_upstream_replies_are_ignored() {
     }
     // Each query was asked exactly once: the real reply came on the first try.
     assert_eq!(up.count(Transport::Udp), 2);
+    match client.read(Duration::from_millis(300)).await {
+        Read::Timeout => {}
+        other => panic!("one reply per query, then {other:?}"),
+    }
+    let text = scrape(metrics).await;
+    assert_eq!(
+        value(&text, "dotgate_upstream_mismatched_replies_total"),
+        4.0,
+        "a wrong ID and a wrong question per query"
+    );
 }
 
 /// R17: OPT in the query gives exactly one OPT in the reply; no OPT gives

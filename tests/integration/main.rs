@@ -12,6 +12,7 @@ mod check;
 mod config;
 mod deploy;
 mod edns;
+mod faults;
 mod framing;
 mod hardening;
 mod hostile;
