@@ -146,7 +146,7 @@ class Soak:
         while self.left() > 0:
             try:
                 reader, writer = await self.tls()
-                batch = b"".join(framed(query(i, f"host{i % 500}.soak.test", 16)) for i in range(500))
+                batch = b"".join(framed(query(i, f"host{i % 500}.soak.test", 16)) for i in range(3000))
                 writer.write(batch)
                 started = time.monotonic()
                 await self.until_closed_without_reading(writer, 120)

@@ -30,7 +30,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
 
-use crate::hardening::ask_all;
+use crate::harness::ask_all;
 use crate::harness::{
     assert_answer, assert_reply_header, encode, frame, parse, query, Client, Read, Server,
     REPLY_WAIT,

@@ -729,6 +729,29 @@ impl Client {
     }
 }
 
+/// Sends `names` (A queries, IDs from `first_id`) pipelined in one write and
+/// checks that each gets exactly one reply, its own answer, in any order.
+pub async fn ask_all(client: &mut Client, names: &[String], first_id: u16) {
+    let mut batch = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let id = first_id.wrapping_add(i as u16);
+        batch.extend(frame(&encode(&query(id, name, RecordType::A))));
+    }
+    client.send_raw(&batch).await;
+    let mut answered = vec![false; names.len()];
+    for _ in 0..names.len() {
+        let reply = client.recv().await;
+        let index = usize::from(reply.metadata.id.wrapping_sub(first_id));
+        assert!(
+            index < names.len() && !answered[index],
+            "unexpected or repeated ID {}",
+            reply.metadata.id
+        );
+        answered[index] = true;
+        assert_answer(&reply, reply.metadata.id, &names[index], RecordType::A);
+    }
+}
+
 // ---------- DNS messages ----------
 
 /// A query with RD set and no EDNS.

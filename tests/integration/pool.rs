@@ -14,38 +14,12 @@ use hickory_proto::rr::RecordType;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::harness::{
-    assert_answer, assert_reply_header, encode, frame, query, Client, Process, Server, REPLY_WAIT,
+    ask_all, assert_answer, assert_reply_header, encode, frame, query, Process, Server, REPLY_WAIT,
 };
 use crate::upstream::{Transport, Upstream};
 
 /// Health-check interval of these tests: short, so that they are fast.
 const INTERVAL: &str = "200ms";
-
-/// Sends `names` (A queries, IDs from `first_id`) pipelined in one write and
-/// checks every reply is the right answer, whatever the order.
-async fn ask_all(client: &mut Client, names: &[String], first_id: u16) {
-    let mut batch = Vec::new();
-    for (i, name) in names.iter().enumerate() {
-        batch.extend(frame(&encode(&query(
-            first_id.wrapping_add(i as u16),
-            name,
-            RecordType::A,
-        ))));
-    }
-    client.send_raw(&batch).await;
-    let mut answered = vec![false; names.len()];
-    for _ in 0..names.len() {
-        let reply = client.recv().await;
-        let index = usize::from(reply.metadata.id.wrapping_sub(first_id));
-        assert!(
-            index < names.len() && !answered[index],
-            "unexpected ID {}",
-            reply.metadata.id
-        );
-        answered[index] = true;
-        assert_answer(&reply, reply.metadata.id, &names[index], RecordType::A);
-    }
-}
 
 /// Sends 1000 queries over 10 connections, 100 pipelined on each, and checks
 /// every answer.
