@@ -30,6 +30,10 @@ elif [[ $# -gt 0 && $1 =~ ^[0-9]+$ ]]; then
     secs=$1
     shift
 fi
+if [[ $secs -eq 0 ]]; then
+    echo "SECONDS must be positive (libFuzzer takes 0 as no limit)" >&2
+    exit 2
+fi
 targets=("$@")
 [[ ${#targets[@]} -gt 0 ]] || targets=("${ALL_TARGETS[@]}")
 
