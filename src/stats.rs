@@ -729,7 +729,7 @@ impl StatsCollector {
             .counter(&s.upstream_failovers),
             Family::new(
                 "dotgate_upstream_all_down_total",
-                "Queries answered SERVFAIL at once because every upstream was down.",
+                "Queries sent while every upstream was marked down (panic mode: sent to them all the same).",
                 COUNTER,
                 &[],
             )

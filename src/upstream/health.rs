@@ -1,24 +1,32 @@
-//! Health of one upstream: passive (consecutive failures of real queries)
-//! and active (a periodic `. NS` probe).
+//! Health of one upstream: passive (failed real queries) and active (a
+//! periodic `. NS` probe).
+//!
+//! A recursive resolver times out on some names every day (a dead
+//! authoritative server, a cold cache behind a slow link) while it keeps
+//! answering everything else. So a timeout or an error of one query counts
+//! against the upstream only when the upstream answered nothing at all since
+//! that query was sent: "it is resolving a slow name" and "it is gone" look
+//! the same for one query, but not next to the other queries.
 //!
 //! Invariants:
 //! * every upstream starts up: before the first probe, queries are not
 //!   refused for lack of evidence;
 //! * a state change is logged exactly once (the flag is swapped, and only the
 //!   caller that flipped it logs);
-//! * the hot path only reads the flag and writes the failure count when it
-//!   is not already zero, so a healthy upstream costs no shared writes.
+//! * the hot path reads the flag, and writes shared state only when the
+//!   failure count is not already zero or the answer clock moved on by a
+//!   millisecond, so a healthy upstream costs at most one store per
+//!   millisecond.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use super::UpstreamError;
 use crate::dns::QueryInfo;
 
-/// Consecutive failed queries (timeouts, errors) that mark an upstream down.
-/// More than one, so that a single name whose authoritative servers never
-/// answer does not take a healthy resolver out; real traffic interleaves
-/// successes that reset the count.
+/// Consecutive failed queries that mark an upstream down, each of which saw
+/// no answer at all from the upstream while it waited. More than one, so
+/// that one lost packet does not take a resolver out.
 pub const PASSIVE_FAILURES: u32 = 3;
 
 /// The probe: `. NS`, RD set, ID 0 (rewritten like any query). Any
@@ -51,11 +59,15 @@ pub fn probe_timeout(interval: Duration, try_timeout: Duration) -> Duration {
     interval.min(try_timeout)
 }
 
-/// Up/down state and the consecutive failure count of one upstream.
+/// Up/down state, the consecutive failure count, and when the upstream
+/// last answered anything.
 #[derive(Debug)]
 pub struct Health {
     up: AtomicBool,
     failures: AtomicU32,
+    /// Milliseconds from `epoch` to the latest answer, plus one (0: never).
+    last_answer: AtomicU64,
+    epoch: Instant,
 }
 
 impl Default for Health {
@@ -63,6 +75,8 @@ impl Default for Health {
         Self {
             up: AtomicBool::new(true),
             failures: AtomicU32::new(0),
+            last_answer: AtomicU64::new(0),
+            epoch: Instant::now(),
         }
     }
 }
@@ -72,8 +86,18 @@ impl Health {
         self.up.load(Ordering::Relaxed)
     }
 
+    /// The answer clock at `at`: whole milliseconds from `epoch`, plus one.
+    fn tick(&self, at: Instant) -> u64 {
+        let ms = at.saturating_duration_since(self.epoch).as_millis();
+        u64::try_from(ms).unwrap_or(u64::MAX - 1) + 1
+    }
+
     /// A well-formed reply came back: the upstream is serving.
     pub fn success(&self, name: &str) {
+        let now = self.tick(Instant::now());
+        if self.last_answer.load(Ordering::Relaxed) < now {
+            self.last_answer.fetch_max(now, Ordering::Relaxed);
+        }
         if self.failures.load(Ordering::Relaxed) != 0 {
             self.failures.store(0, Ordering::Relaxed);
         }
@@ -82,10 +106,29 @@ impl Health {
         }
     }
 
-    /// A query or probe failed. `definitive` failures (a failed probe, a
-    /// refused connection, a certificate that does not match) mark the
-    /// upstream down at once; others only after [`PASSIVE_FAILURES`] in a row.
-    pub fn failure(&self, name: &str, error: &UpstreamError, definitive: bool) {
+    /// True when the upstream answered anything at or after `since` (to the
+    /// millisecond): then a query sent at `since` that failed says more
+    /// about its name than about the upstream.
+    pub fn answered_since(&self, since: Instant) -> bool {
+        self.last_answer.load(Ordering::Relaxed) >= self.tick(since)
+    }
+
+    /// A query sent at `sent`, or a probe, failed. `definitive` failures (a
+    /// failed probe, a refused connection, a certificate that does not
+    /// match) mark the upstream down at once. Others count only when the
+    /// upstream answered nothing since `sent`, and mark it down after
+    /// [`PASSIVE_FAILURES`] such failures in a row. Returns whether this
+    /// failure counted.
+    pub fn failure(
+        &self,
+        name: &str,
+        error: &UpstreamError,
+        definitive: bool,
+        sent: Instant,
+    ) -> bool {
+        if !definitive && self.answered_since(sent) {
+            return false;
+        }
         let failures = self
             .failures
             .fetch_add(1, Ordering::Relaxed)
@@ -96,6 +139,7 @@ impl Health {
         {
             tracing::warn!(upstream = %name, error = %error, failures, "upstream is down");
         }
+        true
     }
 }
 
@@ -110,23 +154,34 @@ mod tests {
     }
 
     #[test]
-    fn passive_failures_need_a_run() {
+    fn passive_failures_need_a_run_of_silence() {
         let h = Health::default();
+        let fail = |definitive| h.failure("x", &UpstreamError::Timeout, definitive, Instant::now());
         assert!(h.is_up());
         for _ in 0..PASSIVE_FAILURES - 1 {
-            h.failure("x", &UpstreamError::Timeout, false);
+            assert!(fail(false));
         }
         assert!(h.is_up());
         h.success("x");
+        // Sent before that answer: the upstream was serving meanwhile.
+        let before = Instant::now() - Duration::from_secs(1);
+        for _ in 0..10 {
+            assert!(!h.failure("x", &UpstreamError::Timeout, false, before));
+        }
+        assert!(
+            h.is_up(),
+            "timeouts of queries sent before an answer do not count"
+        );
+        std::thread::sleep(Duration::from_millis(3));
         for _ in 0..PASSIVE_FAILURES - 1 {
-            h.failure("x", &UpstreamError::Timeout, false);
+            assert!(fail(false));
         }
         assert!(h.is_up(), "a success resets the run");
-        h.failure("x", &UpstreamError::Timeout, false);
+        assert!(fail(false));
         assert!(!h.is_up());
         h.success("x");
         assert!(h.is_up());
-        h.failure("x", &UpstreamError::Timeout, true);
+        assert!(fail(true), "definitive failures count even after answers");
         assert!(!h.is_up(), "definitive failures count at once");
     }
 }

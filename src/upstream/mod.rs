@@ -13,8 +13,9 @@
 //! Failover: when another upstream is up, the first try gets only
 //! [`TRY_FRACTION`] of the upstream timeout; if it fails or times out, the
 //! query is sent once to another healthy upstream (never the same one) for
-//! the time left. With every upstream down, the answer is an error at once,
-//! so the client gets SERVFAIL without waiting.
+//! the time left. With every upstream marked down, queries are still sent,
+//! to all of them by the policy ("panic mode", see [`policy::choose`]): a
+//! health verdict may be wrong, and a query that is sent may be answered.
 
 mod dot;
 mod health;
@@ -67,8 +68,6 @@ pub enum UpstreamError {
     Busy,
     #[error("{0}")]
     Connect(#[from] ClientError),
-    #[error("every upstream is down")]
-    AllDown,
 }
 
 impl UpstreamError {
@@ -76,6 +75,12 @@ impl UpstreamError {
     /// failed TLS handshake, unresolvable name), rather than one slow answer.
     fn is_definitive(&self) -> bool {
         matches!(self, UpstreamError::Connect(_))
+    }
+
+    /// Failures that say nothing about the upstream: dotgate's own limit of
+    /// queries in flight toward it.
+    fn is_local(&self) -> bool {
+        matches!(self, UpstreamError::Busy)
     }
 }
 
@@ -135,6 +140,9 @@ impl Member {
                 stats.count(&self.counters.udp);
                 match udp.exchange(msg, info).await? {
                     Reply::Message(m) if dns::is_truncated(&m) => {
+                        // The upstream answered: a TCP retry that fails (a
+                        // resolver that refuses TCP) is not its being down.
+                        self.health.success(&self.name);
                         stats.count(&stats.tc_fallbacks);
                         stats.count(&self.counters.tcp);
                         tcp::exchange(*addr, msg, info, stats).await
@@ -287,9 +295,12 @@ impl Pool {
         let inner = &*self.inner;
         let started = Instant::now();
         let Some(first) = policy::choose(inner.policy, &inner.members, &inner.next, None) else {
-            inner.stats.count(&inner.stats.upstream_all_down);
-            return Err(UpstreamError::AllDown);
+            return Err(UpstreamError::Closed);
         };
+        if !inner.members[first].health.is_up() {
+            // Every upstream is marked down: sent anyway (panic mode).
+            inner.stats.count(&inner.stats.upstream_all_down);
+        }
         let budget = if policy::has_alternative(&inner.members, first) {
             inner.try_timeout
         } else {
@@ -329,6 +340,7 @@ impl Inner {
         let member = &self.members[index];
         let _outstanding = (self.policy == Policy::LeastOutstanding)
             .then(|| OutstandingGuard::new(&member.outstanding));
+        let sent = Instant::now();
         let result = tokio::time::timeout(budget, member.exchange(msg, info, &self.stats)).await;
         match result {
             Ok(Ok(reply)) => {
@@ -342,15 +354,20 @@ impl Inner {
                 Ok(reply)
             }
             Ok(Err(e)) => {
-                member.health.failure(&member.name, &e, e.is_definitive());
-                member.publish_health();
+                if !e.is_local() {
+                    member
+                        .health
+                        .failure(&member.name, &e, e.is_definitive(), sent);
+                    member.publish_health();
+                }
                 Err(e)
             }
             Err(_) => {
                 self.stats.count(&self.stats.upstream_timeouts);
                 let e = UpstreamError::Timeout;
-                member.health.failure(&member.name, &e, false);
-                member.publish_health();
+                if member.health.failure(&member.name, &e, false, sent) {
+                    member.publish_health();
+                }
                 Err(e)
             }
         }
@@ -374,7 +391,8 @@ impl Drop for OutstandingGuard<'_> {
 
 /// Probes one upstream every `interval` (the first after one interval, so a
 /// fresh start does not wait on probes). A failed probe marks it down at
-/// once; an answered one brings it back.
+/// once, unless the upstream answered real queries meanwhile; an answered
+/// one brings it back.
 async fn probe_loop(inner: Arc<Inner>, index: usize, interval: Duration, limit: Duration) {
     let info = health::probe_info();
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
@@ -382,18 +400,22 @@ async fn probe_loop(inner: Arc<Inner>, index: usize, interval: Duration, limit: 
     loop {
         tick.tick().await;
         let member = &inner.members[index];
+        let sent = Instant::now();
         let result =
             tokio::time::timeout(limit, member.exchange(&health::PROBE, &info, &inner.stats)).await;
-        match result {
+        let failed = match result {
             Ok(Ok(_)) => {
                 member.health.success(&member.name);
                 // An answered probe shows the upstream leg works: /readyz.
                 inner.stats.note_upstream_answer();
+                None
             }
-            Ok(Err(e)) => member.health.failure(&member.name, &e, true),
-            Err(_) => member
-                .health
-                .failure(&member.name, &UpstreamError::Timeout, true),
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some(UpstreamError::Timeout),
+        };
+        // A lost probe while real queries are being answered says nothing.
+        if let Some(e) = failed.filter(|_| !member.health.answered_since(sent)) {
+            member.health.failure(&member.name, &e, true, sent);
         }
         member.publish_health();
     }

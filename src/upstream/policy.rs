@@ -19,14 +19,19 @@ pub trait Candidate {
 }
 
 /// Picks an upstream index among `members`, never `exclude` (the upstream
-/// that just failed this query). None when no other upstream is up.
+/// that just failed this query): among the healthy ones when any is up, and
+/// otherwise among all of them ("panic mode", as load balancers do): a
+/// wrong health verdict then costs latency, never answers, and an upstream
+/// that is really gone costs what it would have cost anyway. `None` only
+/// when there is no upstream but `exclude`.
 pub fn choose<C: Candidate>(
     policy: Policy,
     members: &[C],
     next: &AtomicUsize,
     exclude: Option<usize>,
 ) -> Option<usize> {
-    let eligible = |i: usize| Some(i) != exclude && members[i].is_up();
+    let any_up = members.iter().any(Candidate::is_up);
+    let eligible = |i: usize| Some(i) != exclude && (!any_up || members[i].is_up());
     match policy {
         Policy::FirstAvailable => (0..members.len()).find(|&i| eligible(i)),
         Policy::RoundRobin => {
@@ -43,13 +48,15 @@ pub fn choose<C: Candidate>(
     }
 }
 
-/// True when an upstream other than `index` is up: then a try on `index`
-/// gets only the per-try timeout, keeping time for a failover.
+/// True when [`choose`] would find another upstream than `index` for a
+/// failover: then a try on `index` gets only the per-try timeout, keeping
+/// time for the second try.
 pub fn has_alternative<C: Candidate>(members: &[C], index: usize) -> bool {
+    let any_up = members.iter().any(Candidate::is_up);
     members
         .iter()
         .enumerate()
-        .any(|(i, m)| i != index && m.is_up())
+        .any(|(i, m)| i != index && (!any_up || m.is_up()))
 }
 
 #[cfg(test)]
@@ -72,8 +79,19 @@ mod tests {
         let ms = [M(false, 0), M(true, 0), M(true, 0)];
         assert_eq!(choose(Policy::FirstAvailable, &ms, &next, None), Some(1));
         assert_eq!(choose(Policy::FirstAvailable, &ms, &next, Some(1)), Some(2));
+        // Every upstream down: panic mode, all of them are candidates.
         let down = [M(false, 0), M(false, 0)];
-        assert_eq!(choose(Policy::FirstAvailable, &down, &next, None), None);
+        assert_eq!(choose(Policy::FirstAvailable, &down, &next, None), Some(0));
+        assert_eq!(
+            choose(Policy::FirstAvailable, &down, &next, Some(0)),
+            Some(1)
+        );
+        assert!(has_alternative(&down, 0));
+        assert_eq!(
+            choose(Policy::FirstAvailable, &down[..1], &next, Some(0)),
+            None
+        );
+        assert!(!has_alternative(&down[..1], 0));
     }
 
     #[test]

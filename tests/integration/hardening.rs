@@ -4,9 +4,12 @@
 
 use std::time::{Duration, Instant};
 
+use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 
-use crate::harness::{assert_answer, encode, frame, query, Client, Server, REPLY_WAIT};
+use crate::harness::{
+    assert_answer, assert_reply_header, encode, frame, query, Client, Server, REPLY_WAIT,
+};
 use crate::upstream::{Transport, Upstream};
 
 /// Sends `names` (A queries, IDs from `first_id`) pipelined in one write and
@@ -30,6 +33,66 @@ pub async fn ask_all(client: &mut Client, names: &[String], first_id: u16) {
         answered[index] = true;
         assert_answer(&reply, reply.metadata.id, &names[index], RecordType::A);
     }
+}
+
+/// Defect: three queries in a row for names whose servers never answer
+/// marked the only upstream down, and then every client got SERVFAIL until
+/// the next probe. A resolver that answers other queries stays in service:
+/// 20 such queries, interleaved with other clients' ordinary ones, cost
+/// only their own answers (SERVFAIL, with their ID and question).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_that_time_out_never_take_a_serving_upstream_out() {
+    let up = Upstream::start().await;
+    let server = Server::start(
+        up.addr,
+        &[
+            "--upstream-timeout",
+            "400ms",
+            // No probe during the test: a wrong verdict would last.
+            "--health-check-interval",
+            "60s",
+        ],
+    )
+    .await;
+    let mut slow = server.client().await;
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        others.push(server.client().await);
+    }
+    let dropped = tokio::spawn(async move {
+        // In bursts, as a page full of names on one dead domain: their
+        // timeouts come together, with no answer between them.
+        for burst in 0..5u16 {
+            let mut batch = Vec::new();
+            for id in burst * 4..burst * 4 + 4 {
+                let name = format!("drop.n{id}.slow.test.");
+                batch.extend(frame(&encode(&query(id, &name, RecordType::A))));
+            }
+            slow.send_raw(&batch).await;
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        for _ in 0..20 {
+            let reply = slow.recv().await;
+            let id = reply.metadata.id;
+            let name = format!("drop.n{id}.slow.test.");
+            assert_reply_header(&reply, id, &name, RecordType::A, ResponseCode::ServFail);
+        }
+    });
+    let mut tasks = Vec::new();
+    for (c, mut client) in others.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            for id in 0..40u16 {
+                let name = format!("n{id}.c{c}.fine.test.");
+                client.send(&query(id, &name, RecordType::A)).await;
+                assert_answer(&client.recv().await, id, &name, RecordType::A);
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    dropped.await.unwrap();
 }
 
 /// A query for `name` A of exactly `len` bytes, without OPT: the question,
