@@ -125,7 +125,9 @@ def seeds():
     # and clamp its prefix (defect 2). Sizes around the two limits.
     for total in (65535, 65530, 65525, 65524, 65521, 65520, 65519):
         msg, rdlen = big_query_parts(total, False)
-        q[f"big-{total}-no-opt"] = dns_query(grow=rdlen, msg=msg)
+        # 65525 and up: the OPT alone no longer fits (defect 2).
+        label = "regression-defect2-" if total >= 65525 else ""
+        q[f"{label}big-{total}-no-opt"] = dns_query(grow=rdlen, msg=msg)
     for total in (65535, 65532, 65531, 65530):
         msg, rdlen = big_query_parts(total, True)
         # The OPT comes before the big record, which growth completes.
@@ -182,7 +184,8 @@ def seeds():
     # Question-less replies: FORMERR, SERVFAIL, NOTIMP, REFUSED accepted;
     # NOERROR and NXDOMAIN (defect 3) and others never.
     for rc in range(0, 11):
-        r[f"no-question-rcode-{rc}"] = dns_reply(query_opt=True, reply=header(10, 0x8180 | rc, qd=0))
+        label = "regression-defect3-" if rc == 3 else ""
+        r[f"{label}no-question-rcode-{rc}"] = dns_reply(query_opt=True, reply=header(10, 0x8180 | rc, qd=0))
     r["not-a-response"] = dns_reply(reply=header(11, 0x0100, an=1) + question() + A)
     r["trailing-garbage"] = dns_reply(query_opt=True, padding=True, reply=qs + A + b"\xff" * 7)
     # Near 65535 bytes: one TXT-ish record whose RDATA comes from growth.
