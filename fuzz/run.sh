@@ -8,6 +8,11 @@
 #                                       with what runs found (fuzz/work), keeping
 #                                       every seed-* and regression-* file
 #
+# cmin merges by edge coverage (hit counts ignored) and then keeps at most
+# CMIN_MAX_FILES (default 150) found inputs per target: libFuzzer's merge
+# takes inputs smallest first, so the smallest ones are those that brought
+# the most coverage; the long tail mostly covers hickory-proto's decoder.
+#
 # New inputs found by a run go to fuzz/work/<target> (not committed); the
 # committed corpus fuzz/corpus/<target> is only read. Crashes are written to
 # fuzz/artifacts/<target>/ and logs to fuzz/logs/<target>.log.
@@ -46,11 +51,19 @@ if [[ $mode == cmin ]]; then
     for t in "${targets[@]}"; do
         mkdir -p "work/$t"
         tmp=$(mktemp -d)
-        "${NICE[@]}" "$bin/$t" -merge=1 -rss_limit_mb=4096 "$tmp" "corpus/$t" "work/$t" \
-            >"logs/$t.cmin.log" 2>&1
+        "${NICE[@]}" "$bin/$t" -merge=1 -use_counters=0 -rss_limit_mb=4096 \
+            "$tmp" "corpus/$t" "work/$t" >"logs/$t.cmin.log" 2>&1
+        # Of the merged inputs (hash names), the CMIN_MAX_FILES smallest.
+        find "$tmp" -maxdepth 1 -type f ! -name 'seed-*' ! -name 'regression-*' -printf '%s %p\n' |
+            sort -n -k1,1 -k2,2 | tail -n +"$((${CMIN_MAX_FILES:-150} + 1))" | cut -d' ' -f2- |
+            xargs -r rm --
         # Hand-made seeds and regression inputs stay, whatever their coverage.
-        find "corpus/$t" -maxdepth 1 -type f \( -name 'seed-*' -o -name 'regression-*' \) \
-            -exec cp {} "$tmp/" \;
+        # (libFuzzer names its files by their SHA-1: drop those copies.)
+        for f in "corpus/$t"/seed-* "corpus/$t"/regression-*; do
+            [[ -f $f ]] || continue
+            rm -f "$tmp/$(sha1sum "$f" | cut -d' ' -f1)"
+            cp "$f" "$tmp/"
+        done
         rm -rf "corpus/$t"
         mv "$tmp" "corpus/$t"
         chmod 755 "corpus/$t"
