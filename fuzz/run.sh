@@ -9,7 +9,7 @@
 #                                       every seed-* and regression-* file
 #
 # cmin merges by edge coverage (hit counts ignored) and then keeps at most
-# CMIN_MAX_FILES (default 150) found inputs per target: libFuzzer's merge
+# CMIN_MAX_FILES (default 80) found inputs per target: libFuzzer's merge
 # takes inputs smallest first, so the smallest ones are those that brought
 # the most coverage; the long tail mostly covers hickory-proto's decoder.
 #
@@ -55,7 +55,7 @@ if [[ $mode == cmin ]]; then
             "$tmp" "corpus/$t" "work/$t" >"logs/$t.cmin.log" 2>&1
         # Of the merged inputs (hash names), the CMIN_MAX_FILES smallest.
         find "$tmp" -maxdepth 1 -type f ! -name 'seed-*' ! -name 'regression-*' -printf '%s %p\n' |
-            sort -n -k1,1 -k2,2 | tail -n +"$((${CMIN_MAX_FILES:-150} + 1))" | cut -d' ' -f2- |
+            sort -n -k1,1 -k2,2 | tail -n +"$((${CMIN_MAX_FILES:-80} + 1))" | cut -d' ' -f2- |
             xargs -r rm --
         # Hand-made seeds and regression inputs stay, whatever their coverage.
         # (libFuzzer names its files by their SHA-1: drop those copies.)
