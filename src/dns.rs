@@ -58,6 +58,8 @@ pub enum QueryError {
     BadQuestion,
     #[error("a resource record runs past the end of the message")]
     BadRecord,
+    #[error("bytes follow the last record of the query")]
+    TrailingBytes,
     #[error("the query carries more than one OPT record")]
     MultipleOpt,
     #[error("the OPT record's owner is not the root name")]
@@ -238,6 +240,11 @@ pub fn parse_query(msg: &[u8]) -> Result<QueryInfo, QueryError> {
     }
     let question = HEADER_LEN..question_end(msg).ok_or(QueryError::BadQuestion)?;
     let layout = layout(msg, question).ok_or(QueryError::BadRecord)?;
+    // The OPT record added upstream goes at the end of the message: after
+    // stray bytes, a parser would take them for the additional record.
+    if layout.end != msg.len() {
+        return Err(QueryError::TrailingBytes);
+    }
     if layout.opts.len() > 1 {
         return Err(QueryError::MultipleOpt);
     }
@@ -762,6 +769,14 @@ mod tests {
         let mut q = query(1, "a.b", 1, false);
         set_count(&mut q, AR, 1);
         assert_eq!(parse_query(&q), Err(QueryError::BadRecord));
+
+        // Stray bytes after the last record (found by fuzzing): the OPT
+        // added upstream would follow them and not be read as a record.
+        for opt in [false, true] {
+            let mut q = query(1, "a.b", 1, opt);
+            q.extend_from_slice(&[1, 2, 3]);
+            assert_eq!(parse_query(&q), Err(QueryError::TrailingBytes));
+        }
     }
 
     #[test]

@@ -1,0 +1,263 @@
+#!/usr/bin/env python3
+"""Writes the hand-made seeds into fuzz/corpus/<target>/seed-*.
+
+Deterministic, so `fuzz/run.sh --seeds` (and anyone) can regenerate them
+after `cargo fuzz cmin` has dropped some. The input layouts are documented
+on the property functions in tests/fuzz_props/mod.rs. Messages near 65535
+bytes are not written out: their big record's RDATA comes from the
+"growth" field of the input (zero bytes appended to the message), so every
+seed file stays small.
+"""
+
+import os
+import struct
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CORPUS = os.path.join(HERE, "corpus")
+
+
+def u16(v):
+    return struct.pack(">H", v)
+
+
+def name(text):
+    out = b""
+    for label in text.split("."):
+        if label:
+            out += bytes([len(label)]) + label.encode()
+    return out + b"\0"
+
+
+def header(id_, flags, qd=1, an=0, ns=0, ar=0):
+    return u16(id_) + u16(flags) + u16(qd) + u16(an) + u16(ns) + u16(ar)
+
+
+def question(qname="example.com", qtype=1):
+    return name(qname) + u16(qtype) + u16(1)
+
+
+def option(code, data=b""):
+    return u16(code) + u16(len(data)) + data
+
+
+def opt(options=b"", payload=4096, ext_rcode=0, version=0, flags=0):
+    return (b"\0" + u16(41) + u16(payload) + bytes([ext_rcode, version])
+            + u16(flags) + u16(len(options)) + options)
+
+
+def rr(owner, rtype, rdata, ttl=60):
+    return owner + u16(rtype) + u16(1) + struct.pack(">I", ttl) + u16(len(rdata)) + rdata
+
+
+def rr_head(owner, rtype, rdlen):
+    """A record header whose RDATA (rdlen zero bytes) comes from growth."""
+    return owner + u16(rtype) + u16(1) + struct.pack(">I", 0) + u16(rdlen)
+
+
+PTR12 = b"\xc0\x0c"  # compression pointer to the question name
+A = rr(PTR12, 1, bytes([192, 0, 2, 1]))
+COOKIE = option(10, bytes(range(1, 9)))
+NSID = option(3, b"upstream")
+
+
+def dns_query(uid=0x4242, leg_keepalive=False, leg_padding=False, timeout=300,
+              rcode=2, grow=0, msg=b""):
+    flags = int(leg_keepalive) | int(leg_padding) << 1
+    return u16(uid) + bytes([flags]) + u16(timeout) + u16(rcode) + u16(grow) + msg
+
+
+def dns_reply(query_opt=False, keepalive=False, padding=False, retiring=False,
+              own_question=True, cookie=False, idle=30, client_id=0x1234,
+              grow=0, reply=b""):
+    flags = (int(query_opt) | int(keepalive) << 1 | int(padding) << 2
+             | int(retiring) << 3 | int(own_question) << 4 | int(cookie) << 5)
+    return bytes([flags, idle]) + u16(client_id) + u16(grow) + reply
+
+
+def big_query_parts(total, with_opt):
+    """A query of `total` bytes once grown: question, an authority NULL
+    record filling the rest (zeros from growth); with an OPT before it in
+    the additional section when `with_opt`."""
+    q = question()
+    if with_opt:
+        o = opt(option(10, bytes(8)))
+        head = header(5, 0x0100, ns=0, ar=2) + q + o + rr_head(b"\0", 10, 0)
+    else:
+        head = header(5, 0x0100, ns=1) + q + rr_head(b"\0", 10, 0)
+    rdlen = total - len(head)
+    return head[:-2] + u16(rdlen), rdlen
+
+
+def seeds():
+    s = {"framing": {}, "dns_query": {}, "dns_reply": {}, "proxy": {}}
+
+    # --- dns_query -------------------------------------------------------
+    q = s["dns_query"]
+    q["a-no-opt"] = dns_query(msg=header(0x1111, 0x0100) + question())
+    q["aaaa-opt"] = dns_query(msg=header(0x2222, 0x0100, ar=1) + question(qtype=28) + opt())
+    q["opt-keepalive-padding-cookie"] = dns_query(
+        leg_keepalive=True, leg_padding=True,
+        msg=header(3, 0x0110, ar=1) + question()
+        + opt(option(11) + COOKIE + option(12, bytes(20)), flags=0x8000))
+    q["opt-padding-only"] = dns_query(
+        leg_padding=True, msg=header(4, 0x0100, ar=1) + question() + opt(option(12)))
+    q["opt-keepalive-with-value"] = dns_query(
+        msg=header(5, 0x0100, ar=1) + question() + opt(option(11, b"\0\x10")))
+    q["opt-badvers"] = dns_query(rcode=16, msg=header(6, 0x0100, ar=1) + question() + opt(version=1))
+    q["opt-malformed-options"] = dns_query(
+        msg=header(7, 0x0100, ar=1) + question() + opt(b"\0\x0a\0\x20ab"))
+    q["two-opts"] = dns_query(msg=header(8, 0x0100, ar=2) + question() + opt() + opt())
+    q["opt-owner-not-root"] = dns_query(
+        msg=header(9, 0x0100, ar=1) + question() + b"\x01a" + opt()[1:])
+    q["opt-then-tsig"] = dns_query(
+        msg=header(10, 0x0100, ar=2) + question() + opt(option(12, bytes(4)))
+        + rr(PTR12, 250, b"\x0bhmac-sha256\0" + bytes(16)))
+    q["response-bit"] = dns_query(msg=header(11, 0x8100) + question())
+    q["qdcount-2"] = dns_query(msg=header(12, 0x0100, qd=2) + question() + question())
+    q["pointer-in-question"] = dns_query(msg=header(13, 0x0100) + b"\x01a\xc0\x0c" + u16(1) + u16(1))
+    # Found by the replay of mutated seeds: bytes after the last record of
+    # a query without OPT; the OPT added upstream came after them.
+    q["regression-trailing-bytes-no-opt"] = dns_query(msg=header(14, 0x0100) + question() + b"\x01\x02\x03")
+    q["answer-record-in-query"] = dns_query(msg=header(15, 0x0100, an=1) + question() + A)
+    q["cd-bit-opcode-2"] = dns_query(msg=header(16, 0x1011, ar=1) + question() + opt(COOKIE))
+    # Near 65535 bytes without OPT: the stream form used to add one anyway
+    # and clamp its prefix (defect 2). Sizes around the two limits.
+    for total in (65535, 65530, 65525, 65524, 65521, 65520, 65519):
+        msg, rdlen = big_query_parts(total, False)
+        # 65525 and up: the OPT alone no longer fits (defect 2).
+        label = "regression-defect2-" if total >= 65525 else ""
+        q[f"{label}big-{total}-no-opt"] = dns_query(grow=rdlen, msg=msg)
+    for total in (65535, 65532, 65531, 65530):
+        msg, rdlen = big_query_parts(total, True)
+        # The OPT comes before the big record, which growth completes.
+        q[f"big-{total}-opt"] = dns_query(grow=rdlen, msg=msg)
+
+    # --- dns_reply -------------------------------------------------------
+    r = s["dns_reply"]
+    qs = header(0x4242, 0x8180, an=1) + question()
+    r["a-no-opt"] = dns_reply(reply=qs + A)
+    r["a-opt-query-opt"] = dns_reply(query_opt=True, reply=header(0x4242, 0x8180, an=1, ar=1) + question() + A + opt(payload=1232))
+    r["a-no-opt-query-pads"] = dns_reply(query_opt=True, keepalive=True, padding=True, reply=qs + A)
+    r["upstream-padding-keepalive-nsid"] = dns_reply(
+        query_opt=True, padding=True,
+        reply=header(1, 0x8180, an=1, ar=1) + question() + A
+        + opt(option(12, bytes(77)) + NSID + option(11, b"\0\x09")))
+    r["upstream-keepalive-client-none"] = dns_reply(
+        query_opt=True, reply=header(1, 0x8180, an=1, ar=1) + question() + A + opt(option(11, b"\0\x09")))
+    r["upstream-opt-client-no-opt"] = dns_reply(
+        reply=header(1, 0x8180, an=1, ar=1) + question() + A + opt(COOKIE))
+    r["opt-in-the-middle"] = dns_reply(
+        query_opt=True, keepalive=True, padding=True, cookie=True,
+        reply=header(2, 0x8180, an=1, ar=2) + question() + A
+        + opt(option(12, bytes(9)) + NSID) + rr(PTR12, 1, bytes([192, 0, 2, 2])))
+    r["two-opts"] = dns_reply(
+        query_opt=True, padding=True,
+        reply=header(3, 0x8180, an=1, ar=2) + question() + A + opt() + opt(option(12)))
+    r["two-opts-client-no-opt"] = dns_reply(
+        reply=header(3, 0x8180, an=1, ar=2) + question() + A + opt(NSID) + opt())
+    r["extended-rcode-badcookie"] = dns_reply(
+        query_opt=True, keepalive=True, cookie=True,
+        reply=header(4, 0x8187, an=0, ar=1) + question() + opt(COOKIE, ext_rcode=1, flags=0x8000))
+    r["tsig-last"] = dns_reply(
+        query_opt=True, padding=True,
+        reply=header(5, 0x8180, an=1, ar=1) + question() + A
+        + rr(PTR12, 250, b"\x0bhmac-sha256\0" + bytes(16)))
+    # Compression: a CNAME chain with pointers, a pointer loop in an owner
+    # and one in RDATA (the OPT in the middle sends it through the decoder).
+    cname = rr(PTR12, 5, b"\x03www" + PTR12)
+    r["cname-compressed"] = dns_reply(query_opt=True, padding=True, reply=header(6, 0x8180, an=2, ar=1) + question() + cname + A + opt())
+    body = header(7, 0x8180, an=1, ar=2) + question()
+    loop_at = len(body)
+    r["pointer-loop-owner"] = dns_reply(
+        query_opt=True, keepalive=True,
+        reply=body + rr(b"\xc0" + bytes([loop_at]), 1, bytes(4)) + opt(option(12)) + A)
+    r["pointer-loop-rdata"] = dns_reply(
+        query_opt=True, padding=True,
+        reply=body + rr(PTR12, 5, b"\xc0" + bytes([loop_at + 12])) + opt(option(12)) + A)
+    r["pointer-forward"] = dns_reply(
+        query_opt=True,
+        reply=header(8, 0x8180, an=1, ar=1) + question() + rr(b"\xc0\x7f", 1, bytes(4)) + opt(option(11, b"\0\x01")))
+    r["mixed-case-question"] = dns_reply(
+        own_question=False, reply=header(9, 0x8180, an=1) + question("ExAmPlE.CoM") + A)
+    r["other-question"] = dns_reply(own_question=False, reply=header(9, 0x8180, an=1) + question("example.org") + A)
+    # Question-less replies: FORMERR, SERVFAIL, NOTIMP, REFUSED accepted;
+    # NOERROR and NXDOMAIN (defect 3) and others never.
+    for rc in range(0, 11):
+        label = "regression-defect3-" if rc == 3 else ""
+        r[f"{label}no-question-rcode-{rc}"] = dns_reply(query_opt=True, reply=header(10, 0x8180 | rc, qd=0))
+    r["not-a-response"] = dns_reply(reply=header(11, 0x0100, an=1) + question() + A)
+    r["trailing-garbage"] = dns_reply(query_opt=True, padding=True, reply=qs + A + b"\xff" * 7)
+    # Near 65535 bytes: one TXT-ish record whose RDATA comes from growth.
+    for total, query_opt in ((65535, True), (65535, False), (65524, True), (65100, True), (65530, True)):
+        head = header(12, 0x8180, an=1) + question() + rr_head(PTR12, 16, 0)
+        rdlen = total - len(head)
+        r[f"big-{total}-{'query-opt' if query_opt else 'no-opt'}"] = dns_reply(
+            query_opt=query_opt, keepalive=query_opt, padding=query_opt,
+            grow=rdlen, reply=head[:-2] + u16(rdlen))
+
+    # --- framing ---------------------------------------------------------
+    f = s["framing"]
+    m1 = header(1, 0x0100) + question()
+    m2 = header(2, 0x0100, ar=1) + question() + opt(option(12, bytes(60)))
+    frames = u16(len(m1)) + m1 + u16(len(m2)) + m2
+    f["two-frames-whole"] = bytes([0]) + frames
+    f["two-frames-bytewise"] = bytes([1, 1]) + frames
+    f["two-frames-odd-chunks-and-pending"] = bytes([4, 3, 0, 7, 200]) + frames
+    f["partial-prefix"] = bytes([0]) + frames + b"\x00"
+    f["partial-body"] = bytes([1, 5]) + frames + u16(40) + bytes(10)
+    f["too-short-after-frames"] = bytes([2, 2, 0]) + frames + u16(11) + bytes(11)
+    f["zero-length"] = bytes([0]) + u16(0)
+    f["empty"] = b""
+    # Compact mode (bit 7): [len, fill] triples.
+    f["compact-max-frames"] = bytes([0x82, 130, 0]) + u16(65535) + b"\x04" + u16(12) + b"\x05" + u16(4096) + b"\x06"
+    f["compact-grow-then-short"] = bytes([0x81, 255]) + u16(5000) + b"\x01" + u16(70) + b"\x02" + u16(3) + b"\x03"
+    f["compact-truncated-prefix"] = bytes([0x80]) + u16(300) + b"\x01" + b"\x01"
+
+    # --- proxy -----------------------------------------------------------
+    p = s["proxy"]
+    tls = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"
+    sig = b"\r\n\r\n\0\r\nQUIT\n"
+
+    def v2(cmd, fam, payload):
+        return sig + bytes([cmd, fam]) + u16(len(payload)) + payload
+
+    v4 = bytes([192, 0, 2, 7, 198, 51, 100, 1]) + u16(56324) + u16(853)
+    v6 = bytes.fromhex("20010db8000000000000000000000007" "20010db8000000000000000000000001") + u16(4000) + u16(853)
+    p["v1-tcp4"] = bytes([0]) + b"PROXY TCP4 192.0.2.7 198.51.100.1 56324 853\r\n" + tls
+    p["v1-tcp4-bytewise"] = bytes([1, 1]) + b"PROXY TCP4 192.0.2.7 198.51.100.1 56324 853\r\n" + tls
+    p["v1-tcp6"] = bytes([2, 9, 0]) + b"PROXY TCP6 2001:db8::7 2001:db8::1 4000 853\r\n" + tls
+    p["v1-unknown"] = bytes([0]) + b"PROXY UNKNOWN\r\n" + tls
+    p["v1-unknown-with-fields"] = bytes([0]) + b"PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n" + tls
+    p["v1-crlf-in-first-12"] = bytes([0]) + b"PROXY \r\nTCP4 1.2.3.4 5.6.7.8 1 2\r\n"
+    p["v1-longest-line"] = bytes([0]) + b"PROXY TCP6 ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n" + tls
+    p["v1-no-crlf"] = bytes([0]) + b"PROXY TCP4 " + b"1" * 120 + b"\r\n"
+    p["v1-bad-port"] = bytes([0]) + b"PROXY TCP4 192.0.2.7 198.51.100.1 +80 853\r\n"
+    p["v1-eof"] = bytes([0]) + b"PROXY TCP4 1.2.3.4"
+    p["v2-inet"] = bytes([0]) + v2(0x21, 0x11, v4) + tls
+    p["v2-inet-chunked"] = bytes([3, 5, 0, 2]) + v2(0x21, 0x11, v4 + option(4, b"\0\0")) + tls
+    p["v2-inet6-tlv"] = bytes([0]) + v2(0x21, 0x21, v6 + bytes([1, 0, 1, 9])) + tls
+    p["v2-local"] = bytes([0]) + v2(0x20, 0x00, b"") + tls
+    p["v2-unix"] = bytes([0]) + v2(0x21, 0x31, bytes(216)) + tls
+    p["v2-udp"] = bytes([0]) + v2(0x21, 0x12, v4)
+    p["v2-short-inet6"] = bytes([0]) + v2(0x21, 0x21, bytes(35))
+    p["v2-too-long"] = bytes([0]) + sig + bytes([0x21, 0x11]) + u16(4097)
+    p["v2-eof-in-payload"] = bytes([0]) + sig + bytes([0x21, 0x11]) + u16(12) + bytes(4)
+    p["missing"] = bytes([0]) + tls + bytes(4)
+    return s
+
+
+def main():
+    for target, files in seeds().items():
+        d = os.path.join(CORPUS, target)
+        os.makedirs(d, exist_ok=True)
+        for fname, data in files.items():
+            if not fname.startswith("regression-"):
+                fname = "seed-" + fname
+            with open(os.path.join(d, fname), "wb") as fh:
+                fh.write(data)
+    print(f"seeds written under {CORPUS}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
