@@ -376,6 +376,7 @@ pub fn framing(data: &[u8]) {
             Poll::Ready(Err(FrameError::Truncated)) => break Err(FrameEnd::Truncated),
             Poll::Ready(Err(FrameError::TooShort(n))) => break Err(FrameEnd::TooShort(n)),
             Poll::Ready(Err(FrameError::Io(e))) => panic!("I/O error from memory: {e}"),
+            Poll::Ready(Err(FrameError::ReadTimeout)) => panic!("a read timeout, none being set"),
         }
     };
     assert_eq!(got, expected.len(), "frames yielded");
