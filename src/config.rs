@@ -8,7 +8,45 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::{ServeArgs, TlsVersion, UpstreamPolicy};
+use crate::cli::{self, ServeArgs};
+
+/// How the upstream pool picks an upstream for a query (`--upstream-policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamPolicy {
+    /// The first healthy upstream in the order given: the others are standbys.
+    FirstAvailable,
+    /// Each healthy upstream in turn.
+    RoundRobin,
+    /// The healthy upstream with the fewest queries in flight (ties: the first
+    /// in order), which steers load away from a slow upstream.
+    LeastOutstanding,
+}
+
+impl From<cli::UpstreamPolicy> for UpstreamPolicy {
+    fn from(policy: cli::UpstreamPolicy) -> Self {
+        match policy {
+            cli::UpstreamPolicy::FirstAvailable => UpstreamPolicy::FirstAvailable,
+            cli::UpstreamPolicy::RoundRobin => UpstreamPolicy::RoundRobin,
+            cli::UpstreamPolicy::LeastOutstanding => UpstreamPolicy::LeastOutstanding,
+        }
+    }
+}
+
+/// The lowest TLS version served (`--tls-min-version`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+impl From<cli::TlsVersion> for TlsVersion {
+    fn from(version: cli::TlsVersion) -> Self {
+        match version {
+            cli::TlsVersion::Tls12 => TlsVersion::Tls12,
+            cli::TlsVersion::Tls13 => TlsVersion::Tls13,
+        }
+    }
+}
 
 /// Where the server's certificate comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,7 +247,7 @@ impl Config {
                 .collect::<Result<_, _>>()?
         };
         let pool = PoolSettings {
-            policy: args.upstream_policy,
+            policy: args.upstream_policy.into(),
             health_interval: nonzero_duration(
                 args.health_check_interval,
                 "--health-check-interval",
@@ -268,7 +306,7 @@ impl Config {
             listen: args.listen.clone(),
             cert,
             tls: TlsSettings {
-                min_version: args.tls_min_version,
+                min_version: args.tls_min_version.into(),
                 name: args.tls_name.clone(),
                 ticket_key_file: args.ticket_key_file.clone(),
             },

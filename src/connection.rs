@@ -33,7 +33,7 @@ use crate::config::Timeouts;
 use crate::dns::{self, Rcode};
 use crate::edns::LegOptions;
 use crate::framing::{FrameError, FrameReader, ReadLimits};
-use crate::stats::{Stats, Synthesized};
+use crate::stats::{CloseReason, Stats, Synthesized};
 use crate::upstream::{Pool, Reply, UpstreamError};
 
 /// What every connection shares: the upstream, the counters, the settings.
@@ -48,23 +48,6 @@ pub struct Shared {
     pub max_age: Option<Duration>,
     /// The read timeout and the shared message budget.
     pub read_limits: ReadLimits,
-}
-
-/// Why a connection ended, for logs and counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// Nothing in flight and nothing received for the idle timeout.
-    Idle,
-    /// The client closed (close_notify or FIN) between messages.
-    Client,
-    /// The client broke the framing, or the connection failed.
-    Error,
-    /// The server is shutting down.
-    Shutdown,
-    /// `--max-queries-per-connection` or `--max-connection-age` was reached.
-    Retired,
-    /// A message begun was not complete within `--read-timeout`.
-    ReadTimeout,
 }
 
 /// Largest batch of replies the writer coalesces into one write.

@@ -22,6 +22,9 @@ use tokio::time::Instant;
 
 use crate::dns::HEADER_LEN;
 
+/// The ALPN protocol ID of DNS over TLS (RFC 7858 registration).
+pub const ALPN_DOT: &[u8] = b"dot";
+
 /// Why a stream stopped yielding frames.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {

@@ -194,7 +194,7 @@ async fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
                 Ok(dotgate::config::UpstreamSpec::Plain(addr)) => addr,
                 _ => bail!("--bootstrap {bootstrap:?}: write IP or IP:PORT"),
             };
-            let (ips, _ttl) = client::resolve_via(bootstrap, &spec.host, limit).await?;
+            let (ips, _ttl) = dotgate::upstream::resolve_via(bootstrap, &spec.host, limit).await?;
             ips.into_iter()
                 .map(|ip| SocketAddr::new(ip, spec.port))
                 .collect()

@@ -27,7 +27,7 @@ use crate::upstream::{Pool, PoolError};
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
-    Tls(#[from] tls::TlsError),
+    Tls(#[from] crate::identity::TlsError),
     #[error(transparent)]
     Upstream(#[from] PoolError),
     #[error("cannot listen for metrics on {addr} (--metrics-listen): {source}")]

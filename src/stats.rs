@@ -25,7 +25,22 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
 
-use crate::connection::CloseReason;
+/// Why a connection ended, for logs and counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Nothing in flight and nothing received for the idle timeout.
+    Idle,
+    /// The client closed (close_notify or FIN) between messages.
+    Client,
+    /// The client broke the framing, or the connection failed.
+    Error,
+    /// The server is shutting down.
+    Shutdown,
+    /// `--max-queries-per-connection` or `--max-connection-age` was reached.
+    Retired,
+    /// A message begun was not complete within `--read-timeout`.
+    ReadTimeout,
+}
 
 /// What dotgate counts. Plain fields are monotonic counters unless their
 /// comment says gauge.

@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::certcheck;
 use crate::cli::ServeArgs;
 use crate::config::{CertSource, Config};
-use crate::tls;
+use crate::identity;
 
 /// What the check found.
 #[derive(Debug, Default)]
@@ -53,7 +53,7 @@ pub fn check(args: &ServeArgs, resolv_conf: &Path) -> Findings {
         _ => None,
     };
     if let Some(source) = source {
-        match tls::load_identity(&source) {
+        match identity::load_identity(&source) {
             Ok(identity) => {
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)

@@ -17,6 +17,7 @@
 //! to all of them by the policy ("panic mode", see [`policy::choose`]): a
 //! health verdict may be wrong, and a query that is sent may be answered.
 
+mod connect;
 mod dot;
 mod health;
 mod policy;
@@ -31,12 +32,13 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
+pub use connect::{resolve_via, ConnectError};
 pub use policy::Policy;
 
-use crate::client::{self, ClientError, Trust};
 use crate::config::{PoolSettings, UpstreamSpec};
 use crate::dns::{self, QueryInfo};
 use crate::stats::{Stats, UpstreamCounters};
+use crate::tls_client::{self, Trust, TrustError};
 use health::Health;
 use stream::{Connector, StreamPool};
 
@@ -67,7 +69,7 @@ pub enum UpstreamError {
     #[error("too many queries in flight toward the upstream")]
     Busy,
     #[error("{0}")]
-    Connect(#[from] ClientError),
+    Connect(#[from] ConnectError),
 }
 
 impl UpstreamError {
@@ -93,7 +95,7 @@ pub enum PoolError {
         source: std::io::Error,
     },
     #[error("trust anchors for tls:// upstreams: {0}")]
-    Trust(#[from] ClientError),
+    Trust(#[from] TrustError),
 }
 
 enum Transport {
@@ -228,7 +230,7 @@ impl Pool {
                                 Some(path) => Trust::Ca(path.clone()),
                                 None => Trust::System,
                             };
-                            let config = client::client_config(&trust)?;
+                            let config = tls_client::client_config(&trust)?;
                             tls_config = Some(config.clone());
                             config
                         }

@@ -45,6 +45,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::connect::ConnectError;
 use super::{classify, dot::DotTarget, Reply, UpstreamError};
 use crate::dns::{self, QueryInfo};
 use crate::framing::FrameReader;
@@ -387,7 +388,7 @@ impl StreamPool {
                 let stream = tokio::net::TcpStream::connect(*addr)
                     .await
                     .map_err(|source| {
-                        UpstreamError::Connect(crate::client::ClientError::Connect {
+                        UpstreamError::Connect(ConnectError::Connect {
                             addr: *addr,
                             source,
                         })
