@@ -18,28 +18,10 @@
 //! * [`per_ip`] admits connections per client address;
 //! * [`client`] is the pipelining DoT client behind `dotgate query`.
 
-pub mod certcheck;
-pub mod check;
-pub mod cli;
-pub mod client;
 pub mod config;
-pub mod config_file;
-pub mod connection;
-pub mod dns;
-pub mod duration;
-pub mod edns;
-pub mod framing;
-pub mod http;
-pub mod identity;
-pub mod listener;
-pub mod per_ip;
-pub mod proxy;
-pub mod reload;
+pub mod metrics;
+pub mod proto;
 pub mod server;
-pub mod shutdown;
-pub mod stats;
-pub mod tickets;
 pub mod tls;
-pub mod tls_client;
+pub mod tools;
 pub mod upstream;
-pub mod validate;

@@ -1,7 +1,7 @@
 //! A DNS-over-TLS upstream (`tls://NAME[@IP][:PORT]`): where to connect and
 //! how to verify it. The connection itself (handshake with the name checked
 //! against the certificate, bootstrap lookup) is [`super::connect`]; the
-//! trust anchors are [`crate::tls_client`]'s, as for `dotgate query`.
+//! trust anchors are [`crate::tls::client`]'s, as for `dotgate query`.
 //!
 //! Without `@IP`, NAME is resolved through the bootstrap resolver when a
 //! connection is opened, and the address is kept for the answer's TTL

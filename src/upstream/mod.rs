@@ -36,9 +36,9 @@ pub use connect::{resolve_via, ConnectError};
 pub use policy::Policy;
 
 use crate::config::{PoolSettings, UpstreamSpec};
-use crate::dns::{self, QueryInfo};
-use crate::stats::{Stats, UpstreamCounters};
-use crate::tls_client::{self, Trust, TrustError};
+use crate::metrics::stats::{Stats, UpstreamCounters};
+use crate::proto::dns::{self, QueryInfo};
+use crate::tls::client::{self, Trust, TrustError};
 use health::Health;
 use stream::{Connector, StreamPool};
 
@@ -65,7 +65,7 @@ pub enum UpstreamError {
     #[error("the upstream closed the TCP connection without answering")]
     Closed,
     #[error("the upstream sent a malformed TCP frame: {0}")]
-    Framing(#[from] crate::framing::FrameError),
+    Framing(#[from] crate::proto::framing::FrameError),
     #[error("too many queries in flight toward the upstream")]
     Busy,
     #[error("{0}")]
@@ -230,7 +230,7 @@ impl Pool {
                                 Some(path) => Trust::Ca(path.clone()),
                                 None => Trust::System,
                             };
-                            let config = tls_client::client_config(&trust)?;
+                            let config = client::client_config(&trust)?;
                             tls_config = Some(config.clone());
                             config
                         }

@@ -47,9 +47,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::connect::ConnectError;
 use super::{classify, dot::DotTarget, Reply, UpstreamError};
-use crate::dns::{self, QueryInfo};
-use crate::framing::FrameReader;
-use crate::stats::Stats;
+use crate::metrics::stats::Stats;
+use crate::proto::dns::{self, QueryInfo};
+use crate::proto::framing::FrameReader;
 
 /// Connections per upstream at most. A second opens only when the first has
 /// [`PIPELINE_DEPTH`] queries in flight.

@@ -15,7 +15,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::CertSource;
-use crate::tickets::TicketKeyError;
+use crate::tls::tickets::TicketKeyError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

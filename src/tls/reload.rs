@@ -31,9 +31,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::certcheck::{self, LeafInfo};
-use crate::identity::{self, CurrentCert, Identity};
-use crate::stats::Stats;
+use crate::metrics::stats::Stats;
+use crate::tls::chain::{self, LeafInfo};
+use crate::tls::identity::{self, CurrentCert, Identity};
 
 /// How often the certificate and key files are looked at. Two `stat` calls a
 /// second cost nothing, and a renewal is served within two seconds.
@@ -141,7 +141,7 @@ pub fn announce(
     tls_name: Option<&str>,
     event: &str,
 ) -> Option<LeafInfo> {
-    let report = certcheck::check_chain(
+    let report = chain::check_chain(
         &identity.certified.cert,
         identity.self_signed,
         tls_name,

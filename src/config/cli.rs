@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::duration::Duration;
+use crate::config::duration::Duration;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -205,7 +205,7 @@ pub struct ServeArgs {
         value_delimiter = ',',
         value_name = "CIDR"
     )]
-    pub proxy_protocol_from: Vec<crate::proxy::Cidr>,
+    pub proxy_protocol_from: Vec<crate::config::proxy::Cidr>,
 }
 
 /// How the upstream pool picks an upstream for a query.

@@ -18,9 +18,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::dns;
-use crate::framing::FrameReader;
-pub use crate::tls_client::{
+use crate::proto::dns;
+use crate::proto::framing::FrameReader;
+pub use crate::tls::client::{
     client_config, roots_from_file, system_roots, tls_config, Trust, TrustError,
 };
 
@@ -245,7 +245,7 @@ pub async fn pipeline(
                 answers[index].reply = Some((msg, started.elapsed()));
             }
         }
-        Ok::<(), crate::framing::FrameError>(())
+        Ok::<(), crate::proto::framing::FrameError>(())
     };
     match tokio::time::timeout(timeout, read_all).await {
         Ok(Ok(())) | Err(_) => {}

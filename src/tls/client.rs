@@ -11,7 +11,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::framing::ALPN_DOT;
+use crate::proto::framing::ALPN_DOT;
 
 /// Why no client configuration could be built.
 #[derive(Debug, thiserror::Error)]

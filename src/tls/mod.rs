@@ -1,5 +1,5 @@
 //! TLS set-up: the rustls server configurations around the identity of
-//! [`crate::identity`], and the start of the reloader.
+//! [`crate::tls::identity`], and the start of the reloader.
 //!
 //! Two server configurations are built from one certificate: one that offers
 //! ALPN `dot` and one that offers no ALPN. rustls refuses a client whose ALPN
@@ -13,6 +13,12 @@
 //! ChaCha20-Poly1305. No 0-RTT: `max_early_data_size` stays 0, as DNS
 //! queries replayed by an attacker are not worth the saved round trip.
 
+pub mod chain;
+pub mod client;
+pub mod identity;
+pub mod reload;
+pub mod tickets;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -21,11 +27,13 @@ use rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CertSource, Config, TlsSettings, TlsVersion};
-use crate::framing::ALPN_DOT;
-use crate::identity::{load_pem_files, provider, self_signed, CurrentCert, Identity, TlsError};
-use crate::reload::{self, Fingerprint, Reloader};
-use crate::stats::Stats;
-use crate::tickets::{self, Ticketer};
+use crate::metrics::stats::Stats;
+use crate::proto::framing::ALPN_DOT;
+use crate::tls::identity::{
+    load_pem_files, provider, self_signed, CurrentCert, Identity, TlsError,
+};
+use reload::{Fingerprint, Reloader};
+use tickets::Ticketer;
 
 /// Sessions remembered for TLS 1.2 clients that resume by session ID rather
 /// than by ticket (tickets need no server memory). A few hundred bytes each.
