@@ -57,7 +57,7 @@ fn main() -> ExitCode {
 }
 
 /// Parses the command line; for `serve --config FILE`, merges the file's keys
-/// in under the flags and environment variables (see `config_file.rs`).
+/// in under the flags and environment variables (see `config/file.rs`).
 fn parse_command_line() -> Result<Cli, ExitCode> {
     let mut argv: Vec<OsString> = std::env::args_os().collect();
     // A lenient first pass only finds the file and which flags are already

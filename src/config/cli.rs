@@ -1,7 +1,7 @@
 //! Command-line and environment surface, declared with clap's derive API.
 //!
 //! No logic lives here: values are checked and turned into a
-//! [`crate::config::Config`] by `config.rs`. Every `serve` flag can also come
+//! [`crate::config::Config`] by `config/mod.rs`. Every `serve` flag can also come
 //! from an environment variable `DOTGATE_<FLAG>` (for Docker); repeatable
 //! flags take a comma-separated list there.
 

@@ -16,6 +16,9 @@
 //! To add a counter: add an `AtomicU64` field, count it with
 //! `stats.count(&stats.field)`, and list it in [`Stats::log_summary`] and in
 //! [`StatsCollector::families`] (and the README's metric list).
+//!
+//! Over 700 lines: every counter is declared, logged and exported here, by
+//! hand; typed Prometheus metrics would shrink it, and are left for later.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
