@@ -7,7 +7,7 @@
 //! main.rs (the binary's edge)
 //!   tools/     dotgate query, dotgate check, serve --check-config
 //!   server/    accept -> handshake -> connection -> respond; per_ip, shutdown
-//!   upstream/  pool, policy, health, udp, tcp, stream, dot, connect
+//!   upstream/  pool, policy, health, reply, udp, tcp, stream, dot, connect
 //!   tls/       server configs, identity, reload, tickets, chain, client
 //!   config/    cli (clap), file (TOML), duration, proxy -> one Config
 //!   metrics/   stats (counters) and the /metrics, /healthz, /readyz server

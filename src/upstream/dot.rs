@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use super::connect::{self, ConnectError};
-use super::UpstreamError;
+use super::reply::UpstreamError;
 
 /// Shortest time a bootstrap answer is kept: a TTL of 0 must not turn every
 /// reconnect into a lookup storm.

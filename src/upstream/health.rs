@@ -21,7 +21,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::UpstreamError;
+use super::reply::UpstreamError;
 use crate::proto::dns::QueryInfo;
 
 /// Consecutive failed queries that mark an upstream down, each of which saw

@@ -46,7 +46,8 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::connect::ConnectError;
-use super::{classify, dot::DotTarget, Reply, UpstreamError};
+use super::dot::DotTarget;
+use super::reply::{classify, Reply, UpstreamError};
 use crate::metrics::stats::Stats;
 use crate::proto::dns::{self, QueryInfo};
 use crate::proto::framing::FrameReader;

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::{classify, Reply, UpstreamError};
+use super::reply::{classify, Reply, UpstreamError};
 use crate::metrics::stats::Stats;
 use crate::proto::dns::{self, QueryInfo};
 use crate::proto::framing::FrameReader;

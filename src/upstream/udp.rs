@@ -26,7 +26,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::{classify, Reply, UpstreamError};
+use super::reply::{classify, Reply, UpstreamError};
 use crate::metrics::stats::Stats;
 use crate::proto::dns::{self, QueryInfo};
 
