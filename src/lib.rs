@@ -10,7 +10,7 @@
 //!   upstream/  pool, policy, health, reply, udp, tcp, stream, dot, connect
 //!   tls/       server configs, identity, reload, tickets, chain, client
 //!   config/    cli (clap), file (TOML), duration, proxy -> one Config
-//!   metrics/   stats (counters) and the /metrics, /healthz, /readyz server
+//!   metrics/   stats (counters), exposition, the /metrics, /healthz, /readyz server
 //!   proto/     dns, edns, framing, proxy_header: pure wire code
 //! ```
 //!
@@ -39,7 +39,8 @@
 //!   session-ticket keys, [`tls::reload`] for certificate hot reload,
 //!   [`tls::chain`] for the chain checks and [`tls::client`] for the client
 //!   side (trust anchors, ALPN `dot`);
-//! * [`metrics`] counts ([`metrics::stats`]) and serves the counts
+//! * [`metrics`] counts ([`metrics::stats`]), shows the counts to
+//!   Prometheus ([`metrics::exposition`]) and serves them
 //!   ([`metrics::http`]);
 //! * [`tools`] holds the subcommands besides `serve`: [`tools::query`], the
 //!   pipelining DoT client behind `dotgate query`, [`tools::check`] and

@@ -15,8 +15,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::proxy::ProxySettings;
 use crate::config::Config;
+use crate::metrics::exposition::StatsCollector;
 use crate::metrics::http;
-use crate::metrics::stats::{HandshakeFailure, Stats, StatsCollector, TlsVersionLabel};
+use crate::metrics::stats::{HandshakeFailure, Stats, TlsVersionLabel};
 use crate::proto::framing::{MessageBudget, ReadLimits};
 use crate::proto::proxy_header;
 use crate::server::connection::{self, Shared};
