@@ -1,43 +1,55 @@
 //! dotgate: DNS over TLS (RFC 7858) in front of a plain DNS resolver.
 //!
-//! The path of one query, one module per step:
+//! The house, one folder per layer; data flows one way, and a layer imports
+//! only the layers listed below it:
 //!
 //! ```text
-//! server (accept, caps) -> listener (plaintext refusal, TLS handshake)
-//!   -> connection (framing, in-flight limit, idle) -> upstream (UDP, TCP on TC)
-//!   -> connection's single writer -> client
+//! main.rs (the binary's edge)
+//!   tools/     dotgate query, dotgate check, serve --check-config
+//!   server/    accept -> handshake -> connection -> respond; per_ip, shutdown
+//!   upstream/  pool, policy, health, reply, udp, tcp, stream, dot, connect
+//!   tls/       server configs, identity, reload, tickets, chain, client
+//!   config/    cli (clap), file (TOML), duration, proxy -> one Config
+//!   metrics/   stats (counters), exposition, the /metrics, /healthz, /readyz server
+//!   proto/     dns, edns, framing, proxy_header: pure wire code
+//! ```
+//!
+//! `tools` never imports `server`; clap types stop at `config`; `proto` and
+//! `metrics` import nothing else of dotgate.
+//!
+//! The path of one query:
+//!
+//! ```text
+//! server::accept (caps, per-address, PROXY trust)
+//!   -> server::handshake (plaintext refusal, TLS handshake)
+//!   -> server::connection (framing, in-flight limit, idle)
+//!   -> server::respond -> upstream (UDP, TCP on TC, pooled TCP/TLS)
+//!   -> the connection's single writer -> client
 //! ```
 //!
 //! * [`config`] validates the command line once into a [`config::Config`];
 //! * [`server::run`] serves already-bound listeners until a shutdown token
 //!   fires, which is how both `main` and the tests start it;
-//! * [`dns`], [`edns`] and [`framing`] are pure wire-format code;
-//! * [`tls`] builds the rustls configurations, with [`tickets`] for
-//!   session-ticket keys, [`reload`] for certificate hot reload and
-//!   [`certcheck`] for the chain checks;
-//! * [`per_ip`] admits connections per client address;
-//! * [`client`] is the pipelining DoT client behind `dotgate query`.
+//! * [`proto`] is pure wire-format code: [`proto::dns`], [`proto::edns`],
+//!   [`proto::framing`] and [`proto::proxy_header`];
+//! * [`upstream`] answers "what did an upstream say to this query?", with
+//!   its own connector and error type;
+//! * [`tls`] builds the rustls server configurations, with
+//!   [`tls::identity`] for the certificate and key, [`tls::tickets`] for
+//!   session-ticket keys, [`tls::reload`] for certificate hot reload,
+//!   [`tls::chain`] for the chain checks and [`tls::client`] for the client
+//!   side (trust anchors, ALPN `dot`);
+//! * [`metrics`] counts ([`metrics::stats`]), shows the counts to
+//!   Prometheus ([`metrics::exposition`]) and serves them
+//!   ([`metrics::http`]);
+//! * [`tools`] holds the subcommands besides `serve`: [`tools::query`], the
+//!   pipelining DoT client behind `dotgate query`, [`tools::check`] and
+//!   [`tools::validate`].
 
-pub mod certcheck;
-pub mod check;
-pub mod cli;
-pub mod client;
 pub mod config;
-pub mod config_file;
-pub mod connection;
-pub mod dns;
-pub mod duration;
-pub mod edns;
-pub mod framing;
-pub mod http;
-pub mod listener;
-pub mod per_ip;
-pub mod proxy;
-pub mod reload;
+pub mod metrics;
+pub mod proto;
 pub mod server;
-pub mod shutdown;
-pub mod stats;
-pub mod tickets;
 pub mod tls;
+pub mod tools;
 pub mod upstream;
-pub mod validate;

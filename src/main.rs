@@ -12,10 +12,10 @@ use clap::{CommandFactory, Parser};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
-use dotgate::cli::{CheckArgs, Cli, Command, QueryArgs, ServeArgs};
-use dotgate::client::{self, ServerSpec, Trust};
+use dotgate::config::cli::{CheckArgs, Cli, Command, QueryArgs, ServeArgs};
 use dotgate::config::{Config, RESOLV_CONF};
 use dotgate::server::Listener;
+use dotgate::tools::query::{self, ServerSpec, Trust};
 
 fn main() -> ExitCode {
     let cli = match parse_command_line() {
@@ -57,7 +57,7 @@ fn main() -> ExitCode {
 }
 
 /// Parses the command line; for `serve --config FILE`, merges the file's keys
-/// in under the flags and environment variables (see `config_file.rs`).
+/// in under the flags and environment variables (see `config/file.rs`).
 fn parse_command_line() -> Result<Cli, ExitCode> {
     let mut argv: Vec<OsString> = std::env::args_os().collect();
     // A lenient first pass only finds the file and which flags are already
@@ -70,7 +70,7 @@ fn parse_command_line() -> Result<Cli, ExitCode> {
             let Some(serve) = serve.find_subcommand("serve") else {
                 return Err(ExitCode::from(2));
             };
-            match dotgate::config_file::file_args(path, serve, serve_matches) {
+            match dotgate::config::file::file_args(path, serve, serve_matches) {
                 Ok(extra) => argv.extend(extra),
                 Err(e) => {
                     eprintln!("dotgate: {e}");
@@ -126,7 +126,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let socket = bind(*addr).with_context(|| format!("cannot listen on {addr}"))?;
         listeners.push(Listener { socket, proxy });
     }
-    let shutdown = dotgate::shutdown::on_signals().context("cannot install signal handlers")?;
+    let shutdown =
+        dotgate::server::shutdown::on_signals().context("cannot install signal handlers")?;
     dotgate::server::run_listeners(config, listeners, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -134,7 +135,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 /// `serve --check-config`: prints every problem and warning; exit 0 when
 /// dotgate would start.
 fn check_config(args: &ServeArgs) -> ExitCode {
-    let found = dotgate::validate::check(args, Path::new(RESOLV_CONF));
+    let found = dotgate::tools::validate::check(args, Path::new(RESOLV_CONF));
     for warning in &found.warnings {
         println!("warning: {warning}");
     }
@@ -174,7 +175,7 @@ async fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
         _ => bail!("the first argument must be the server, written @SERVER[:PORT]"),
     };
     let spec: ServerSpec = server.parse()?;
-    let questions = client::parse_questions(words)?;
+    let questions = query::parse_questions(words)?;
     if questions.is_empty() {
         bail!("no question: give at least one NAME after the server");
     }
@@ -183,7 +184,7 @@ async fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
         (Some(path), false) => Trust::Ca(path.clone()),
         (None, false) => Trust::System,
     };
-    let config = client::client_config(&trust)?;
+    let config = query::client_config(&trust)?;
     let tls_name = args.tls_name.clone().unwrap_or_else(|| spec.host.clone());
     let limit = args.timeout.0;
     let addrs = match &args.bootstrap {
@@ -194,19 +195,19 @@ async fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
                 Ok(dotgate::config::UpstreamSpec::Plain(addr)) => addr,
                 _ => bail!("--bootstrap {bootstrap:?}: write IP or IP:PORT"),
             };
-            let (ips, _ttl) = client::resolve_via(bootstrap, &spec.host, limit).await?;
+            let (ips, _ttl) = dotgate::upstream::resolve_via(bootstrap, &spec.host, limit).await?;
             ips.into_iter()
                 .map(|ip| SocketAddr::new(ip, spec.port))
                 .collect()
         }
-        _ => tokio::time::timeout(limit, client::resolve(&spec))
+        _ => tokio::time::timeout(limit, query::resolve(&spec))
             .await
-            .map_err(|_| client::ClientError::Timeout)??,
+            .map_err(|_| query::ClientError::Timeout)??,
     };
     let mut last_error = None;
     for addr in addrs {
         let connected =
-            tokio::time::timeout(limit, client::connect(addr, &tls_name, config.clone())).await;
+            tokio::time::timeout(limit, query::connect(addr, &tls_name, config.clone())).await;
         let stream = match connected {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
@@ -218,10 +219,10 @@ async fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
                 continue;
             }
         };
-        let answers = client::pipeline(stream, &questions, limit).await?;
+        let answers = query::pipeline(stream, &questions, limit).await?;
         let mut missing = 0;
         for answer in &answers {
-            print!("{}", client::format_answer(answer, addr));
+            print!("{}", query::format_answer(answer, addr));
             println!();
             missing += usize::from(answer.reply.is_none());
         }
@@ -244,14 +245,14 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         Some(path) => Trust::Ca(path.clone()),
         None => Trust::System,
     };
-    let options = dotgate::check::Options::new(
+    let options = dotgate::tools::check::Options::new(
         &args.server,
         args.tls_name.clone(),
         trust,
         args.address,
         args.quick,
     )?;
-    let report = dotgate::check::run(&options).await?;
+    let report = dotgate::tools::check::run(&options).await?;
     if args.json {
         println!("{}", report.to_json());
     } else {

@@ -1,7 +1,7 @@
 //! A DNS-over-TLS upstream (`tls://NAME[@IP][:PORT]`): where to connect and
-//! how to verify it. The TLS client itself (configuration, trust anchors,
-//! handshake with the name checked against the certificate) is
-//! [`crate::client`], the same code as `dotgate query`.
+//! how to verify it. The connection itself (handshake with the name checked
+//! against the certificate, bootstrap lookup) is [`super::connect`]; the
+//! trust anchors are [`crate::tls::client`]'s, as for `dotgate query`.
 //!
 //! Without `@IP`, NAME is resolved through the bootstrap resolver when a
 //! connection is opened, and the address is kept for the answer's TTL
@@ -16,8 +16,8 @@ use rustls::ClientConfig;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use super::UpstreamError;
-use crate::client;
+use super::connect::{self, ConnectError};
+use super::reply::UpstreamError;
 
 /// Shortest time a bootstrap answer is kept: a TTL of 0 must not turn every
 /// reconnect into a lookup storm.
@@ -59,7 +59,7 @@ impl DotTarget {
     pub async fn connect(&self) -> Result<TlsStream<TcpStream>, UpstreamError> {
         let ip = self.address().await?;
         let addr = SocketAddr::new(ip, self.port);
-        Ok(client::connect(addr, &self.name, self.config.clone()).await?)
+        Ok(connect::tls(addr, &self.name, self.config.clone()).await?)
     }
 
     async fn address(&self) -> Result<IpAddr, UpstreamError> {
@@ -73,14 +73,14 @@ impl DotTarget {
             }
         }
         let Some(bootstrap) = self.bootstrap else {
-            return Err(UpstreamError::Connect(client::ClientError::Resolve {
+            return Err(UpstreamError::Connect(ConnectError::Resolve {
                 host: self.name.clone(),
                 reason: "no bootstrap resolver".into(),
             }));
         };
-        let (ips, ttl) = client::resolve_via(bootstrap, &self.name, BOOTSTRAP_TIMEOUT).await?;
+        let (ips, ttl) = connect::resolve_via(bootstrap, &self.name, BOOTSTRAP_TIMEOUT).await?;
         let Some(&ip) = ips.first() else {
-            return Err(UpstreamError::Connect(client::ClientError::Resolve {
+            return Err(UpstreamError::Connect(ConnectError::Resolve {
                 host: self.name.clone(),
                 reason: "no addresses".into(),
             }));

@@ -21,8 +21,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::UpstreamError;
-use crate::dns::QueryInfo;
+use super::reply::UpstreamError;
+use crate::proto::dns::QueryInfo;
 
 /// Consecutive failed queries that mark an upstream down, each of which saw
 /// no answer at all from the upstream while it waited. More than one, so
@@ -41,12 +41,12 @@ pub const PROBE: [u8; 17] = [
     0, 1, // IN
 ];
 
-/// What [`crate::dns::parse_query`] finds in [`PROBE`], written out so that
+/// What [`crate::proto::dns::parse_query`] finds in [`PROBE`], written out so that
 /// no parse can fail at run time.
 pub fn probe_info() -> QueryInfo {
     QueryInfo {
         id: 0,
-        question: crate::dns::HEADER_LEN..PROBE.len(),
+        question: crate::proto::dns::HEADER_LEN..PROBE.len(),
         opt: None,
         edns: Default::default(),
         edns_error: None,
@@ -149,7 +149,7 @@ mod tests {
 
     #[test]
     fn probe_parses_as_described() {
-        let info = crate::dns::parse_query(&PROBE).unwrap();
+        let info = crate::proto::dns::parse_query(&PROBE).unwrap();
         assert_eq!(info, probe_info());
     }
 

@@ -7,8 +7,9 @@
 //!
 //! One module per transport: [`udp`] (shared sockets, random IDs, TCP on TC
 //! through [`tcp`]), [`stream`] (pooled, pipelined TCP or TLS connections),
-//! [`dot`] (where a DoT upstream is and how it is verified); [`health`] keeps
-//! the up/down state and [`policy`] picks an upstream.
+//! [`dot`] (where a DoT upstream is and how it is verified), with
+//! [`connect`] opening the connections; [`reply`] is what one exchange gives,
+//! [`health`] keeps the up/down state and [`policy`] picks an upstream.
 //!
 //! Failover: when another upstream is up, the first try gets only
 //! [`TRY_FRACTION`] of the upstream timeout; if it fails or times out, the
@@ -17,9 +18,11 @@
 //! to all of them by the policy ("panic mode", see [`policy::choose`]): a
 //! health verdict may be wrong, and a query that is sent may be answered.
 
+mod connect;
 mod dot;
 mod health;
 mod policy;
+mod reply;
 mod stream;
 mod tcp;
 mod udp;
@@ -31,58 +34,20 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
+pub use connect::{resolve_via, ConnectError};
 pub use policy::Policy;
+pub use reply::{Reply, UpstreamError};
 
-use crate::client::{self, ClientError, Trust};
 use crate::config::{PoolSettings, UpstreamSpec};
-use crate::dns::{self, QueryInfo};
-use crate::stats::{Stats, UpstreamCounters};
+use crate::metrics::stats::{Stats, UpstreamCounters};
+use crate::proto::dns::{self, QueryInfo};
+use crate::tls::client::{self, Trust, TrustError};
 use health::Health;
 use stream::{Connector, StreamPool};
 
 /// Share of the upstream timeout the first try gets when a failover is
 /// possible: half, so the second upstream has as long as the first.
 pub const TRY_FRACTION: f64 = 0.5;
-
-/// What the upstream said.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Reply {
-    /// A complete reply to the question, in the upstream's form (upstream ID).
-    Message(Vec<u8>),
-    /// An error reply without a question section: only its RCODE is kept.
-    Rcode(u8),
-}
-
-/// Why no reply came back. Each becomes SERVFAIL for the client.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("the upstream did not answer in time")]
-    Timeout,
-    #[error("upstream I/O: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("the upstream closed the TCP connection without answering")]
-    Closed,
-    #[error("the upstream sent a malformed TCP frame: {0}")]
-    Framing(#[from] crate::framing::FrameError),
-    #[error("too many queries in flight toward the upstream")]
-    Busy,
-    #[error("{0}")]
-    Connect(#[from] ClientError),
-}
-
-impl UpstreamError {
-    /// Failures that say the upstream cannot serve now (refused connection,
-    /// failed TLS handshake, unresolvable name), rather than one slow answer.
-    fn is_definitive(&self) -> bool {
-        matches!(self, UpstreamError::Connect(_))
-    }
-
-    /// Failures that say nothing about the upstream: dotgate's own limit of
-    /// queries in flight toward it.
-    fn is_local(&self) -> bool {
-        matches!(self, UpstreamError::Busy)
-    }
-}
 
 /// Why the pool cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +58,7 @@ pub enum PoolError {
         source: std::io::Error,
     },
     #[error("trust anchors for tls:// upstreams: {0}")]
-    Trust(#[from] ClientError),
+    Trust(#[from] TrustError),
 }
 
 enum Transport {
@@ -426,14 +391,5 @@ async fn probe_loop(inner: Arc<Inner>, index: usize, interval: Duration, limit: 
             member.health.failure(&member.name, &e, true, sent);
         }
         member.publish_health();
-    }
-}
-
-/// Classifies a message from the upstream for a sent question.
-fn classify(reply: &[u8], question: &[u8]) -> Option<Reply> {
-    match dns::match_reply(reply, question) {
-        dns::ReplyMatch::Answer => Some(Reply::Message(reply.to_vec())),
-        dns::ReplyMatch::ErrorWithoutQuestion(rcode) => Some(Reply::Rcode(rcode)),
-        dns::ReplyMatch::Mismatch => None,
     }
 }

@@ -10,7 +10,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-pub use crate::cli::UpstreamPolicy as Policy;
+pub use crate::config::UpstreamPolicy as Policy;
 
 /// What the policy sees of one upstream.
 pub trait Candidate {

@@ -45,10 +45,12 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::{classify, dot::DotTarget, Reply, UpstreamError};
-use crate::dns::{self, QueryInfo};
-use crate::framing::FrameReader;
-use crate::stats::Stats;
+use super::connect::ConnectError;
+use super::dot::DotTarget;
+use super::reply::{classify, Reply, UpstreamError};
+use crate::metrics::stats::Stats;
+use crate::proto::dns::{self, QueryInfo};
+use crate::proto::framing::FrameReader;
 
 /// Connections per upstream at most. A second opens only when the first has
 /// [`PIPELINE_DEPTH`] queries in flight.
@@ -387,7 +389,7 @@ impl StreamPool {
                 let stream = tokio::net::TcpStream::connect(*addr)
                     .await
                     .map_err(|source| {
-                        UpstreamError::Connect(crate::client::ClientError::Connect {
+                        UpstreamError::Connect(ConnectError::Connect {
                             addr: *addr,
                             source,
                         })

@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::{classify, Reply, UpstreamError};
-use crate::dns::{self, QueryInfo};
-use crate::framing::FrameReader;
-use crate::stats::Stats;
+use super::reply::{classify, Reply, UpstreamError};
+use crate::metrics::stats::Stats;
+use crate::proto::dns::{self, QueryInfo};
+use crate::proto::framing::FrameReader;
 
 pub async fn exchange(
     upstream: SocketAddr,

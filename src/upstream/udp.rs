@@ -26,9 +26,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::{classify, Reply, UpstreamError};
-use crate::dns::{self, QueryInfo};
-use crate::stats::Stats;
+use super::reply::{classify, Reply, UpstreamError};
+use crate::metrics::stats::Stats;
+use crate::proto::dns::{self, QueryInfo};
 
 /// Number of sockets per upstream: more source ports make spoofing harder and
 /// spread the receive work over tasks.

@@ -61,12 +61,12 @@ print('ok', len(kinds), 'manifests,', len(dash['panels']), 'panels')
 fn example_config_uses_only_real_flags() {
     let path = deploy_dir().join("dotgate.toml");
     let text = std::fs::read_to_string(&path).unwrap();
-    let cli = dotgate::cli::Cli::command();
+    let cli = dotgate::config::cli::Cli::command();
     let serve = cli.find_subcommand("serve").unwrap();
-    let args = dotgate::config_file::args_from_toml(&text, "dotgate.toml", serve, |_| false)
+    let args = dotgate::config::file::args_from_toml(&text, "dotgate.toml", serve, |_| false)
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(args.len() >= 10, "{args:?}");
     let mut argv = vec!["dotgate".into(), "serve".into()];
     argv.extend(args);
-    dotgate::cli::Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{e}"));
+    dotgate::config::cli::Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{e}"));
 }

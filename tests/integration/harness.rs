@@ -20,7 +20,7 @@ use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
 use clap::Parser;
-use dotgate::cli::{Cli, Command as CliCommand};
+use dotgate::config::cli::{Cli, Command as CliCommand};
 use dotgate::config::Config;
 
 use crate::upstream::{expected_a, expected_aaaa, expected_txt, lower_fqdn};

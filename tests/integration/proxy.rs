@@ -45,7 +45,7 @@ fn v2(client: &str) -> Vec<u8> {
     let std::net::IpAddr::V4(dst_ip) = dst.ip() else {
         unreachable!()
     };
-    let mut out = dotgate::proxy::V2_SIGNATURE.to_vec();
+    let mut out = dotgate::proto::proxy_header::V2_SIGNATURE.to_vec();
     out.extend_from_slice(&[0x21, 0x11, 0, 12]);
     out.extend_from_slice(&src.octets());
     out.extend_from_slice(&dst_ip.octets());
@@ -134,7 +134,7 @@ async fn proxy_headers_set_the_address_of_the_per_ip_cap() {
 async fn v2_local_uses_the_socket_address() {
     let up = Upstream::start().await;
     let server = Server::start(up.addr, &["--proxy-protocol"]).await;
-    let mut local = dotgate::proxy::V2_SIGNATURE.to_vec();
+    let mut local = dotgate::proto::proxy_header::V2_SIGNATURE.to_vec();
     local.extend_from_slice(&[0x20, 0x00, 0, 0]);
     let (ok, _) = served(&server, &local, 1).await;
     assert!(ok, "a LOCAL header must be served");

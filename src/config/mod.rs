@@ -4,11 +4,54 @@
 //! Everything an operator can get wrong is checked here, with an error that
 //! names the flag and says what to pass; the components then trust the values.
 
+pub mod cli;
+pub mod duration;
+pub mod file;
+pub mod proxy;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::{ServeArgs, TlsVersion, UpstreamPolicy};
+use cli::ServeArgs;
+
+/// How the upstream pool picks an upstream for a query (`--upstream-policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamPolicy {
+    /// The first healthy upstream in the order given: the others are standbys.
+    FirstAvailable,
+    /// Each healthy upstream in turn.
+    RoundRobin,
+    /// The healthy upstream with the fewest queries in flight (ties: the first
+    /// in order), which steers load away from a slow upstream.
+    LeastOutstanding,
+}
+
+impl From<cli::UpstreamPolicy> for UpstreamPolicy {
+    fn from(policy: cli::UpstreamPolicy) -> Self {
+        match policy {
+            cli::UpstreamPolicy::FirstAvailable => UpstreamPolicy::FirstAvailable,
+            cli::UpstreamPolicy::RoundRobin => UpstreamPolicy::RoundRobin,
+            cli::UpstreamPolicy::LeastOutstanding => UpstreamPolicy::LeastOutstanding,
+        }
+    }
+}
+
+/// The lowest TLS version served (`--tls-min-version`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+impl From<cli::TlsVersion> for TlsVersion {
+    fn from(version: cli::TlsVersion) -> Self {
+        match version {
+            cli::TlsVersion::Tls12 => TlsVersion::Tls12,
+            cli::TlsVersion::Tls13 => TlsVersion::Tls13,
+        }
+    }
+}
 
 /// Where the server's certificate comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +99,7 @@ pub struct Limits {
     /// Age after which a connection is retired (R15), if limited.
     pub max_connection_age: Option<Duration>,
     /// Bytes of message buffers past each connection's base read buffer,
-    /// shared by all connections (see [`crate::framing::MessageBudget`]).
+    /// shared by all connections (see [`crate::proto::framing::MessageBudget`]).
     pub message_memory: usize,
 }
 
@@ -90,7 +133,7 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// `--proxy-protocol` and `--proxy-protocol-from`: `enabled` applies to
     /// the `listen` addresses.
-    pub proxy: crate::proxy::ProxySettings,
+    pub proxy: crate::config::proxy::ProxySettings,
     /// Extra addresses where every connection carries a PROXY header,
     /// whatever `proxy.enabled` says (`--proxy-protocol-listen`).
     pub proxy_listen: Vec<SocketAddr>,
@@ -209,7 +252,7 @@ impl Config {
                 .collect::<Result<_, _>>()?
         };
         let pool = PoolSettings {
-            policy: args.upstream_policy,
+            policy: args.upstream_policy.into(),
             health_interval: nonzero_duration(
                 args.health_check_interval,
                 "--health-check-interval",
@@ -217,7 +260,7 @@ impl Config {
             ca: args.upstream_ca.clone(),
             bootstrap: bootstrap(args.bootstrap.as_deref(), &upstreams, resolv_conf)?,
         };
-        let nonzero = |d: crate::duration::Duration, flag| {
+        let nonzero = |d: crate::config::duration::Duration, flag| {
             if d.0.is_zero() {
                 Err(ConfigError::ZeroDuration { flag })
             } else {
@@ -268,7 +311,7 @@ impl Config {
             listen: args.listen.clone(),
             cert,
             tls: TlsSettings {
-                min_version: args.tls_min_version,
+                min_version: args.tls_min_version.into(),
                 name: args.tls_name.clone(),
                 ticket_key_file: args.ticket_key_file.clone(),
             },
@@ -287,7 +330,7 @@ impl Config {
                 message_memory: args.message_memory_mib.saturating_mul(1 << 20),
             },
             metrics_listen: args.metrics_listen,
-            proxy: crate::proxy::ProxySettings {
+            proxy: crate::config::proxy::ProxySettings {
                 enabled: args.proxy_protocol,
                 trusted: args.proxy_protocol_from.clone(),
             },
@@ -384,7 +427,7 @@ fn bootstrap(
 }
 
 fn nonzero_duration(
-    d: crate::duration::Duration,
+    d: crate::config::duration::Duration,
     flag: &'static str,
 ) -> Result<Duration, ConfigError> {
     if d.0.is_zero() {
@@ -422,7 +465,7 @@ pub fn upstreams_from_resolv_conf(path: &Path) -> Result<Vec<SocketAddr>, Config
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::{Cli, Command};
+    use crate::config::cli::{Cli, Command};
     use clap::Parser;
 
     fn args(extra: &[&str]) -> ServeArgs {

@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::stats::Stats;
+use crate::metrics::stats::Stats;
 
 /// Scrapers and probes are few; more connections than this at once are
 /// closed at accept.

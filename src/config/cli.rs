@@ -1,7 +1,7 @@
 //! Command-line and environment surface, declared with clap's derive API.
 //!
 //! No logic lives here: values are checked and turned into a
-//! [`crate::config::Config`] by `config.rs`. Every `serve` flag can also come
+//! [`crate::config::Config`] by `config/mod.rs`. Every `serve` flag can also come
 //! from an environment variable `DOTGATE_<FLAG>` (for Docker); repeatable
 //! flags take a comma-separated list there.
 
@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::duration::Duration;
+use crate::config::duration::Duration;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -205,7 +205,7 @@ pub struct ServeArgs {
         value_delimiter = ',',
         value_name = "CIDR"
     )]
-    pub proxy_protocol_from: Vec<crate::proxy::Cidr>,
+    pub proxy_protocol_from: Vec<crate::config::proxy::Cidr>,
 }
 
 /// How the upstream pool picks an upstream for a query.

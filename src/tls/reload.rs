@@ -31,9 +31,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::certcheck::{self, LeafInfo};
-use crate::stats::Stats;
-use crate::tls::{self, CurrentCert, Identity};
+use crate::metrics::stats::Stats;
+use crate::tls::chain::{self, LeafInfo};
+use crate::tls::identity::{self, CurrentCert, Identity};
 
 /// How often the certificate and key files are looked at. Two `stat` calls a
 /// second cost nothing, and a renewal is served within two seconds.
@@ -141,7 +141,7 @@ pub fn announce(
     tls_name: Option<&str>,
     event: &str,
 ) -> Option<LeafInfo> {
-    let report = certcheck::check_chain(
+    let report = chain::check_chain(
         &identity.certified.cert,
         identity.self_signed,
         tls_name,
@@ -230,7 +230,8 @@ impl Reloader {
         let (cert_owned, key_owned) = (cert.to_path_buf(), key.to_path_buf());
         // File reads off the async threads: the files may sit on slow storage.
         let loaded =
-            tokio::task::spawn_blocking(move || tls::load_pem_files(&cert_owned, &key_owned)).await;
+            tokio::task::spawn_blocking(move || identity::load_pem_files(&cert_owned, &key_owned))
+                .await;
         let identity = match loaded {
             Ok(Ok(identity)) => identity,
             Ok(Err(e)) => {

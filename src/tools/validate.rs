@@ -4,15 +4,15 @@
 //! Problems (exit 1): flags that do not parse into a [`Config`], a
 //! certificate or key that cannot be read or do not match, a ticket key file
 //! that is unusable. Warnings (exit 0): the chain checks of
-//! [`crate::certcheck`] (leaf-only, name not covered, expiry).
+//! [`crate::tls::chain`] (leaf-only, name not covered, expiry).
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::certcheck;
-use crate::cli::ServeArgs;
+use crate::config::cli::ServeArgs;
 use crate::config::{CertSource, Config};
-use crate::tls;
+use crate::tls::chain;
+use crate::tls::identity;
 
 /// What the check found.
 #[derive(Debug, Default)]
@@ -40,7 +40,7 @@ pub fn check(args: &ServeArgs, resolv_conf: &Path) -> Findings {
         }
     }
     if let Some(path) = &args.ticket_key_file {
-        if let Err(e) = crate::tickets::read_secret(path) {
+        if let Err(e) = crate::tls::tickets::read_secret(path) {
             found.problems.push(e.to_string());
         }
     }
@@ -53,12 +53,12 @@ pub fn check(args: &ServeArgs, resolv_conf: &Path) -> Findings {
         _ => None,
     };
     if let Some(source) = source {
-        match tls::load_identity(&source) {
+        match identity::load_identity(&source) {
             Ok(identity) => {
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs() as i64);
-                let report = certcheck::check_chain(
+                let report = chain::check_chain(
                     &identity.certified.cert,
                     identity.self_signed,
                     args.tls_name.as_deref(),

@@ -30,11 +30,10 @@ use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Timeouts;
-use crate::dns::{self, Rcode};
-use crate::edns::LegOptions;
-use crate::framing::{FrameError, FrameReader, ReadLimits};
-use crate::stats::{Stats, Synthesized};
-use crate::upstream::{Pool, Reply, UpstreamError};
+use crate::metrics::stats::{CloseReason, Stats};
+use crate::proto::framing::{FrameError, FrameReader, ReadLimits};
+use crate::server::respond;
+use crate::upstream::Pool;
 
 /// What every connection shares: the upstream, the counters, the settings.
 pub struct Shared {
@@ -48,23 +47,6 @@ pub struct Shared {
     pub max_age: Option<Duration>,
     /// The read timeout and the shared message budget.
     pub read_limits: ReadLimits,
-}
-
-/// Why a connection ended, for logs and counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// Nothing in flight and nothing received for the idle timeout.
-    Idle,
-    /// The client closed (close_notify or FIN) between messages.
-    Client,
-    /// The client broke the framing, or the connection failed.
-    Error,
-    /// The server is shutting down.
-    Shutdown,
-    /// `--max-queries-per-connection` or `--max-connection-age` was reached.
-    Retired,
-    /// A message begun was not complete within `--read-timeout`.
-    ReadTimeout,
 }
 
 /// Largest batch of replies the writer coalesces into one write.
@@ -144,7 +126,14 @@ where
         let received = std::time::Instant::now();
         let in_flight = shared.stats.query_in_flight();
         tokio::spawn(async move {
-            let reply = answer(&shared, msg, &lifetime_view).await;
+            let reply = respond::answer(
+                &shared.upstream,
+                &shared.stats,
+                shared.timeouts.idle,
+                msg,
+                || lifetime_view.is_retiring(),
+            )
+            .await;
             drop(in_flight);
             // The writer is gone only when the client is: drop the reply.
             let _ = tx.send((reply, received)).await;
@@ -169,69 +158,6 @@ where
     };
     tracing::debug!(%peer, ?reason, "connection closed");
     reason
-}
-
-/// Produces the reply to one query: the upstream's answer, FORMERR for a
-/// query dotgate cannot read past the header, FORMERR or BADVERS for an OPT
-/// record it refuses, SERVFAIL when the upstream fails. Never fails itself.
-async fn answer(shared: &Shared, msg: Vec<u8>, lifetime: &Lifetime) -> Vec<u8> {
-    let stats = &shared.stats;
-    stats.count(&stats.queries);
-    let info = match dns::parse_query(&msg) {
-        Ok(info) => info,
-        Err(e) => {
-            tracing::debug!(error = %e, "FORMERR");
-            stats.count_synthesized(Synthesized::FormErrUnparsable);
-            stats.count_reply(Rcode::FormErr as u16);
-            return dns::error_reply(&msg, None, Rcode::FormErr as u16, LegOptions::NONE);
-        }
-    };
-    if let Some(refused) = info.edns_error {
-        // Answered here, not forwarded: the version or the hop-by-hop
-        // options are dotgate's to judge (RFC 6891 §6.1.3, RFC 7828).
-        tracing::debug!(qid = info.id, error = %refused, "EDNS refused");
-        stats.count_synthesized(if refused.rcode() == Rcode::FormErr as u16 {
-            Synthesized::FormErrEdns
-        } else {
-            Synthesized::BadVersEdns
-        });
-        stats.count_reply(refused.rcode());
-        return dns::error_reply(&msg, Some(&info), refused.rcode(), LegOptions::NONE);
-    }
-    let asked = std::time::Instant::now();
-    let outcome = shared.upstream.exchange(&msg, &info).await;
-    if outcome.is_ok() {
-        stats.upstream_rtt.observe(asked.elapsed());
-        stats.note_upstream_answer();
-    }
-    // Decided now, not when the query was read: a connection that began
-    // retiring in the meantime advertises a keepalive of 0 (R14, R15).
-    let leg = LegOptions::for_request(info.edns, shared.timeouts.idle, lifetime.is_retiring());
-    let failure = match outcome {
-        Ok(Reply::Message(reply)) => match dns::client_reply(reply, &info, leg) {
-            Ok(reply) => {
-                // The header's 4 bits: the upstream's reply passes its
-                // extended RCODE (if any) through unchanged.
-                stats.count_reply(u16::from(reply.get(3).map_or(0, |b| b & 0x0f)));
-                return reply;
-            }
-            Err(e) => (Synthesized::ServFailBadReply, e.to_string()),
-        },
-        Ok(Reply::Rcode(rcode)) => {
-            stats.count_reply(u16::from(rcode));
-            return dns::error_reply(&msg, Some(&info), u16::from(rcode), leg);
-        }
-        Err(UpstreamError::Timeout) => (
-            Synthesized::ServFailTimeout,
-            UpstreamError::Timeout.to_string(),
-        ),
-        Err(e) => (Synthesized::ServFailUpstream, e.to_string()),
-    };
-    let (cause, failure) = failure;
-    tracing::debug!(qid = info.id, error = %failure, "SERVFAIL");
-    stats.count_synthesized(cause);
-    stats.count_reply(Rcode::ServFail as u16);
-    dns::error_reply(&msg, Some(&info), Rcode::ServFail as u16, leg)
 }
 
 /// Writes replies as they come, coalescing those that are ready together

@@ -14,6 +14,9 @@
 //! tested with generated certificates. None of the findings stops dotgate: a
 //! key that does not match the leaf is the one fatal problem, and
 //! `CertifiedKey::from_der` reports it before these checks run.
+//!
+//! Over 700 lines: about 400 of them are unit tests over generated chains.
+//! Splitting the checks from the DER field reading is left for later.
 
 use std::fmt;
 use std::net::IpAddr;

@@ -131,7 +131,7 @@ fn scalar(value: &toml::Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::Cli;
+    use crate::config::cli::Cli;
     use clap::CommandFactory;
 
     fn serve_command() -> Command {

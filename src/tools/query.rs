@@ -5,26 +5,24 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, Query};
 use hickory_proto::rr::{Name, RecordType};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncWriteExt, ReadHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::dns;
-use crate::framing::FrameReader;
-use crate::tls::ALPN_DOT;
+use crate::proto::dns;
+use crate::proto::framing::FrameReader;
+pub use crate::tls::client::{
+    client_config, roots_from_file, system_roots, tls_config, Trust, TrustError,
+};
 
 /// Port of DNS over TLS (RFC 7858 §3.1).
 pub const DOT_PORT: u16 = 853;
@@ -39,15 +37,8 @@ pub enum ClientError {
     BadTlsName(String),
     #[error("{0:?} is not a domain name")]
     BadName(String),
-    #[error("cannot read CA file {path}: {source}")]
-    Ca {
-        path: PathBuf,
-        source: rustls_pki_types::pem::Error,
-    },
-    #[error("CA file {0} holds no usable certificate")]
-    NoCa(PathBuf),
-    #[error("no system root certificates found; pass --ca FILE")]
-    NoSystemRoots,
+    #[error(transparent)]
+    Trust(#[from] TrustError),
     #[error("cannot connect to {addr}: {source}")]
     Connect {
         addr: SocketAddr,
@@ -66,17 +57,6 @@ pub enum ClientError {
     Encode(String),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
-}
-
-/// How the server's certificate is checked.
-#[derive(Debug, Clone)]
-pub enum Trust {
-    /// The operating system's root store.
-    System,
-    /// Trust anchors from a PEM file.
-    Ca(PathBuf),
-    /// No verification at all (testing only).
-    Insecure,
 }
 
 /// A server as written on the command line: `@HOST[:PORT]`.
@@ -122,114 +102,6 @@ impl FromStr for ServerSpec {
     }
 }
 
-/// Builds a client TLS configuration for the given trust, offering ALPN `dot`.
-pub fn client_config(trust: &Trust) -> Result<Arc<ClientConfig>, ClientError> {
-    let versions = [&rustls::version::TLS13, &rustls::version::TLS12];
-    Ok(Arc::new(tls_config(trust, &versions)?))
-}
-
-/// As [`client_config`], offering only `versions`, for a caller that goes on
-/// to change ALPN, SNI or resumption (`dotgate check`).
-pub fn tls_config(
-    trust: &Trust,
-    versions: &[&'static rustls::SupportedProtocolVersion],
-) -> Result<ClientConfig, ClientError> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder =
-        ClientConfig::builder_with_provider(provider.clone()).with_protocol_versions(versions)?;
-    let mut config = match trust {
-        Trust::Insecure => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
-            .with_no_client_auth(),
-        Trust::Ca(path) => builder
-            .with_root_certificates(roots_from_file(path)?)
-            .with_no_client_auth(),
-        Trust::System => builder
-            .with_root_certificates(system_roots()?)
-            .with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![ALPN_DOT.to_vec()];
-    Ok(config)
-}
-
-/// The trust anchors of a PEM file.
-pub fn roots_from_file(path: &Path) -> Result<RootCertStore, ClientError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-        .map_err(|source| ClientError::Ca {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    let mut roots = RootCertStore::empty();
-    let (added, _) = roots.add_parsable_certificates(certs);
-    if added == 0 {
-        return Err(ClientError::NoCa(path.to_path_buf()));
-    }
-    Ok(roots)
-}
-
-/// The operating system's root certificates.
-pub fn system_roots() -> Result<RootCertStore, ClientError> {
-    let found = rustls_native_certs::load_native_certs();
-    let mut roots = RootCertStore::empty();
-    roots.add_parsable_certificates(found.certs);
-    if roots.is_empty() {
-        return Err(ClientError::NoSystemRoots);
-    }
-    Ok(roots)
-}
-
-/// Accepts any certificate, but still checks the handshake signatures so the
-/// connection is at least consistent. For `--insecure` only.
-#[derive(Debug)]
-struct AcceptAnyCert(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnyCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// Resolves the server spec to socket addresses (an IP literal needs no lookup).
 pub async fn resolve(spec: &ServerSpec) -> Result<Vec<SocketAddr>, ClientError> {
     if let Ok(ip) = spec.host.parse::<IpAddr>() {
@@ -249,78 +121,6 @@ pub async fn resolve(spec: &ServerSpec) -> Result<Vec<SocketAddr>, ClientError> 
         });
     }
     Ok(addrs)
-}
-
-/// Resolves `host` (A, then AAAA when there is no A) through a plain DNS
-/// resolver over UDP, without the system resolver: for `tls://NAME`
-/// upstreams and `dotgate query --bootstrap`. Returns the addresses and the
-/// smallest TTL among them, for how long they may be kept.
-pub async fn resolve_via(
-    bootstrap: SocketAddr,
-    host: &str,
-    timeout: Duration,
-) -> Result<(Vec<IpAddr>, Duration), ClientError> {
-    let fail = |reason: String| ClientError::Resolve {
-        host: host.to_string(),
-        reason,
-    };
-    // Fully qualified, as the name in the reply's question will be.
-    let fqdn = format!("{}.", host.trim_end_matches('.'));
-    let name = Name::from_utf8(&fqdn).map_err(|_| ClientError::BadName(host.to_string()))?;
-    let bind: SocketAddr = if bootstrap.is_ipv4() {
-        SocketAddr::from(([0, 0, 0, 0], 0))
-    } else {
-        SocketAddr::from(([0u16; 8], 0))
-    };
-    let sock = tokio::net::UdpSocket::bind(bind).await?;
-    sock.connect(bootstrap).await?;
-    let deadline = tokio::time::Instant::now() + timeout;
-    for rtype in [RecordType::A, RecordType::AAAA] {
-        let id: u16 = rand::random();
-        let mut msg = Message::query();
-        msg.metadata.id = id;
-        msg.metadata.recursion_desired = true;
-        msg.add_query(Query::query(name.clone(), rtype));
-        let bytes = msg
-            .to_vec()
-            .map_err(|e| ClientError::Encode(e.to_string()))?;
-        sock.send(&bytes).await?;
-        let mut buf = vec![0u8; 65_535];
-        let reply = loop {
-            let n = tokio::time::timeout_at(deadline, sock.recv(&mut buf))
-                .await
-                .map_err(|_| fail(format!("no answer from {bootstrap}")))??;
-            // Another ID or question is not this reply (RFC 5452): keep waiting.
-            let Ok(reply) = Message::from_vec(&buf[..n]) else {
-                continue;
-            };
-            let asked = reply
-                .queries
-                .first()
-                .is_some_and(|q| q.name() == &name && q.query_type() == rtype);
-            if reply.metadata.id == id && asked {
-                break reply;
-            }
-        };
-        let mut ttl = u32::MAX;
-        let ips: Vec<IpAddr> = reply
-            .answers
-            .iter()
-            .filter_map(|r| {
-                let ip = match &r.data {
-                    hickory_proto::rr::RData::A(a) => IpAddr::V4(a.0),
-                    hickory_proto::rr::RData::AAAA(a) => IpAddr::V6(a.0),
-                    _ => return None,
-                };
-                ttl = ttl.min(r.ttl);
-                Some(ip)
-            })
-            .collect();
-        if !ips.is_empty() {
-            return Ok((ips, Duration::from_secs(u64::from(ttl))));
-        }
-    }
-    Err(fail(format!("{bootstrap} has no address for it")))
 }
 
 /// Opens a TLS connection to `addr`, verifying the certificate for `tls_name`.
@@ -445,7 +245,7 @@ pub async fn pipeline(
                 answers[index].reply = Some((msg, started.elapsed()));
             }
         }
-        Ok::<(), crate::framing::FrameError>(())
+        Ok::<(), crate::proto::framing::FrameError>(())
     };
     match tokio::time::timeout(timeout, read_all).await {
         Ok(Ok(())) | Err(_) => {}

@@ -3,7 +3,7 @@
 //! trust store, nothing fetched), the intermediates, expiry, and what R24
 //! asks of the leaf. Pure functions of the chain, the roots, the name and
 //! the time. What the server judges as well (intermediates, expiry,
-//! name) is decided by [`certcheck::judge`], the one judge both use; only
+//! name) is decided by [`chain::judge`], the one judge both use; only
 //! the wording, and path verification by webpki, are this module's.
 
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::{CertificateError, RootCertStore};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::certcheck::{
+use crate::tls::chain::{
     self, date, CertFacts, Eku, Expiry, Intermediates, JudgeError, KeyVerdict, NameVerdict,
     SignatureKind, Verdict,
 };
@@ -124,9 +124,9 @@ fn who(facts: &CertFacts) -> &str {
 /// name, eku, key, signature.
 pub fn chain_checks(input: &ChainInput<'_>) -> Vec<Check> {
     let is_trusted_root = |name: &[u8]| is_trusted_root_name(input.roots, name);
-    let judged = certcheck::judge(
+    let judged = chain::judge(
         input.chain,
-        &certcheck::Judge {
+        &chain::Judge {
             self_signed_on_purpose: false,
             is_trusted_root: &is_trusted_root,
             name: Some(input.name_text),
@@ -492,8 +492,8 @@ fn signature_check(leaf: &CertFacts, others: &[CertFacts]) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::certcheck::DAY;
-    use crate::check::report::Status;
+    use crate::tls::chain::DAY;
+    use crate::tools::check::report::Status;
     use rcgen::{
         BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
         IsCa, KeyPair, KeyUsagePurpose,
@@ -644,8 +644,8 @@ mod tests {
         let checks = run(&chain, root.der(), "dns.test");
         let (s, reason) = status(&checks, "intermediates");
         assert_eq!(*s, Status::Fail);
-        let server = certcheck::check_chain(&chain, false, Some("dns.test"), NOW).findings;
-        let [certcheck::Finding::MissingIntermediate(missing)] = &server[..] else {
+        let server = chain::check_chain(&chain, false, Some("dns.test"), NOW).findings;
+        let [chain::Finding::MissingIntermediate(missing)] = &server[..] else {
             panic!("the server judged otherwise: {server:?}");
         };
         assert!(reason.contains(&missing.to_string()), "{reason}");

@@ -13,21 +13,23 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::proxy::ProxySettings;
 use crate::config::Config;
-use crate::connection::{self, Shared};
-use crate::framing::{MessageBudget, ReadLimits};
-use crate::http;
-use crate::listener::{self, HandshakeError};
-use crate::per_ip::{IpSlot, PerIp, Refusal};
-use crate::proxy::{self, ProxySettings};
-use crate::stats::{HandshakeFailure, Stats, StatsCollector, TlsVersionLabel};
+use crate::metrics::exposition::StatsCollector;
+use crate::metrics::http;
+use crate::metrics::stats::{HandshakeFailure, Stats, TlsVersionLabel};
+use crate::proto::framing::{MessageBudget, ReadLimits};
+use crate::proto::proxy_header;
+use crate::server::connection::{self, Shared};
+use crate::server::handshake::{self, HandshakeError};
+use crate::server::per_ip::{IpSlot, PerIp, Refusal};
 use crate::tls::{self, ServerConfigs};
 use crate::upstream::{Pool, PoolError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
-    Tls(#[from] tls::TlsError),
+    Tls(#[from] crate::tls::identity::TlsError),
     #[error(transparent)]
     Upstream(#[from] PoolError),
     #[error("cannot listen for metrics on {addr} (--metrics-listen): {source}")]
@@ -388,11 +390,11 @@ async fn handle(
     if let Some(per_ip) = proxy_admission {
         let header = tokio::select! {
             _ = shutdown.cancelled() => return,
-            header = tokio::time::timeout_at(deadline, proxy::read_header(&mut tcp)) => header,
+            header = tokio::time::timeout_at(deadline, proxy_header::read_header(&mut tcp)) => header,
         };
         match header {
             Ok(Ok(source)) => client = source.unwrap_or(peer),
-            Ok(Err(proxy::ProxyError::Io(e))) => {
+            Ok(Err(proxy_header::ProxyError::Io(e))) => {
                 stats.count_handshake_failure(HandshakeFailure::ClosedEarly);
                 tracing::debug!(%peer, error = %e, "closed before the PROXY header");
                 return;
@@ -417,7 +419,7 @@ async fn handle(
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
     let handshake = tokio::select! {
         _ = shutdown.cancelled() => return,
-        result = listener::accept_tls(tcp, &configs, remaining) => result,
+        result = handshake::accept_tls(tcp, &configs, remaining) => result,
     };
     let tls = match handshake {
         Ok(tls) => tls,

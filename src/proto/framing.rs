@@ -20,7 +20,10 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::dns::HEADER_LEN;
+use crate::proto::dns::HEADER_LEN;
+
+/// The ALPN protocol ID of DNS over TLS (RFC 7858 registration).
+pub const ALPN_DOT: &[u8] = b"dot";
 
 /// Why a stream stopped yielding frames.
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,7 @@
 //!
 //! Everything here works on the RDATA of a single OPT record as bytes, is
 //! pure, and allocates nothing: finding the OPT inside a message is the job
-//! of [`crate::dns`].
+//! of [`crate::proto::dns`].
 
 use std::ops::Range;
 use std::time::Duration;

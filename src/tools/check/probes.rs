@@ -16,10 +16,10 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 
-use crate::client::{self, ClientError};
-use crate::dns;
-use crate::edns::{KEEPALIVE, PADDING};
-use crate::framing::{FrameError, FrameReader};
+use crate::proto::dns;
+use crate::proto::edns::{KEEPALIVE, PADDING};
+use crate::proto::framing::{FrameError, FrameReader};
+use crate::tools::query::{self, ClientError};
 
 /// How long one step may take at most; the overall deadline may cut it
 /// shorter.
@@ -169,7 +169,7 @@ pub async fn connect(
         .limit(HANDSHAKE_TIMEOUT)
         .ok_or(ConnectError::OutOfTime)?;
     let started = Instant::now();
-    match tokio::time::timeout(limit, client::tls_handshake(tcp, name.clone(), config)).await {
+    match tokio::time::timeout(limit, query::tls_handshake(tcp, name.clone(), config)).await {
         Ok(Ok(stream)) => Ok(Conn {
             reader: FrameReader::new(stream),
             handshake_time: started.elapsed(),

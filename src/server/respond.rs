@@ -1,0 +1,78 @@
+//! The reply policy: what the client gets for one query. The upstream's
+//! answer with the TLS leg's EDNS options, or a reply dotgate makes itself
+//! (FORMERR, BADVERS, SERVFAIL), each counted once in the metrics.
+
+use std::time::Duration;
+
+use crate::metrics::stats::{Stats, Synthesized};
+use crate::proto::dns::{self, Rcode};
+use crate::proto::edns::LegOptions;
+use crate::upstream::{Pool, Reply, UpstreamError};
+
+/// Produces the reply to one query: the upstream's answer, FORMERR for a
+/// query dotgate cannot read past the header, FORMERR or BADVERS for an OPT
+/// record it refuses, SERVFAIL when the upstream fails. Never fails itself.
+pub async fn answer(
+    upstream: &Pool,
+    stats: &Stats,
+    idle: Duration,
+    msg: Vec<u8>,
+    retiring: impl Fn() -> bool,
+) -> Vec<u8> {
+    stats.count(&stats.queries);
+    let info = match dns::parse_query(&msg) {
+        Ok(info) => info,
+        Err(e) => {
+            tracing::debug!(error = %e, "FORMERR");
+            stats.count_synthesized(Synthesized::FormErrUnparsable);
+            stats.count_reply(Rcode::FormErr as u16);
+            return dns::error_reply(&msg, None, Rcode::FormErr as u16, LegOptions::NONE);
+        }
+    };
+    if let Some(refused) = info.edns_error {
+        // Answered here, not forwarded: the version or the hop-by-hop
+        // options are dotgate's to judge (RFC 6891 §6.1.3, RFC 7828).
+        tracing::debug!(qid = info.id, error = %refused, "EDNS refused");
+        stats.count_synthesized(if refused.rcode() == Rcode::FormErr as u16 {
+            Synthesized::FormErrEdns
+        } else {
+            Synthesized::BadVersEdns
+        });
+        stats.count_reply(refused.rcode());
+        return dns::error_reply(&msg, Some(&info), refused.rcode(), LegOptions::NONE);
+    }
+    let asked = std::time::Instant::now();
+    let outcome = upstream.exchange(&msg, &info).await;
+    if outcome.is_ok() {
+        stats.upstream_rtt.observe(asked.elapsed());
+        stats.note_upstream_answer();
+    }
+    // Decided now, not when the query was read: a connection that began
+    // retiring in the meantime advertises a keepalive of 0 (R14, R15).
+    let leg = LegOptions::for_request(info.edns, idle, retiring());
+    let failure = match outcome {
+        Ok(Reply::Message(reply)) => match dns::client_reply(reply, &info, leg) {
+            Ok(reply) => {
+                // The header's 4 bits: the upstream's reply passes its
+                // extended RCODE (if any) through unchanged.
+                stats.count_reply(u16::from(reply.get(3).map_or(0, |b| b & 0x0f)));
+                return reply;
+            }
+            Err(e) => (Synthesized::ServFailBadReply, e.to_string()),
+        },
+        Ok(Reply::Rcode(rcode)) => {
+            stats.count_reply(u16::from(rcode));
+            return dns::error_reply(&msg, Some(&info), u16::from(rcode), leg);
+        }
+        Err(UpstreamError::Timeout) => (
+            Synthesized::ServFailTimeout,
+            UpstreamError::Timeout.to_string(),
+        ),
+        Err(e) => (Synthesized::ServFailUpstream, e.to_string()),
+    };
+    let (cause, failure) = failure;
+    tracing::debug!(qid = info.id, error = %failure, "SERVFAIL");
+    stats.count_synthesized(cause);
+    stats.count_reply(Rcode::ServFail as u16);
+    dns::error_reply(&msg, Some(&info), Rcode::ServFail as u16, leg)
+}
