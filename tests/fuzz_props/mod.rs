@@ -18,10 +18,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use dotgate::dns::{self, QueryError, QueryInfo, ReplyMatch};
-use dotgate::edns::{self, LegOptions};
-use dotgate::framing::{self, FrameError, FrameReader};
-use dotgate::proxy::{self, ProxyError};
+use dotgate::proto::dns::{self, QueryError, QueryInfo, ReplyMatch};
+use dotgate::proto::edns::{self, LegOptions};
+use dotgate::proto::framing::{self, FrameError, FrameReader};
+use dotgate::proto::proxy_header::{self as proxy, ProxyError};
 use tokio::io::{AsyncRead, ReadBuf};
 
 /// A property check over one fuzz input; panics on a violation.
