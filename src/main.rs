@@ -207,7 +207,7 @@ async fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
     let mut last_error = None;
     for addr in addrs {
         let connected =
-            tokio::time::timeout(limit, query::connect(addr, &tls_name, config.clone())).await;
+            tokio::time::timeout(limit, query::dial(addr, &tls_name, config.clone())).await;
         let stream = match connected {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {

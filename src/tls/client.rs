@@ -1,7 +1,8 @@
 //! The TLS client side shared by `dotgate query`, `dotgate check` and the
-//! `tls://` upstreams: which certificates are trusted, and the rustls client
-//! configuration offering ALPN `dot`.
+//! `tls://` upstreams: which certificates are trusted, the rustls client
+//! configuration offering ALPN `dot`, and opening a connection with it.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -11,7 +12,59 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
 use crate::proto::framing::ALPN_DOT;
+
+/// Why a TLS connection to a server could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("{0:?} is not a valid TLS name")]
+    BadTlsName(String),
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS handshake with {addr} failed: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Opens a TLS connection to `addr`, verifying the certificate for `tls_name`.
+pub async fn dial(
+    addr: SocketAddr,
+    tls_name: &str,
+    config: Arc<ClientConfig>,
+) -> Result<TlsStream<TcpStream>, DialError> {
+    let name = ServerName::try_from(tls_name.to_string())
+        .map_err(|_| DialError::BadTlsName(tls_name.to_string()))?;
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|source| DialError::Connect { addr, source })?;
+    handshake(tcp, name, config).await
+}
+
+/// The TLS handshake over an open TCP connection, for `name` (the SNI, when
+/// the configuration sends one, and the name verified).
+pub async fn handshake(
+    tcp: TcpStream,
+    name: ServerName<'static>,
+    config: Arc<ClientConfig>,
+) -> Result<TlsStream<TcpStream>, DialError> {
+    let addr = tcp.peer_addr()?;
+    tcp.set_nodelay(true)?;
+    TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|source| DialError::Handshake { addr, source })
+}
 
 /// Why no client configuration could be built.
 #[derive(Debug, thiserror::Error)]

@@ -6,22 +6,19 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, Query};
 use hickory_proto::rr::{Name, RecordType};
-use rustls::ClientConfig;
-use rustls_pki_types::ServerName;
 use tokio::io::{AsyncWriteExt, ReadHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
 
 use crate::proto::dns;
 use crate::proto::framing::FrameReader;
 pub use crate::tls::client::{
-    client_config, roots_from_file, system_roots, tls_config, Trust, TrustError,
+    client_config, dial, handshake, roots_from_file, system_roots, tls_config, DialError, Trust,
+    TrustError,
 };
 
 /// Port of DNS over TLS (RFC 7858 §3.1).
@@ -33,22 +30,12 @@ pub enum ClientError {
     BadServer(String),
     #[error("cannot resolve server {host}: {reason}")]
     Resolve { host: String, reason: String },
-    #[error("{0:?} is not a valid TLS name")]
-    BadTlsName(String),
     #[error("{0:?} is not a domain name")]
     BadName(String),
     #[error(transparent)]
     Trust(#[from] TrustError),
-    #[error("cannot connect to {addr}: {source}")]
-    Connect {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("TLS handshake with {addr} failed: {source}")]
-    Handshake {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Dial(#[from] DialError),
     #[error("timed out")]
     Timeout,
     #[error("TLS: {0}")]
@@ -121,35 +108,6 @@ pub async fn resolve(spec: &ServerSpec) -> Result<Vec<SocketAddr>, ClientError> 
         });
     }
     Ok(addrs)
-}
-
-/// Opens a TLS connection to `addr`, verifying the certificate for `tls_name`.
-pub async fn connect(
-    addr: SocketAddr,
-    tls_name: &str,
-    config: Arc<ClientConfig>,
-) -> Result<TlsStream<TcpStream>, ClientError> {
-    let name = ServerName::try_from(tls_name.to_string())
-        .map_err(|_| ClientError::BadTlsName(tls_name.to_string()))?;
-    let tcp = TcpStream::connect(addr)
-        .await
-        .map_err(|source| ClientError::Connect { addr, source })?;
-    tls_handshake(tcp, name, config).await
-}
-
-/// The TLS handshake over an open TCP connection, for `name` (the SNI, when
-/// the configuration sends one, and the name verified).
-pub async fn tls_handshake(
-    tcp: TcpStream,
-    name: ServerName<'static>,
-    config: Arc<ClientConfig>,
-) -> Result<TlsStream<TcpStream>, ClientError> {
-    let addr = tcp.peer_addr()?;
-    tcp.set_nodelay(true)?;
-    TlsConnector::from(config)
-        .connect(name, tcp)
-        .await
-        .map_err(|source| ClientError::Handshake { addr, source })
 }
 
 /// One question to ask.

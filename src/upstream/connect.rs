@@ -1,62 +1,28 @@
-//! How an upstream connection is opened: TCP connect, the TLS handshake
-//! with the name checked against the certificate, and the lookup of a
-//! `tls://NAME` upstream through the bootstrap resolver; and why that failed.
-//! The messages are those of `dotgate query`, which does the same.
+//! Why an upstream connection could not be opened (the TLS dial itself is
+//! [`crate::tls::client::dial`], shared with `dotgate query`), and the lookup
+//! of a `tls://NAME` upstream through the bootstrap resolver. The messages
+//! are those of `dotgate query`, which does the same.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::tls::client::DialError;
 use hickory_proto::op::{Message, Query};
 use hickory_proto::rr::{Name, RecordType};
-use rustls::ClientConfig;
-use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
 
 /// Why no connection to an upstream could be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("cannot resolve server {host}: {reason}")]
     Resolve { host: String, reason: String },
-    #[error("{0:?} is not a valid TLS name")]
-    BadTlsName(String),
     #[error("{0:?} is not a domain name")]
     BadName(String),
-    #[error("cannot connect to {addr}: {source}")]
-    Connect {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("TLS handshake with {addr} failed: {source}")]
-    Handshake {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Dial(#[from] DialError),
     #[error("cannot encode the query: {0}")]
     Encode(String),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
-}
-
-/// Opens a TLS connection to `addr`, verifying the certificate for `tls_name`.
-pub async fn tls(
-    addr: SocketAddr,
-    tls_name: &str,
-    config: Arc<ClientConfig>,
-) -> Result<TlsStream<TcpStream>, ConnectError> {
-    let name = ServerName::try_from(tls_name.to_string())
-        .map_err(|_| ConnectError::BadTlsName(tls_name.to_string()))?;
-    let tcp = TcpStream::connect(addr)
-        .await
-        .map_err(|source| ConnectError::Connect { addr, source })?;
-    let addr = tcp.peer_addr()?;
-    tcp.set_nodelay(true)?;
-    TlsConnector::from(config)
-        .connect(name, tcp)
-        .await
-        .map_err(|source| ConnectError::Handshake { addr, source })
 }
 
 /// Resolves `host` (A, then AAAA when there is no A) through a plain DNS

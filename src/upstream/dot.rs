@@ -18,6 +18,7 @@ use tokio_rustls::client::TlsStream;
 
 use super::connect::{self, ConnectError};
 use super::reply::UpstreamError;
+use crate::tls::client::dial;
 
 /// Shortest time a bootstrap answer is kept: a TTL of 0 must not turn every
 /// reconnect into a lookup storm.
@@ -59,7 +60,10 @@ impl DotTarget {
     pub async fn connect(&self) -> Result<TlsStream<TcpStream>, UpstreamError> {
         let ip = self.address().await?;
         let addr = SocketAddr::new(ip, self.port);
-        Ok(connect::tls(addr, &self.name, self.config.clone()).await?)
+        let stream = dial(addr, &self.name, self.config.clone())
+            .await
+            .map_err(ConnectError::from)?;
+        Ok(stream)
     }
 
     async fn address(&self) -> Result<IpAddr, UpstreamError> {

@@ -45,7 +45,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::connect::ConnectError;
+use super::connect::{ConnectError, DialError};
 use super::dot::DotTarget;
 use super::reply::{classify, Reply, UpstreamError};
 use crate::metrics::stats::Stats;
@@ -389,10 +389,10 @@ impl StreamPool {
                 let stream = tokio::net::TcpStream::connect(*addr)
                     .await
                     .map_err(|source| {
-                        UpstreamError::Connect(ConnectError::Connect {
+                        UpstreamError::Connect(ConnectError::Dial(DialError::Connect {
                             addr: *addr,
                             source,
-                        })
+                        }))
                     })?;
                 stream.set_nodelay(true)?;
                 self.spawn(stream)

@@ -33,7 +33,7 @@ use rustls::{ClientConfig, HandshakeKind, RootCertStore, SupportedProtocolVersio
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::time::Instant;
 
-use crate::tools::query::{self, ClientError, ServerSpec, Trust};
+use crate::tools::query::{self, ClientError, DialError, ServerSpec, Trust};
 use probes::{Budget, Conn, ConnectError, Plaintext, Recv};
 pub use report::{Check, Clients, Report, Status, Target};
 
@@ -136,7 +136,7 @@ pub async fn run(opts: &Options) -> Result<Report, ClientError> {
         FULL_BUDGET
     });
     let name = ServerName::try_from(opts.tls_name.clone())
-        .map_err(|_| ClientError::BadTlsName(opts.tls_name.clone()))?;
+        .map_err(|_| DialError::BadTlsName(opts.tls_name.clone()))?;
     let (roots, trust_label) = match &opts.trust {
         Trust::Ca(path) => (
             query::roots_from_file(path)?,

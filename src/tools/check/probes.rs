@@ -19,7 +19,7 @@ use tokio_rustls::client::TlsStream;
 use crate::proto::dns;
 use crate::proto::edns::{KEEPALIVE, PADDING};
 use crate::proto::framing::{FrameError, FrameReader};
-use crate::tools::query::{self, ClientError};
+use crate::tools::query::{self, DialError};
 
 /// How long one step may take at most; the overall deadline may cut it
 /// shorter.
@@ -169,13 +169,13 @@ pub async fn connect(
         .limit(HANDSHAKE_TIMEOUT)
         .ok_or(ConnectError::OutOfTime)?;
     let started = Instant::now();
-    match tokio::time::timeout(limit, query::tls_handshake(tcp, name.clone(), config)).await {
+    match tokio::time::timeout(limit, query::handshake(tcp, name.clone(), config)).await {
         Ok(Ok(stream)) => Ok(Conn {
             reader: FrameReader::new(stream),
             handshake_time: started.elapsed(),
         }),
-        Ok(Err(ClientError::Handshake { source, .. })) => Err(ConnectError::Tls(source)),
-        Ok(Err(ClientError::Io(e))) => Err(ConnectError::Tls(e)),
+        Ok(Err(DialError::Handshake { source, .. })) => Err(ConnectError::Tls(source)),
+        Ok(Err(DialError::Io(e))) => Err(ConnectError::Tls(e)),
         Ok(Err(other)) => Err(ConnectError::Tls(std::io::Error::other(other.to_string()))),
         Err(_) => Err(ConnectError::TlsTimeout(limit)),
     }
