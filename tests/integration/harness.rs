@@ -418,8 +418,32 @@ fn init_logging() {
 
 // ---------- dotgate as a process ----------
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A port that was free a moment ago on 127.0.0.1, for a server the test
+/// starts next (`--metrics-listen`, the real binary's `--listen`).
+///
+/// Taken below the kernel's ephemeral range, and never twice in this
+/// process: a port the kernel handed out for `:0` can be given again, a
+/// moment later, as the local port of one of the thousands of outgoing
+/// connections the other tests make, and the server would then fail to bind.
 pub fn free_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(0);
+    if ephemeral_low >= 16_384 {
+        // The upper half below the range, from an offset per process so that
+        // test binaries running side by side start apart.
+        let (low, span) = (ephemeral_low / 2, ephemeral_low / 2);
+        let offset = std::process::id() * 7919;
+        for _ in 0..span {
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let port = low + offset.wrapping_add(n) % span;
+            if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port as u16)) {
+                return listener.local_addr().unwrap().port();
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
