@@ -99,7 +99,7 @@ pub struct Limits {
     /// Age after which a connection is retired (R15), if limited.
     pub max_connection_age: Option<Duration>,
     /// Bytes of message buffers past each connection's base read buffer,
-    /// shared by all connections (see [`crate::proto::framing::MessageBudget`]).
+    /// shared by all connections (see [`crate::proto::message_reader::MessageBudget`]).
     pub message_memory: usize,
 }
 
@@ -326,7 +326,7 @@ impl Config {
                 max_queries_per_connection: args.max_queries_per_connection,
                 max_connection_age,
                 // At least 1 MiB (checked above), which holds a largest
-                // message (`framing::MIN_BUDGET`).
+                // message (`message_reader::MIN_BUDGET`).
                 message_memory: args.message_memory_mib.saturating_mul(1 << 20),
             },
             metrics_listen: args.metrics_listen,

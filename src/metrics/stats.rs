@@ -318,11 +318,8 @@ impl Stats {
     }
 
     /// One more query in flight until the guard drops.
-    pub fn query_in_flight(self: &Arc<Self>) -> OwnedGaugeGuard {
-        self.queries_in_flight.fetch_add(1, Ordering::Relaxed);
-        OwnedGaugeGuard {
-            stats: self.clone(),
-        }
+    pub fn query_in_flight(&self) -> GaugeGuard<'_> {
+        GaugeGuard::new(&self.queries_in_flight)
     }
 
     /// The counters of the upstream called `name` (as written on the
@@ -434,17 +431,6 @@ impl<'a> GaugeGuard<'a> {
 impl Drop for GaugeGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Decrements `queries_in_flight` on drop; movable into a query's task.
-pub struct OwnedGaugeGuard {
-    stats: Arc<Stats>,
-}
-
-impl Drop for OwnedGaugeGuard {
-    fn drop(&mut self) {
-        self.stats.queries_in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

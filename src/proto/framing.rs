@@ -3,22 +3,17 @@
 //!
 //! [`split_frame`] is the pure rule; [`FrameReader`] applies it to a stream
 //! with one reusable buffer, so several messages in one read and one message
-//! split over many reads both come out whole.
+//! split over many reads both come out whole. It reads what dotgate's own
+//! peers send (upstream connections, the replies `dotgate query` and
+//! `dotgate check` receive), where one buffer saves system calls on plain
+//! TCP; clients' queries are read by [`super::message_reader`], which holds
+//! nothing between messages and bounds what a hostile peer can make it hold.
 //!
 //! Memory follows the bytes that arrived, never the length a peer announced:
-//! two bytes promising 65535 cost nothing until the body comes. Past
-//! [`BASE_BUFFER`], a reader grows geometrically as bytes arrive, holding a
-//! share of a [`MessageBudget`] for the extra, and goes back to the base size
-//! once the large message is consumed. A message whose first byte has
-//! arrived must be complete within the read timeout, if one is set.
-
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+//! the buffer grows geometrically past its base size as bytes arrive, and
+//! goes back to the base size once the large message is consumed.
 
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
 
 use crate::proto::dns::HEADER_LEN;
 
@@ -57,69 +52,9 @@ pub fn split_frame(buf: &[u8]) -> Result<Option<usize>, FrameError> {
     Ok((buf.len() >= 2 + len as usize).then_some(len as usize))
 }
 
-/// The read buffer every reader may keep without drawing on the budget:
-/// holds many typical queries (most are under 128 bytes, padded ones
-/// exactly 128).
-pub const BASE_BUFFER: usize = 4096;
-
-/// Bytes of message buffers beyond [`BASE_BUFFER`] that all readers sharing
-/// it may hold at once. A reader whose message outgrows the base size takes
-/// what that message needs past it, all at once; over the budget, it waits
-/// (within its read timeout) until others give some back, so a crowd of
-/// peers each sending most of a 64 KiB message cannot take the process's
-/// memory, while ordinary queries, which fit the base size, never wait.
-/// Must be at least [`MIN_BUDGET`], or a largest message could never fit.
-#[derive(Clone, Debug)]
-pub struct MessageBudget {
-    room: Arc<Semaphore>,
-    total: usize,
-    waits: Arc<AtomicU64>,
-}
-
-impl MessageBudget {
-    /// A budget of `bytes`; each time a reader has to wait for room,
-    /// `waits` is incremented.
-    pub fn new(bytes: usize, waits: Arc<AtomicU64>) -> Self {
-        let bytes = bytes.min(Semaphore::MAX_PERMITS);
-        Self {
-            room: Arc::new(Semaphore::new(bytes)),
-            total: bytes,
-            waits,
-        }
-    }
-
-    /// Bytes taken from the budget right now.
-    pub fn in_use(&self) -> usize {
-        self.total - self.room.available_permits()
-    }
-
-    /// Takes `bytes` into `held`, waiting for room when there is none.
-    async fn take(&self, held: &mut Option<OwnedSemaphorePermit>, bytes: usize) {
-        let Ok(bytes32) = u32::try_from(bytes) else {
-            return;
-        };
-        *held = match self.room.clone().try_acquire_many_owned(bytes32) {
-            Ok(permit) => Some(permit),
-            Err(_) => {
-                self.waits.fetch_add(1, Ordering::Relaxed);
-                // Never closed: `None` cannot happen.
-                self.room.clone().acquire_many_owned(bytes32).await.ok()
-            }
-        };
-    }
-}
-
-/// The least budget that lets one largest message through.
-pub const MIN_BUDGET: usize = 2 + u16::MAX as usize - BASE_BUFFER;
-
-/// What bounds one reader besides the stream itself.
-#[derive(Clone, Debug, Default)]
-pub struct ReadLimits {
-    /// A message whose first byte arrived must be complete within this.
-    pub read_timeout: Option<Duration>,
-    /// Shared room for buffers past [`BASE_BUFFER`].
-    pub budget: Option<MessageBudget>,
-}
+/// The read buffer a reader keeps between messages: holds many typical
+/// messages at once.
+const BASE_BUFFER: usize = 4096;
 
 /// Reads length-prefixed messages from a stream.
 pub struct FrameReader<R> {
@@ -128,29 +63,14 @@ pub struct FrameReader<R> {
     /// room for the next read.
     buf: Vec<u8>,
     start: usize,
-    limits: ReadLimits,
-    /// When the first byte of the oldest unconsumed message arrived (at the
-    /// latest): the read timeout counts from here.
-    partial_since: Option<Instant>,
-    /// Budget held for the capacity past [`BASE_BUFFER`].
-    held: Option<OwnedSemaphorePermit>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
-    /// A reader without read timeout or budget (upstream connections, the
-    /// command-line tools).
     pub fn new(inner: R) -> Self {
-        Self::with_limits(inner, ReadLimits::default())
-    }
-
-    pub fn with_limits(inner: R, limits: ReadLimits) -> Self {
         Self {
             inner,
             buf: Vec::new(),
             start: 0,
-            limits,
-            partial_since: None,
-            held: None,
         }
     }
 
@@ -190,29 +110,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 self.consumed();
                 return Ok(Some(msg));
             }
-            let deadline = self
-                .partial_since
-                .zip(self.limits.read_timeout)
-                .map(|(since, limit)| since + limit);
-            let read = async {
-                self.make_room().await;
-                self.inner.read_buf(&mut self.buf).await
-            };
-            let n = match deadline {
-                Some(deadline) => tokio::time::timeout_at(deadline, read)
-                    .await
-                    .map_err(|_| FrameError::ReadTimeout)??,
-                None => read.await?,
-            };
+            self.make_room();
+            let n = self.inner.read_buf(&mut self.buf).await?;
             if n == 0 {
                 return if self.has_partial() {
                     Err(FrameError::Truncated)
                 } else {
                     Ok(None)
                 };
-            }
-            if self.partial_since.is_none() {
-                self.partial_since = Some(Instant::now());
             }
         }
     }
@@ -223,23 +128,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if self.start == self.buf.len() {
             self.buf.clear();
             self.start = 0;
-            self.partial_since = None;
-        } else {
-            // The rest arrived with the latest read at the earliest.
-            self.partial_since = Some(Instant::now());
         }
         if self.buf.capacity() > BASE_BUFFER {
             self.buf.drain(..self.start);
             self.start = 0;
             self.buf.shrink_to(BASE_BUFFER);
-            self.settle_budget();
         }
     }
 
     /// Ensures there is room to read into, growing toward the announced
-    /// length only as bytes arrive (at most doubling what is there), and
-    /// taking budget for the growth past the base size.
-    async fn make_room(&mut self) {
+    /// length only as bytes arrive (at most doubling what is there).
+    fn make_room(&mut self) {
         if self.buf.len() < self.buf.capacity() {
             return;
         }
@@ -256,22 +155,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             None => 2,
         };
         let target = needed.min(pending.max(BASE_BUFFER) * 2).max(BASE_BUFFER);
-        if target > BASE_BUFFER && self.held.is_none() {
-            if let Some(budget) = &self.limits.budget {
-                // All the message needs past the base at once: a reader
-                // holding a part while waiting for the rest could wait on
-                // another doing the same, and neither would finish.
-                budget.take(&mut self.held, needed - BASE_BUFFER).await;
-            }
-        }
         self.buf.reserve_exact(target - pending);
-    }
-
-    /// Gives the budget back once the buffer is at its base size again.
-    fn settle_budget(&mut self) {
-        if self.buf.capacity() <= BASE_BUFFER {
-            self.held = None;
-        }
     }
 }
 
@@ -327,112 +211,6 @@ mod tests {
         assert_eq!(reader.read_frame().await.unwrap().unwrap().len(), 100);
         assert_eq!(reader.read_frame().await.unwrap().unwrap().len(), 65535);
         assert!(reader.read_frame().await.unwrap().is_none());
-    }
-
-    /// Two bytes promising 65535 cost nothing until the body comes; a large
-    /// message grows the buffer as it arrives, and once consumed the reader
-    /// is back to the base size and holds no budget.
-    #[tokio::test]
-    async fn memory_follows_bytes_received_and_shrinks_back() {
-        let waits = Arc::new(AtomicU64::new(0));
-        let budget = MessageBudget::new(1 << 20, waits.clone());
-        let (mut tx, rx) = tokio::io::duplex(1 << 17);
-        let mut reader = FrameReader::with_limits(
-            rx,
-            ReadLimits {
-                read_timeout: None,
-                budget: Some(budget.clone()),
-            },
-        );
-        let big = framed(65535, 7);
-        tx.write_all(&big[..3]).await.unwrap();
-        let pending = tokio::time::timeout(Duration::from_millis(50), reader.read_frame()).await;
-        assert!(pending.is_err(), "no frame yet");
-        assert!(reader.capacity() <= BASE_BUFFER, "{}", reader.capacity());
-        assert_eq!(budget.in_use(), 0);
-        tx.write_all(&big[3..]).await.unwrap();
-        tx.write_all(&framed(20, 1)).await.unwrap();
-        assert_eq!(reader.read_frame().await.unwrap().unwrap().len(), 65535);
-        assert!(reader.capacity() <= BASE_BUFFER, "{}", reader.capacity());
-        assert_eq!(budget.in_use(), 0);
-        assert_eq!(reader.read_frame().await.unwrap().unwrap(), vec![1; 20]);
-        assert_eq!(waits.load(Ordering::Relaxed), 0);
-    }
-
-    /// Over the budget, a reader that needs more room waits until another
-    /// gives some back; the wait is counted.
-    #[tokio::test]
-    async fn readers_wait_for_the_shared_budget() {
-        let waits = Arc::new(AtomicU64::new(0));
-        // Room for one 60 KB message, not two.
-        let budget = MessageBudget::new(100_000, waits.clone());
-        let limits = ReadLimits {
-            read_timeout: None,
-            budget: Some(budget.clone()),
-        };
-        let (mut tx_a, rx_a) = tokio::io::duplex(1 << 17);
-        let (mut tx_b, rx_b) = tokio::io::duplex(1 << 17);
-        let mut a = FrameReader::with_limits(rx_a, limits.clone());
-        let mut b = FrameReader::with_limits(rx_b, limits);
-        let big = framed(60_000, 3);
-        // A holds most of the budget with a message it has not finished.
-        tx_a.write_all(&big[..30_000]).await.unwrap();
-        let stalled = tokio::time::timeout(Duration::from_millis(50), a.read_frame()).await;
-        assert!(stalled.is_err());
-        assert_eq!(budget.in_use(), 60_002 - BASE_BUFFER);
-        assert!(
-            a.capacity() < 40_000,
-            "memory follows bytes: {}",
-            a.capacity()
-        );
-        // B cannot take what it needs while A holds its share.
-        tx_b.write_all(&big).await.unwrap();
-        let waiting = tokio::time::timeout(Duration::from_millis(50), b.read_frame()).await;
-        assert!(waiting.is_err(), "B waits for room");
-        assert!(waits.load(Ordering::Relaxed) >= 1);
-        // A finishes: its room goes back, and B completes.
-        tx_a.write_all(&big[30_000..]).await.unwrap();
-        assert_eq!(a.read_frame().await.unwrap().unwrap().len(), 60_000);
-        assert_eq!(b.read_frame().await.unwrap().unwrap().len(), 60_000);
-        assert_eq!(budget.in_use(), 0);
-    }
-
-    /// A message begun must end within the read timeout; a reader with
-    /// nothing pending waits as long as the caller lets it.
-    #[tokio::test(start_paused = true)]
-    async fn a_message_begun_must_finish_in_time() {
-        let (mut tx, rx) = tokio::io::duplex(1024);
-        let mut reader = FrameReader::with_limits(
-            rx,
-            ReadLimits {
-                read_timeout: Some(Duration::from_secs(10)),
-                budget: None,
-            },
-        );
-        let idle = tokio::time::timeout(Duration::from_secs(60), reader.read_frame()).await;
-        assert!(idle.is_err(), "nothing begun: no read timeout");
-        tx.write_all(&framed(20, 1)).await.unwrap();
-        tx.write_all(&[0, 30, 1]).await.unwrap();
-        assert_eq!(reader.read_frame().await.unwrap().unwrap(), vec![1; 20]);
-        let started = Instant::now();
-        // One more byte a second does not extend the deadline.
-        let dribble = tokio::spawn(async move {
-            for _ in 0..20 {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                if tx.write_all(&[1]).await.is_err() {
-                    break;
-                }
-            }
-        });
-        assert!(matches!(
-            reader.read_frame().await,
-            Err(FrameError::ReadTimeout)
-        ));
-        let waited = started.elapsed();
-        assert!(waited <= Duration::from_secs(10), "{waited:?}");
-        assert!(waited >= Duration::from_secs(9), "{waited:?}");
-        drop(reader);
-        dribble.await.unwrap();
     }
 
     #[tokio::test]

@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::metrics::exposition::StatsCollector;
 use crate::metrics::http;
 use crate::metrics::stats::{HandshakeFailure, Stats, TlsVersionLabel};
-use crate::proto::framing::{MessageBudget, ReadLimits};
+use crate::proto::message_reader::{MessageBudget, ReadLimits};
 use crate::proto::proxy_header;
 use crate::server::connection::{self, Shared};
 use crate::server::handshake::{self, HandshakeError};

@@ -21,6 +21,7 @@ use std::time::Duration;
 use dotgate::proto::dns::{self, QueryError, QueryInfo, ReplyMatch};
 use dotgate::proto::edns::{self, LegOptions};
 use dotgate::proto::framing::{self, FrameError, FrameReader};
+use dotgate::proto::message_reader::{MessageReader, ReadLimits};
 use dotgate::proto::proxy_header::{self as proxy, ProxyError};
 use tokio::io::{AsyncRead, ReadBuf};
 
@@ -272,7 +273,7 @@ fn count(msg: &[u8], index: usize) -> u16 {
 }
 
 // ---------------------------------------------------------------------------
-// framing: split_frame and FrameReader
+// framing: split_frame, FrameReader and MessageReader
 
 /// The frames a correct reader yields from `stream`, and how it ends.
 fn reference_frames(stream: &[u8]) -> (Vec<&[u8]>, Result<(), FrameEnd>) {
@@ -386,6 +387,37 @@ pub fn framing(data: &[u8]) {
     let reader = frames.get_ref();
     if end.is_ok() || end == Err(FrameEnd::Truncated) {
         assert_eq!(reader.consumed(), stream.len());
+    }
+
+    // The clients' reader yields the same messages from the same chunks.
+    let mut io = ChunkedReader::new(stream, reader.schedule.clone());
+    let mut messages = MessageReader::new(ReadLimits::default());
+    let mut got = 0;
+    let end = loop {
+        let polled = std::pin::pin!(messages.read_message(&mut io))
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()));
+        match polled {
+            Poll::Pending => continue,
+            Poll::Ready(Ok(Some(msg))) => {
+                assert!(got < expected.len(), "a message the stream does not hold");
+                assert!(msg == expected[got], "message {got}");
+                assert_eq!(msg.capacity(), msg.len(), "message {got}: exact size");
+                got += 1;
+            }
+            Poll::Ready(Ok(None)) => break Ok(()),
+            Poll::Ready(Err(FrameError::Truncated)) => break Err(FrameEnd::Truncated),
+            Poll::Ready(Err(FrameError::TooShort(n))) => break Err(FrameEnd::TooShort(n)),
+            Poll::Ready(Err(e)) => panic!("message reader: unexpected {e}"),
+        }
+    };
+    assert_eq!(got, expected.len(), "messages yielded");
+    assert_eq!(
+        end, expected_end,
+        "how the stream ends for the message reader"
+    );
+    if end.is_ok() {
+        assert_eq!(messages.capacity(), 0, "nothing held between messages");
     }
 }
 
