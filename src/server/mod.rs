@@ -6,6 +6,8 @@
 
 pub mod accept;
 pub mod connection;
+#[cfg(test)]
+mod connection_tests;
 pub mod handshake;
 pub mod per_ip;
 pub mod respond;

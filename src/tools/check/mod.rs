@@ -22,6 +22,8 @@
 pub mod cert;
 pub mod probes;
 pub mod report;
+#[cfg(test)]
+mod tests;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -646,7 +648,24 @@ async fn android_checks(ctx: &Ctx, conn: Option<Conn>) -> [Check; 2] {
         }
     };
     let ms = started.elapsed().as_millis();
-    let probe = match probes::header(&reply) {
+    let probe = probe_verdict(&probe_name, &reply, ms);
+    let mut found = probes::addresses(&reply);
+    if found.is_empty() {
+        let q = probes::query(1, &probe_name, RecordType::A, None);
+        if let Ok(reply) = conn.exchange(&q, &ctx.budget).await {
+            found = probes::addresses(&reply);
+        }
+    }
+    conn.close().await;
+    let strict = strict_answer_check(&probe_name, &reply, &found);
+    [probe, strict]
+}
+
+/// Android's verdict on the reply to its validation probe: a DNS response
+/// that echoes the question (QDCOUNT 1), whatever its RCODE.
+fn probe_verdict(probe_name: &str, reply: &[u8], ms: u128) -> Check {
+    let probe_clients = Clients::ANDROID_STRICT.or(Clients::ANDROID_OPPORTUNISTIC);
+    match probes::header(reply) {
         Some(h) if h.response && h.qdcount == 1 => Check::pass(
             "android-probe",
             probe_clients,
@@ -668,17 +687,7 @@ async fn android_checks(ctx: &Ctx, conn: Option<Conn>) -> [Check; 2] {
             "the probe's reply is not a DNS response: Android's validation fails",
             "answer DNS queries with DNS responses carrying the question",
         ),
-    };
-    let mut found = probes::addresses(&reply);
-    if found.is_empty() {
-        let q = probes::query(1, &probe_name, RecordType::A, None);
-        if let Ok(reply) = conn.exchange(&q, &ctx.budget).await {
-            found = probes::addresses(&reply);
-        }
     }
-    conn.close().await;
-    let strict = strict_answer_check(&probe_name, &reply, &found);
-    [probe, strict]
 }
 
 fn strict_answer_check(probe_name: &str, reply: &[u8], found: &[String]) -> Check {
@@ -786,6 +795,14 @@ async fn pipelining_check(ctx: &Ctx) -> Check {
     };
     let ms = started.elapsed().as_millis();
     conn.close().await;
+    pipelining_verdict(&order, ended, ms)
+}
+
+/// The verdict on the pipelined queries: `order` holds the IDs that got a
+/// reply, in the order they came; `ended` says why reading stopped early,
+/// if it did.
+fn pipelining_verdict(order: &[u16], ended: Option<String>, ms: u128) -> Check {
+    const ID: &str = "pipelining";
     match ended {
         None => {
             let in_order = order.windows(2).all(|w| w[0] < w[1]);
@@ -835,8 +852,15 @@ async fn keepalive_check(ctx: &Ctx) -> (Check, Option<u16>) {
             )
         }
     };
-    let rcode = probes::rcode_name(probes::header(&reply).map_or(2, |h| h.rcode));
-    match probes::option_data(&reply, crate::proto::edns::KEEPALIVE) {
+    keepalive_verdict(&reply)
+}
+
+/// Judges the reply to a query that asked for keepalive: the check and the
+/// advertised timeout (100 ms units).
+fn keepalive_verdict(reply: &[u8]) -> (Check, Option<u16>) {
+    const ID: &str = "keepalive";
+    let rcode = probes::rcode_name(probes::header(reply).map_or(2, |h| h.rcode));
+    match probes::option_data(reply, crate::proto::edns::KEEPALIVE) {
         Some(data) if data.len() == 2 => {
             let units = u16::from_be_bytes([data[0], data[1]]);
             (
@@ -869,11 +893,14 @@ async fn keepalive_check(ctx: &Ctx) -> (Check, Option<u16>) {
     }
 }
 
+/// The clients that pad their queries and expect padded replies.
+const PADDING_CLIENTS: Clients = Clients::ANDROID_STRICT
+    .or(Clients::ANDROID_OPPORTUNISTIC)
+    .or(Clients::STUBBY);
+
 async fn padding_check(ctx: &Ctx) -> Check {
     const ID: &str = "padding";
-    let clients = Clients::ANDROID_STRICT
-        .or(Clients::ANDROID_OPPORTUNISTIC)
-        .or(Clients::STUBBY);
+    let clients = PADDING_CLIENTS;
     let reply = match edns_exchange(ctx, "padding", &[probes::padding_option()]).await {
         Ok(reply) => reply,
         Err(e) => {
@@ -885,9 +912,16 @@ async fn padding_check(ctx: &Ctx) -> Check {
             )
         }
     };
+    padding_verdict(&reply)
+}
+
+/// Judges the reply to a padded query.
+fn padding_verdict(reply: &[u8]) -> Check {
+    const ID: &str = "padding";
+    let clients = PADDING_CLIENTS;
     let len = reply.len();
-    match probes::option_data(&reply, crate::proto::edns::PADDING) {
-        Some(_) if len % crate::proto::edns::RESPONSE_BLOCK == 0 => Check::pass(
+    match probes::option_data(reply, crate::proto::edns::PADDING) {
+        Some(_) if len.is_multiple_of(crate::proto::edns::RESPONSE_BLOCK) => Check::pass(
             ID,
             clients,
             format!("a padded query got a reply padded to {len} bytes (a multiple of 468, RFC 8467)"),
