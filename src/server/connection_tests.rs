@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{PoolSettings, Timeouts, UpstreamPolicy, UpstreamSpec};
 use crate::metrics::stats::{CloseReason, Stats};
 use crate::proto::edns::KEEPALIVE;
-use crate::proto::framing::{MessageBudget, ReadLimits};
+use crate::proto::message_reader::{MessageBudget, ReadLimits};
 use crate::server::connection::{serve, Shared};
 use crate::upstream::Pool;
 
