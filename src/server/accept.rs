@@ -419,7 +419,9 @@ async fn handle(
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
     let handshake = tokio::select! {
         _ = shutdown.cancelled() => return,
-        result = handshake::accept_tls(tcp, &configs, remaining) => result,
+        // Boxed: the handshake's state lives only as long as the handshake,
+        // not in the connection's task for its whole life.
+        result = Box::pin(handshake::accept_tls(tcp, &configs, remaining)) => result,
     };
     let tls = match handshake {
         Ok(tls) => tls,

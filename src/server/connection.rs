@@ -34,6 +34,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::FuturesUnordered;
@@ -81,7 +82,7 @@ where
     let retiring = AtomicBool::new(false);
     let mut queries_read: u64 = 0;
     let mut reader = MessageReader::new(shared.read_limits.clone());
-    let mut in_flight = FuturesUnordered::new();
+    let mut in_flight = InFlight::default();
     let mut replies = Replies::default();
     // A client that takes longer than its own idle allowance to accept our
     // bytes is treated as gone.
@@ -104,9 +105,9 @@ where
                 replies.push(reply);
                 // Whatever else is ready goes out in the same write.
                 while !replies.is_full() {
-                    match in_flight.next().now_or_never() {
-                        Some(Some(reply)) => replies.push(reply),
-                        _ => break,
+                    match in_flight.ready() {
+                        Some(reply) => replies.push(reply),
+                        None => break,
                     }
                 }
                 if let Err(e) = replies.write(&mut stream, write_timeout, &shared.stats).await {
@@ -115,6 +116,7 @@ where
                     break CloseReason::Error;
                 }
                 if in_flight.is_empty() {
+                    in_flight.release();
                     replies.release();
                     idle.as_mut().reset(tokio::time::Instant::now() + shared.timeouts.idle);
                 }
@@ -157,7 +159,7 @@ where
         let finished = async {
             while let Some(reply) = in_flight.next().await {
                 replies.push(reply);
-                while let Some(Some(reply)) = in_flight.next().now_or_never() {
+                while let Some(reply) = in_flight.ready() {
                     replies.push(reply);
                 }
                 replies
@@ -189,6 +191,48 @@ async fn answer_one(shared: &Shared, msg: Vec<u8>, retiring: &AtomicBool) -> (Ve
     )
     .await;
     (reply, received)
+}
+
+/// The queries in flight. The set exists only while one does: even empty, a
+/// `FuturesUnordered` holds a node the size of one query's future (over
+/// 2 KiB), which an idle connection has no use for.
+struct InFlight<F> {
+    set: Option<FuturesUnordered<F>>,
+}
+
+impl<F> Default for InFlight<F> {
+    fn default() -> Self {
+        Self { set: None }
+    }
+}
+
+impl<F: Future> InFlight<F> {
+    fn len(&self) -> usize {
+        self.set.as_ref().map_or(0, FuturesUnordered::len)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push(&mut self, query: F) {
+        self.set.get_or_insert_with(FuturesUnordered::new).push(query);
+    }
+
+    /// The next reply; `None` at once when nothing is in flight.
+    async fn next(&mut self) -> Option<F::Output> {
+        self.set.as_mut()?.next().await
+    }
+
+    /// A reply that is ready now, without waiting.
+    fn ready(&mut self) -> Option<F::Output> {
+        self.set.as_mut()?.next().now_or_never().flatten()
+    }
+
+    /// Gives the set back; only called with nothing in flight.
+    fn release(&mut self) {
+        self.set = None;
+    }
 }
 
 /// Sleeps for `age`; forever without one.

@@ -26,11 +26,15 @@ pub enum HandshakeError {
 }
 
 /// Checks the first byte and runs the TLS handshake within `limit`.
+///
+/// The stream comes boxed: a TLS stream is over a kilobyte, and a
+/// connection's task would otherwise carry it several times over (each
+/// `async fn` that takes it by value keeps its own copy in its state).
 pub async fn accept_tls(
     tcp: TcpStream,
     configs: &ServerConfigs,
     limit: Duration,
-) -> Result<TlsStream<TcpStream>, HandshakeError> {
+) -> Result<Box<TlsStream<TcpStream>>, HandshakeError> {
     let handshake = async {
         let mut first = [0u8; 1];
         let peeked = tcp.peek(&mut first).await.map_err(HandshakeError::Tls)?;
@@ -44,7 +48,8 @@ pub async fn accept_tls(
             .await
             .map_err(HandshakeError::Tls)?;
         let config = configs.for_client(&start.client_hello());
-        start.into_stream(config).await.map_err(HandshakeError::Tls)
+        let tls = start.into_stream(config).await.map_err(HandshakeError::Tls)?;
+        Ok(Box::new(tls))
     };
     tokio::time::timeout(limit, handshake)
         .await
