@@ -67,7 +67,7 @@ pub struct Stats {
     pub closed_shutdown: AtomicU64,
     pub closed_read_timeout: AtomicU64,
     /// Reads that waited for room in the shared message budget.
-    pub message_budget_waits: Arc<AtomicU64>,
+    pub message_budget_waits: AtomicU64,
     /// All failed handshakes; the three below split them by reason.
     pub handshake_failures: AtomicU64,
     pub handshake_timeouts: AtomicU64,

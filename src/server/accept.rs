@@ -117,10 +117,10 @@ pub async fn run_with_metrics(
         max_age: config.limits.max_connection_age,
         read_limits: ReadLimits {
             read_timeout: Some(config.timeouts.read),
-            budget: Some(MessageBudget::new(
-                config.limits.message_memory,
-                stats.message_budget_waits.clone(),
-            )),
+            budget: Some(MessageBudget::new(config.limits.message_memory, {
+                let stats = stats.clone();
+                Arc::new(move || stats.count(&stats.message_budget_waits))
+            })),
         },
     });
     let slots = Arc::new(Semaphore::new(config.limits.max_connections));
