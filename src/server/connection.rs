@@ -197,7 +197,9 @@ where
             })
             .await?;
             for read_at in &received {
-                stats.query_duration.observe(read_at.elapsed());
+                stats
+                    .query_duration
+                    .observe(read_at.elapsed().as_secs_f64());
             }
             // A large reply grew the batch past its usual size: give that
             // memory back rather than keep the peak for the connection's life.
