@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::exposition;
 use crate::metrics::stats::Stats;
 
 /// Scrapers and probes are few; more connections than this at once are
@@ -33,7 +34,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the endpoint serves.
 pub struct Endpoint {
-    pub registry: prometheus::Registry,
+    /// Its registry is what `/metrics` serves; its readiness, `/readyz`.
     pub stats: Arc<Stats>,
     /// How recent an upstream answer must be for `/readyz` to say ready.
     pub ready_window: Duration,
@@ -114,8 +115,7 @@ fn respond(endpoint: &Endpoint, req: &Request<Incoming>) -> Response<Full<Bytes>
 }
 
 fn metrics(endpoint: &Endpoint) -> Response<Full<Bytes>> {
-    let encoder = prometheus::TextEncoder::new();
-    match encoder.encode_to_string(&endpoint.registry.gather()) {
+    match exposition::encode(endpoint.stats.registry()) {
         Ok(body) => {
             let mut response = Response::new(Full::new(Bytes::from(body)));
             response.headers_mut().insert(

@@ -16,7 +16,6 @@
 //! base. A message whose first byte has arrived must be complete within the
 //! read timeout, if one is set.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,22 +42,35 @@ const FIRST_GROWTH: usize = 512;
 /// peers each sending most of a 64 KiB message cannot take the process's
 /// memory, while ordinary queries, which fit the base size, never wait.
 /// Must be at least [`MIN_BUDGET`], or a largest message could never fit.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct MessageBudget {
     room: Arc<Semaphore>,
     total: usize,
-    waits: Arc<AtomicU64>,
+    on_wait: OnWait,
+}
+
+/// Called each time a reader has to wait for room in a [`MessageBudget`]
+/// (the server counts it); never on the path of a message that fits.
+pub type OnWait = Arc<dyn Fn() + Send + Sync>;
+
+impl std::fmt::Debug for MessageBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageBudget")
+            .field("room", &self.room)
+            .field("total", &self.total)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MessageBudget {
     /// A budget of `bytes`; each time a reader has to wait for room,
-    /// `waits` is incremented.
-    pub fn new(bytes: usize, waits: Arc<AtomicU64>) -> Self {
+    /// `on_wait` is called.
+    pub fn new(bytes: usize, on_wait: OnWait) -> Self {
         let bytes = bytes.min(Semaphore::MAX_PERMITS);
         Self {
             room: Arc::new(Semaphore::new(bytes)),
             total: bytes,
-            waits,
+            on_wait,
         }
     }
 
@@ -75,7 +87,7 @@ impl MessageBudget {
         *held = match self.room.clone().try_acquire_many_owned(bytes32) {
             Ok(permit) => Some(permit),
             Err(_) => {
-                self.waits.fetch_add(1, Ordering::Relaxed);
+                (self.on_wait)();
                 // Never closed: `None` cannot happen.
                 self.room.clone().acquire_many_owned(bytes32).await.ok()
             }
@@ -240,8 +252,22 @@ impl MessageReader {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
     use super::*;
     use tokio::io::AsyncWriteExt;
+
+    /// A wait hook that counts into the returned atomic.
+    fn wait_counter() -> (Arc<AtomicU64>, OnWait) {
+        let waits = Arc::new(AtomicU64::new(0));
+        let counted = waits.clone();
+        (
+            waits,
+            Arc::new(move || {
+                counted.fetch_add(1, Ordering::Relaxed);
+            }),
+        )
+    }
 
     fn framed(len: usize, fill: u8) -> Vec<u8> {
         let mut v = (len as u16).to_be_bytes().to_vec();
@@ -308,8 +334,8 @@ mod tests {
     /// neither memory nor budget.
     #[tokio::test]
     async fn memory_follows_bytes_received() {
-        let waits = Arc::new(AtomicU64::new(0));
-        let budget = MessageBudget::new(1 << 20, waits.clone());
+        let (waits, on_wait) = wait_counter();
+        let budget = MessageBudget::new(1 << 20, on_wait);
         let (mut tx, mut rx) = tokio::io::duplex(1 << 17);
         let mut reader = MessageReader::new(ReadLimits {
             read_timeout: None,
@@ -346,9 +372,9 @@ mod tests {
     /// gives some back; the wait is counted.
     #[tokio::test]
     async fn readers_wait_for_the_shared_budget() {
-        let waits = Arc::new(AtomicU64::new(0));
+        let (waits, on_wait) = wait_counter();
         // Room for one 60 KB message, not two.
-        let budget = MessageBudget::new(100_000, waits.clone());
+        let budget = MessageBudget::new(100_000, on_wait);
         let limits = ReadLimits {
             read_timeout: None,
             budget: Some(budget.clone()),

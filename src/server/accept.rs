@@ -15,7 +15,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::proxy::ProxySettings;
 use crate::config::Config;
-use crate::metrics::exposition::StatsCollector;
 use crate::metrics::http;
 use crate::metrics::stats::{HandshakeFailure, Stats, TlsVersionLabel};
 use crate::proto::message_reader::{MessageBudget, ReadLimits};
@@ -89,10 +88,9 @@ pub async fn run_with_metrics(
     metrics: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    let stats = Arc::new(Stats::default());
     // Built first so that a registry error stops start-up before anything
     // is served.
-    let registry = StatsCollector::registry(stats.clone())?;
+    let stats = Arc::new(Stats::new()?);
     // Loads and checks the certificate, and starts its reloader (R3, R6).
     let configs = tls::setup(&config, &shutdown, &stats)?;
     let upstream = Pool::new(
@@ -117,10 +115,10 @@ pub async fn run_with_metrics(
         max_age: config.limits.max_connection_age,
         read_limits: ReadLimits {
             read_timeout: Some(config.timeouts.read),
-            budget: Some(MessageBudget::new(
-                config.limits.message_memory,
-                stats.message_budget_waits.clone(),
-            )),
+            budget: Some(MessageBudget::new(config.limits.message_memory, {
+                let waits = stats.message_budget_waits.clone();
+                Arc::new(move || waits.inc())
+            })),
         },
     });
     let slots = Arc::new(Semaphore::new(config.limits.max_connections));
@@ -166,7 +164,6 @@ pub async fn run_with_metrics(
     stats.set_listening();
     if let Some(listener) = metrics {
         let endpoint = http::Endpoint {
-            registry,
             stats: stats.clone(),
             // A health probe goes out every interval and may take up to the
             // upstream timeout to come back.
@@ -237,7 +234,7 @@ impl AcceptErrors {
     /// Counts and (at most once per [`ACCEPT_WARN_EVERY`]) logs one failed
     /// accept; returns how long to pause before the next attempt.
     fn failed(&mut self, error: &std::io::Error, stats: &Stats) -> Duration {
-        stats.count(&stats.accept_errors);
+        stats.accept_errors.inc();
         self.unreported += 1;
         let now = tokio::time::Instant::now();
         if self
@@ -282,14 +279,14 @@ impl AcceptLoop {
             };
             let stats = &self.shared.stats;
             let Ok(global) = self.slots.clone().try_acquire_owned() else {
-                stats.count(&stats.refused_over_capacity);
+                stats.refused_over_capacity.inc();
                 tracing::debug!(%peer, "over --max-connections: closed");
                 drop(tcp);
                 continue;
             };
             let slot = if self.proxy.enabled {
                 if !self.proxy.trusts(peer.ip()) {
-                    stats.count(&stats.refused_proxy_untrusted);
+                    stats.refused_proxy_untrusted.inc();
                     tracing::debug!(%peer, "not in --proxy-protocol-from: closed");
                     drop(tcp);
                     continue;
@@ -330,15 +327,15 @@ impl AcceptLoop {
 fn admit(per_ip: &Arc<PerIp>, client: SocketAddr, stats: &Stats) -> Option<IpSlot> {
     match per_ip.admit(client.ip(), std::time::Instant::now()) {
         Ok(ip) => {
-            stats.count(&stats.connections_accepted);
+            stats.connections_accepted.inc();
             Some(ip)
         }
         Err(refusal) => {
-            let counter = match refusal {
+            match refusal {
                 Refusal::TooManyConnections => &stats.refused_per_ip,
                 Refusal::HandshakeRate => &stats.refused_handshake_rate,
-            };
-            stats.count(counter);
+            }
+            .inc();
             tracing::debug!(%client, ?refusal, "over a per-address limit: closed");
             None
         }
@@ -400,7 +397,7 @@ async fn handle(
                 return;
             }
             Ok(Err(e)) => {
-                stats.count(&stats.refused_proxy_malformed);
+                stats.refused_proxy_malformed.inc();
                 tracing::debug!(%peer, error = %e, "bad PROXY header: closed");
                 return;
             }
@@ -427,7 +424,7 @@ async fn handle(
         Ok(tls) => tls,
         Err(e) => {
             match e {
-                HandshakeError::Plaintext(_) => stats.count(&stats.refused_plaintext),
+                HandshakeError::Plaintext(_) => stats.refused_plaintext.inc(),
                 HandshakeError::Timeout => stats.count_handshake_failure(HandshakeFailure::Timeout),
                 HandshakeError::ClosedEarly => {
                     stats.count_handshake_failure(HandshakeFailure::ClosedEarly)
@@ -464,13 +461,13 @@ mod tests {
     /// counted, and a success starts over from 1 ms.
     #[tokio::test(start_paused = true)]
     async fn accept_errors_back_off_and_reset_on_success() {
-        let stats = Stats::default();
+        let stats = Stats::new().unwrap();
         let mut errors = AcceptErrors::new();
         let pauses: Vec<u64> = (0..10)
             .map(|_| errors.failed(&emfile(), &stats).as_millis() as u64)
             .collect();
         assert_eq!(pauses, [1, 2, 4, 8, 16, 32, 64, 100, 100, 100]);
-        assert_eq!(Stats::get(&stats.accept_errors), 10);
+        assert_eq!(stats.accept_errors.get(), 10);
         errors.succeeded();
         assert_eq!(errors.failed(&emfile(), &stats), ACCEPT_BACKOFF_START);
     }
@@ -479,7 +476,7 @@ mod tests {
     /// and reported with the next warning.
     #[tokio::test(start_paused = true)]
     async fn accept_errors_warn_at_most_once_a_second() {
-        let stats = Stats::default();
+        let stats = Stats::new().unwrap();
         let mut errors = AcceptErrors::new();
         errors.failed(&emfile(), &stats);
         assert_eq!(errors.unreported, 0, "the first failure is logged");

@@ -31,10 +31,10 @@
 //!   stops first, the replies in flight are written, and then close_notify
 //!   and FIN are sent (R7, R15).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::FuturesUnordered;
@@ -216,7 +216,9 @@ impl<F: Future> InFlight<F> {
     }
 
     fn push(&mut self, query: F) {
-        self.set.get_or_insert_with(FuturesUnordered::new).push(query);
+        self.set
+            .get_or_insert_with(FuturesUnordered::new)
+            .push(query);
     }
 
     /// The next reply; `None` at once when nothing is in flight.
@@ -276,7 +278,9 @@ impl Replies {
         })
         .await?;
         for received in &self.received {
-            stats.query_duration.observe(received.elapsed());
+            stats
+                .query_duration
+                .observe(received.elapsed().as_secs_f64());
         }
         self.batch.clear();
         self.received.clear();

@@ -48,7 +48,10 @@ pub async fn accept_tls(
             .await
             .map_err(HandshakeError::Tls)?;
         let config = configs.for_client(&start.client_hello());
-        let tls = start.into_stream(config).await.map_err(HandshakeError::Tls)?;
+        let tls = start
+            .into_stream(config)
+            .await
+            .map_err(HandshakeError::Tls)?;
         Ok(Box::new(tls))
     };
     tokio::time::timeout(limit, handshake)

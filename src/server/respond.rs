@@ -19,7 +19,7 @@ pub async fn answer(
     msg: Vec<u8>,
     retiring: impl Fn() -> bool,
 ) -> Vec<u8> {
-    stats.count(&stats.queries);
+    stats.queries.inc();
     let info = match dns::parse_query(&msg) {
         Ok(info) => info,
         Err(e) => {
@@ -44,7 +44,7 @@ pub async fn answer(
     let asked = std::time::Instant::now();
     let outcome = upstream.exchange(&msg, &info).await;
     if outcome.is_ok() {
-        stats.upstream_rtt.observe(asked.elapsed());
+        stats.upstream_rtt.observe(asked.elapsed().as_secs_f64());
         stats.note_upstream_answer();
     }
     // Decided now, not when the query was read: a connection that began

@@ -81,7 +81,7 @@ struct Member {
     /// policies pay no shared write per query.
     outstanding: AtomicUsize,
     /// This upstream's metrics: queries by transport, up/down.
-    counters: Arc<UpstreamCounters>,
+    counters: UpstreamCounters,
 }
 
 impl policy::Candidate for Member {
@@ -102,21 +102,21 @@ impl Member {
     ) -> Result<Reply, UpstreamError> {
         match &self.transport {
             Transport::Plain { addr, udp } => {
-                stats.count(&self.counters.udp);
+                self.counters.udp.inc();
                 match udp.exchange(msg, info).await? {
                     Reply::Message(m) if dns::is_truncated(&m) => {
                         // The upstream answered: a TCP retry that fails (a
                         // resolver that refuses TCP) is not its being down.
                         self.health.success(&self.name);
-                        stats.count(&stats.tc_fallbacks);
-                        stats.count(&self.counters.tcp);
+                        stats.tc_fallbacks.inc();
+                        self.counters.tcp.inc();
                         tcp::exchange(*addr, msg, info, stats).await
                     }
                     other => Ok(other),
                 }
             }
             Transport::Stream(pool) => {
-                stats.count(&self.counters.tcp);
+                self.counters.tcp.inc();
                 pool.exchange(msg, info).await
             }
         }
@@ -124,9 +124,7 @@ impl Member {
 
     /// Copies the health state to the `dotgate_upstream_up` gauge.
     fn publish_health(&self) {
-        self.counters
-            .up
-            .store(u64::from(self.health.is_up()), Ordering::Relaxed);
+        self.counters.up.set(i64::from(self.health.is_up()));
     }
 }
 
@@ -272,7 +270,7 @@ impl Pool {
         };
         if !inner.members[first].health.is_up() {
             // Every upstream is marked down: sent anyway (panic mode).
-            inner.stats.count(&inner.stats.upstream_all_down);
+            inner.stats.upstream_all_down.inc();
         }
         let budget = if policy::has_alternative(&inner.members, first) {
             inner.try_timeout
@@ -287,7 +285,7 @@ impl Pool {
         let second = policy::choose(inner.policy, &inner.members, &inner.next, Some(first));
         match second {
             Some(second) if !left.is_zero() => {
-                inner.stats.count(&inner.stats.upstream_failovers);
+                inner.stats.upstream_failovers.inc();
                 tracing::debug!(
                     from = %inner.members[first].name,
                     to = %inner.members[second].name,
@@ -336,7 +334,7 @@ impl Inner {
                 Err(e)
             }
             Err(_) => {
-                self.stats.count(&self.stats.upstream_timeouts);
+                self.stats.upstream_timeouts.inc();
                 let e = UpstreamError::Timeout;
                 if member.health.failure(&member.name, &e, false, sent) {
                     member.publish_health();

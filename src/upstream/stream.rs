@@ -595,7 +595,7 @@ async fn run<S>(
     }
     // Counted once per connection, however many queries it took down.
     if conn.kill(generations.load(Ordering::Relaxed)) > 0 {
-        stats.count(&stats.upstream_connections_lost);
+        stats.upstream_connections_lost.inc();
     }
 }
 
@@ -618,7 +618,7 @@ async fn idle_watch(conn: &Conn) {
 /// connection's idle limit.
 fn deliver(conn: &Conn, reply: &[u8], stats: &Stats) {
     if reply.len() < dns::HEADER_LEN {
-        stats.count(&stats.mismatched_replies);
+        stats.mismatched_replies.inc();
         return;
     }
     let id = dns::id(reply);
@@ -628,7 +628,7 @@ fn deliver(conn: &Conn, reply: &[u8], stats: &Stats) {
         let mut pending = conn.pending();
         let Some(waiter) = pending.waiters.get(&id) else {
             drop(pending);
-            stats.count(&stats.mismatched_replies);
+            stats.mismatched_replies.inc();
             return;
         };
         let delivered = match classify(reply, &waiter.question) {
@@ -649,6 +649,6 @@ fn deliver(conn: &Conn, reply: &[u8], stats: &Stats) {
         Some((waiter, result)) => {
             let _ = waiter.tx.send(result);
         }
-        None => stats.count(&stats.mismatched_replies),
+        None => stats.mismatched_replies.inc(),
     }
 }

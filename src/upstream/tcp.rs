@@ -31,7 +31,7 @@ pub async fn exchange(
                 return Ok(result);
             }
         }
-        stats.count(&stats.mismatched_replies);
+        stats.mismatched_replies.inc();
     }
     Err(UpstreamError::Closed)
 }

@@ -182,7 +182,7 @@ impl UdpTransport {
             reply = &mut rx => reply,
             () = tokio::time::sleep(self.resend_delay()) => {
                 // Lost on the way, or just slow: either way, once more.
-                self.stats.count(&self.stats.upstream_udp_resends);
+                self.stats.upstream_udp_resends.inc();
                 send(socket, &out).await?;
                 rx.await
             }
@@ -265,14 +265,14 @@ async fn receive_loop(socket: Arc<Socket>, stats: Arc<Stats>) {
         };
         let reply = &buf[..n];
         if n < dns::HEADER_LEN {
-            stats.count(&stats.mismatched_replies);
+            stats.mismatched_replies.inc();
             continue;
         }
         let id = dns::id(reply);
         let mut pending = socket.pending();
         let Some(waiter) = pending.get(&id) else {
             drop(pending);
-            stats.count(&stats.mismatched_replies);
+            stats.mismatched_replies.inc();
             tracing::debug!(id, "upstream reply with an ID not in use: ignored");
             continue;
         };
@@ -286,7 +286,7 @@ async fn receive_loop(socket: Arc<Socket>, stats: Arc<Stats>) {
             }
             None => {
                 drop(pending);
-                stats.count(&stats.mismatched_replies);
+                stats.mismatched_replies.inc();
                 tracing::debug!(id, "upstream reply whose question does not match: ignored");
             }
         }
@@ -315,9 +315,13 @@ mod tests {
     #[tokio::test]
     async fn resend_delay_follows_the_rtt_within_bounds() {
         let upstream: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        let udp = UdpTransport::new(upstream, Arc::new(Stats::default()), Duration::from_secs(2))
-            .await
-            .unwrap();
+        let udp = UdpTransport::new(
+            upstream,
+            Arc::new(Stats::new().unwrap()),
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap();
         assert_eq!(udp.resend_delay(), MIN_RESEND, "nothing measured yet");
         udp.sample_rtt(Duration::from_millis(1));
         assert_eq!(udp.resend_delay(), MIN_RESEND, "a fast LAN: the floor");
