@@ -5,9 +5,8 @@
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
-use tokio_rustls::LazyConfigAcceptor;
 
+use crate::tls::server_stream::{self, ServerStream};
 use crate::tls::ServerConfigs;
 
 /// The first byte of every TLS connection: a handshake record.
@@ -34,7 +33,7 @@ pub async fn accept_tls(
     tcp: TcpStream,
     configs: &ServerConfigs,
     limit: Duration,
-) -> Result<Box<TlsStream<TcpStream>>, HandshakeError> {
+) -> Result<Box<ServerStream>, HandshakeError> {
     let handshake = async {
         let mut first = [0u8; 1];
         let peeked = tcp.peek(&mut first).await.map_err(HandshakeError::Tls)?;
@@ -44,12 +43,7 @@ pub async fn accept_tls(
         if first[0] != TLS_HANDSHAKE_RECORD {
             return Err(HandshakeError::Plaintext(first[0]));
         }
-        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
-            .await
-            .map_err(HandshakeError::Tls)?;
-        let config = configs.for_client(&start.client_hello());
-        let tls = start
-            .into_stream(config)
+        let tls = server_stream::accept(tcp, configs)
             .await
             .map_err(HandshakeError::Tls)?;
         Ok(Box::new(tls))
