@@ -8,10 +8,10 @@
 //!   tools/     dotgate query, dotgate check, serve --check-config
 //!   server/    accept -> handshake -> connection -> respond; per_ip, shutdown
 //!   upstream/  pool, policy, health, reply, udp, tcp, stream, dot, connect
-//!   tls/       server configs, identity, reload, tickets, chain, client
+//!   tls/       server configs, server_stream, identity, reload, tickets, chain, client
 //!   config/    cli (clap), file (TOML), duration, proxy -> one Config
 //!   metrics/   stats (counters), exposition, the /metrics, /healthz, /readyz server
-//!   proto/     dns, edns, framing, proxy_header: pure wire code
+//!   proto/     dns, edns, framing, message_reader, proxy_header: pure wire code
 //! ```
 //!
 //! `tools` never imports `server`; clap types stop at `config`; `proto` and
@@ -24,17 +24,18 @@
 //!   -> server::handshake (plaintext refusal, TLS handshake)
 //!   -> server::connection (framing, in-flight limit, idle)
 //!   -> server::respond -> upstream (UDP, TCP on TC, pooled TCP/TLS)
-//!   -> the connection's single writer -> client
+//!   -> back to the connection's task, which writes the replies -> client
 //! ```
 //!
 //! * [`config`] validates the command line once into a [`config::Config`];
 //! * [`server::run`] serves already-bound listeners until a shutdown token
 //!   fires, which is how both `main` and the tests start it;
 //! * [`proto`] is pure wire-format code: [`proto::dns`], [`proto::edns`],
-//!   [`proto::framing`] and [`proto::proxy_header`];
+//!   [`proto::framing`], [`proto::message_reader`] and [`proto::proxy_header`];
 //! * [`upstream`] answers "what did an upstream say to this query?", with
 //!   its own connector and error type;
 //! * [`tls`] builds the rustls server configurations, with
+//!   [`tls::server_stream`] for the server side of each connection,
 //!   [`tls::identity`] for the certificate and key, [`tls::tickets`] for
 //!   session-ticket keys, [`tls::reload`] for certificate hot reload,
 //!   [`tls::chain`] for the chain checks and [`tls::client`] for the client

@@ -126,8 +126,8 @@ pub struct ServeArgs {
     #[arg(long, env = "DOTGATE_MAX_INFLIGHT", default_value_t = 128)]
     pub max_inflight: usize,
 
-    /// Memory in MiB, shared by all connections, for messages larger than a
-    /// connection's own 4 KiB read buffer; over it, such reads wait.
+    /// Memory in MiB, shared by all connections, for messages larger than
+    /// 4 KiB; over it, such reads wait.
     #[arg(
         long,
         env = "DOTGATE_MESSAGE_MEMORY_MIB",
