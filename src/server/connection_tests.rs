@@ -6,6 +6,9 @@
 //! the upstream is a real [`Pool`] toward a UDP responder on 127.0.0.1 that
 //! answers each name after the delay the name asks for, or never. Every
 //! wait is bounded, and durations are tens to hundreds of milliseconds.
+//!
+//! Over 700 lines because each invariant needs its own scenario; the
+//! responder and the client helpers at the top are shared by all of them.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
