@@ -150,11 +150,12 @@ def check_udp(a):
 class Conn:
     """connect -> handshake -> one query -> its reply, non-blocking."""
 
-    def __init__(self, ctx, port, qid):
+    def __init__(self, ctx, port, qid, session=None):
         self.sock = socket.socket()
         self.sock.setblocking(False)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.tls = ctx.wrap_socket(self.sock, server_hostname=SNI, do_handshake_on_connect=False)
+        self.tls = ctx.wrap_socket(self.sock, server_hostname=SNI, do_handshake_on_connect=False,
+                                   session=session)
         self.tls.connect_ex(("127.0.0.1", port))  # in progress; the handshake waits for it
         self.out = query(qid, f"n{qid % 3000}.bench.test.")
         self.buf = b""
@@ -201,14 +202,15 @@ class Conn:
             pass
 
 
-def run_conns(ctx, port, concurrency, deadline, total, on_done):
+def run_conns(ctx, port, concurrency, deadline, total, on_done, session=lambda: None):
     """Keep `concurrency` Conns in progress until deadline, or until `total`
-    were started (if given) and all have finished. Returns (done, failed)."""
+    were started (if given) and all have finished; each new Conn offers the
+    session `session()` gives, if any. Returns (done, failed)."""
     sel = selectors.DefaultSelector()
     started = done = failed = 0
     while time.monotonic() < deadline:
         while len(sel.get_map()) < concurrency and (total is None or started < total):
-            c = Conn(ctx, port, started)
+            c = Conn(ctx, port, started, session())
             started += 1
             sel.register(c.tls, c.events, c)
         if not sel.get_map():
@@ -233,20 +235,36 @@ def run_conns(ctx, port, concurrency, deadline, total, on_done):
 
 
 def handshakes(a):
+    """Full handshakes, or with --resume, each connection resuming the
+    session (ticket) of the latest finished one, as a returning phone does.
+    The session is taken after the reply, when TLS 1.3 tickets have come."""
     raise_nofile()
     ctx = client_context()
-    info = {}
+    info = {"resumed": 0}
+    latest = {"session": None}
 
     def finished(c):
         info.setdefault("tls", f"{c.tls.version()} {c.tls.cipher()[0]}")
+        info["resumed"] += int(c.tls.session_reused)
+        if a.resume and c.tls.session is not None:
+            latest["session"] = c.tls.session
         c.close()
 
+    if a.resume:
+        # One full handshake first, for a session to resume.
+        run_conns(ctx, a.port, 1, time.monotonic() + 10, 1, finished)
+        if latest["session"] is None:
+            print(json.dumps({"error": "no session to resume"}))
+            return 1
+        info["resumed"] = 0
     t0 = time.monotonic()
-    done, failed = run_conns(ctx, a.port, a.concurrency, t0 + a.seconds, None, finished)
+    done, failed = run_conns(ctx, a.port, a.concurrency, t0 + a.seconds, None, finished,
+                             lambda: latest["session"])
     wall = time.monotonic() - t0
     ru = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"handshakes": done, "failed": failed, "seconds": round(wall, 3),
                       "rate": round(done / wall, 1), "tls": info.get("tls"),
+                      "resumed": info["resumed"],
                       "client_cpu_pct": round(100 * (ru.ru_utime + ru.ru_stime) / wall, 1)}))
     return 0
 
@@ -282,6 +300,8 @@ def main():
     h = sub.add_parser("handshakes")
     h.add_argument("--seconds", type=float, default=5)
     h.add_argument("--concurrency", type=int, default=64)
+    h.add_argument("--resume", action="store_true",
+                   help="resume the latest session instead of full handshakes")
     i = sub.add_parser("idle")
     i.add_argument("--count", type=int, required=True)
     i.add_argument("--pid", type=int, required=True)

@@ -51,6 +51,8 @@ def main():
     row("full TLS handshakes per second", lambda r: r["rate"], test="handshakes")
     row("full TLS handshakes per frontend core",
         lambda r: r["handshakes"] / r["fe_cpu_s"] if r["fe_cpu_s"] else None, test="handshakes")
+    row("resumed TLS handshakes per frontend core",
+        lambda r: r["handshakes"] / r["fe_cpu_s"] if r["fe_cpu_s"] else None, test="resumed")
     offered = next((r["offered"] for r in rows if r["test"] == "latency"), None)
     if offered:
         row(f"p99 latency (ms) at {offered:,} QPS offered", lambda r: r["p99_ms"], 2, "lower",
@@ -99,7 +101,8 @@ def main():
     kinds = [("qps", {"quota_pct": 0}, "qps")]
     if cap:
         kinds.append(("qps", {"quota_pct": cap}, f"qps capped at {cap}%"))
-    kinds += [("handshakes", {}, "handshakes"), ("latency", {}, "latency")]
+    kinds += [("handshakes", {}, "handshakes"), ("resumed", {}, "resumed"),
+              ("latency", {}, "latency")]
     shares = []
     for test, match, label in kinds:
         for n in FRONTENDS:

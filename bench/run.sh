@@ -395,19 +395,22 @@ qps_run() {  # NAME ROUND QUOTA RATE: one dnsperf run over DoT; RATE 0 = as fast
   if [ "$test" = qps ] && ((quota == 0)); then echo "$qps" >> "$work/saturated-$name"; fi
 }
 
-hs_run() {  # NAME ROUND: new connections with a full handshake and one query each
-  local name=$1 round=$2 out=$work/handshakes-$1-r$2.json
+hs_run() {  # NAME ROUND [--resume]: new connections with a full (or resumed) handshake and one query each
+  local name=$1 round=$2 resume=${3:-} test=handshakes
+  [ -z "$resume" ] || test=resumed
+  local out=$work/$test-$1-r$2.json
   ((hs_seconds > 0)) || return 0
+  # shellcheck disable=SC2086 # $resume is one flag or nothing
   timed "$name" "$out" timeout --foreground -k 5 $((hs_seconds + 30)) python3 "$here/dotclients.py" handshakes \
-    --port "${port[$name]}" --seconds "$hs_seconds" --concurrency "$hs_concurrency" \
+    --port "${port[$name]}" --seconds "$hs_seconds" --concurrency "$hs_concurrency" $resume \
     || die "the handshake client failed against $name: $(tail -n 5 "$out")"
-  record "$(printf '"test":"handshakes","frontend":"%s","round":%d,"fe_cpu_s":%s,"wall_s":%s,"other_pct":%s,"irq_pct":%s,%s' \
-    "$name" "$round" "$fe_cpu_s" "$wall_s" "$other_pct" "$irq_pct" "$(sed 's/^{//; s/}$//' "$out")")"
+  record "$(printf '"test":"%s","frontend":"%s","round":%d,"fe_cpu_s":%s,"wall_s":%s,"other_pct":%s,"irq_pct":%s,%s' \
+    "$test" "$name" "$round" "$fe_cpu_s" "$wall_s" "$other_pct" "$irq_pct" "$(sed 's/^{//; s/}$//' "$out")")"
   log "  $(python3 -c 'import json, sys; d = json.loads(sys.argv[1])
-print("handshakes %-7s %6.0f/s   failed %d  client %.0f%% of a core  frontend %.1f%% of a core"
-      "  core 1: other processes %s%%, irq %s%%" % (sys.argv[2], d["rate"], d["failed"],
+print("%-10s %-7s %6.0f/s   failed %d  client %.0f%% of a core  frontend %.1f%% of a core"
+      "  core 1: other processes %s%%, irq %s%%" % (sys.argv[7], sys.argv[2], d["rate"], d["failed"],
       d["client_cpu_pct"], 100 * float(sys.argv[3]) / float(sys.argv[4]), sys.argv[5], sys.argv[6]))' \
-    "$(cat "$out")" "$name" "$fe_cpu_s" "$wall_s" "$other_pct" "$irq_pct")"
+    "$(cat "$out")" "$name" "$fe_cpu_s" "$wall_s" "$other_pct" "$irq_pct" "$test")"
 }
 
 idle_run() {  # NAME: a fresh frontend holding idle_count idle connections
@@ -443,6 +446,7 @@ for ((round = 1; round <= rounds; round++)); do
       set_quota "$name" 0
     fi
     hs_run "$name" "$round"
+    hs_run "$name" "$round" --resume
   done
 done
 
