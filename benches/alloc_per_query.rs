@@ -21,6 +21,9 @@
 //! (a window of 32 outstanding), then one at a time. It prints allocations
 //! and bytes per query.
 //!
+//! Without `--bench` (which `cargo bench` passes, and `cargo test` does
+//! not), it runs as a smoke test: 20 warm-up and 100 measured queries.
+//!
 //! With `ALLOC_SITES=N`, one counted allocation in N of the measured runs
 //! records its backtrace (guarded against the recursion that recording
 //! allocates itself), and the most frequent call sites are printed at the
@@ -93,7 +96,7 @@ fn count(size: usize, realloc: bool) {
         REALLOCS.fetch_add(1, Ordering::Relaxed);
     }
     let every = SAMPLE_EVERY.load(Ordering::Relaxed);
-    if every > 0 && n % every == 0 && SAMPLING.load(Ordering::Relaxed) {
+    if every > 0 && n.is_multiple_of(every) && SAMPLING.load(Ordering::Relaxed) {
         IN_HOOK.with(|h| h.set(true));
         let trace = Backtrace::force_capture();
         SITES
@@ -255,6 +258,9 @@ fn framed_queries(n: usize, edns: Edns) -> Vec<Vec<u8>> {
 const WARM_UP: usize = 200;
 const QUERIES: usize = 10_000;
 const WINDOW: usize = 32;
+/// The counts under `cargo test`, a smoke test.
+const SMOKE_WARM_UP: usize = 20;
+const SMOKE_QUERIES: usize = 100;
 
 fn main() {
     let every = std::env::var("ALLOC_SITES")
@@ -262,6 +268,13 @@ fn main() {
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
     SAMPLE_EVERY.store(every, Ordering::Relaxed);
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let (warm_up, measured) = if smoke {
+        println!("smoke test: {SMOKE_QUERIES} queries per run (cargo bench sends {QUERIES})");
+        (SMOKE_WARM_UP, SMOKE_QUERIES)
+    } else {
+        (WARM_UP, QUERIES)
+    };
 
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -287,11 +300,11 @@ fn main() {
             let mut tls = client::dial(addr, "dns.test", Arc::clone(&config))
                 .await
                 .expect("TLS connection to dotgate");
-            let warm = framed_queries(WARM_UP, edns);
+            let warm = framed_queries(warm_up, edns);
             exchange(&mut tls, &warm, WINDOW).await;
             exchange(&mut tls, &warm, 1).await;
             for window in [WINDOW, 1] {
-                let queries = framed_queries(QUERIES, edns);
+                let queries = framed_queries(measured, edns);
                 // Let the connection settle (replies written, buffers given
                 // back) before counting.
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -303,7 +316,7 @@ fn main() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 SAMPLING.store(false, Ordering::Relaxed);
                 let c = counts();
-                let q = QUERIES as f64;
+                let q = measured as f64;
                 println!(
                     "{:<24} {:>8} {:>12.2} {:>12.0} {:>14.2} {:>10.0}",
                     format!("{} ({} B)", edns.label(), queries[0].len() - 2),
@@ -394,7 +407,7 @@ fn print_sites(every: u64) {
         entry.1 += size;
     }
     let mut sorted: Vec<_> = by_site.into_iter().collect();
-    sorted.sort_by(|a, b| b.1 .0.cmp(&a.1 .0));
+    sorted.sort_by_key(|site| std::cmp::Reverse(site.1 .0));
     println!(
         "\nallocation sites: {total} backtraces, one in {every} counted allocations of the \
          measured runs (all kinds of query, both windows)"

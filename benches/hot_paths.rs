@@ -8,6 +8,9 @@
 //! cargo bench --bench hot_paths -- reply   # those whose name contains "reply"
 //! ```
 //!
+//! Without `--bench` (which `cargo bench` passes, and `cargo test` does
+//! not), each case runs a few times untimed, as a smoke test.
+//!
 //! A harness of our own rather than a framework (a few lines, no
 //! dependency): each case is warmed up, then timed over [`ROUNDS`] rounds
 //! of enough iterations to last about [`ROUND`]; it prints the fastest and
@@ -41,17 +44,24 @@ const WARM_UP: Duration = Duration::from_millis(50);
 
 struct Harness {
     filter: Option<String>,
+    /// Run each case a few times, untimed (under `cargo test`).
+    smoke: bool,
 }
 
 impl Harness {
     fn from_args() -> Self {
         // `cargo bench` passes `--bench`; anything else is a name filter.
         let filter = std::env::args().skip(1).find(|a| !a.starts_with("--"));
+        let smoke = !std::env::args().any(|a| a == "--bench");
+        if smoke {
+            println!("smoke test: each case a few times, untimed (cargo bench times them)");
+            return Self { filter, smoke };
+        }
         println!(
             "{:<58} {:>10} {:>10}",
             "case (ns per operation)", "min", "median"
         );
-        Self { filter }
+        Self { filter, smoke }
     }
 
     fn wanted(&self, name: &str) -> bool {
@@ -66,6 +76,12 @@ impl Harness {
     /// Times `f`, which does `ops` operations per call.
     fn run_n<T>(&self, name: &str, ops: u64, mut f: impl FnMut() -> T) {
         if !self.wanted(name) {
+            return;
+        }
+        if self.smoke {
+            for _ in 0..3 {
+                black_box(f());
+            }
             return;
         }
         let per_round = calibrate(|n| {
