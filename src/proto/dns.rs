@@ -187,11 +187,18 @@ fn skip_record(msg: &[u8], pos: usize) -> Option<RecordSpan> {
     })
 }
 
-/// Positions of the question and of the records after it.
+/// Positions of the question and of the records after it. Found without
+/// allocating: one walk per message, for the query and for the reply.
 struct Layout {
     question: Range<usize>,
-    /// Every OPT record found in the additional section.
-    opts: Vec<Range<usize>>,
+    /// The first OPT record found in the additional section.
+    opt: Option<Range<usize>>,
+    /// How many OPT records the additional section holds.
+    opts: usize,
+    /// How many OPT records end the message, one after another, and where
+    /// the first of them starts (the message's end when there are none).
+    trailing_opts: usize,
+    trailing_start: usize,
     /// Offset just past the last record.
     end: usize,
     /// Type of the last record of the message, if any.
@@ -208,21 +215,39 @@ fn question_end(msg: &[u8]) -> Option<usize> {
 /// runs past the end of the message.
 fn layout(msg: &[u8], question: Range<usize>) -> Option<Layout> {
     let mut pos = question.end;
-    let mut opts = Vec::new();
+    let mut opt = None;
+    let mut opts = 0;
+    let mut trailing_opts = 0;
+    let mut trailing_start = pos;
     let mut last_type = None;
     let in_answer_or_authority = count(msg, AN) as usize + count(msg, NS) as usize;
     let total = in_answer_or_authority + count(msg, AR) as usize;
     for index in 0..total {
         let span = skip_record(msg, pos)?;
         if index >= in_answer_or_authority && span.rtype == TYPE_OPT {
-            opts.push(span.range.clone());
+            if opt.is_none() {
+                opt = Some(span.range.clone());
+            }
+            opts += 1;
+            if trailing_opts == 0 {
+                trailing_start = span.range.start;
+            }
+            trailing_opts += 1;
+        } else {
+            trailing_opts = 0;
         }
         last_type = Some(span.rtype);
         pos = span.range.end;
     }
+    if trailing_opts == 0 {
+        trailing_start = pos;
+    }
     Some(Layout {
         question,
+        opt,
         opts,
+        trailing_opts,
+        trailing_start,
         end: pos,
         last_type,
     })
@@ -248,15 +273,15 @@ pub fn parse_query(msg: &[u8]) -> Result<QueryInfo, QueryError> {
     if layout.end != msg.len() {
         return Err(QueryError::TrailingBytes);
     }
-    if layout.opts.len() > 1 {
+    if layout.opts > 1 {
         return Err(QueryError::MultipleOpt);
     }
     // The OPT owner must be the root name (RFC 6891 §6.1.2); the in-place
     // edits rely on its fixed fields starting one byte in.
-    if layout.opts.iter().any(|opt| msg[opt.start] != 0) {
+    if layout.opt.as_ref().is_some_and(|opt| msg[opt.start] != 0) {
         return Err(QueryError::BadOptOwner);
     }
-    let opt = layout.opts.into_iter().next();
+    let opt = layout.opt;
     let request = match &opt {
         Some(opt) => edns::read_request(
             msg[opt.start + OPT_VERSION],
@@ -490,33 +515,34 @@ pub fn client_reply(
     // Anything past the last record (padding garbage) is dropped.
     reply.truncate(layout.end);
     let wants_opt = query.opt.is_some();
-    match layout.opts.as_slice() {
-        [] if !wants_opt => {}
-        [] => {
+    match (layout.opts, layout.opt) {
+        (0, _) if !wants_opt => {}
+        (0, _) => {
             if layout.last_type == Some(TYPE_TSIG) {
                 return reencode(&reply, query, leg);
             }
             push_own_opt(&mut reply, leg)?;
         }
-        [opt] if wants_opt => {
-            let rdlen_at = rdlen_offset(&reply, opt).ok_or(ReplyError::Malformed)?;
+        (1, Some(opt)) if wants_opt => {
+            let rdlen_at = rdlen_offset(&reply, &opt).ok_or(ReplyError::Malformed)?;
             if opt.end == reply.len() {
                 edns::rewrite_tail(&mut reply, rdlen_at, leg).map_err(ReplyError::from)?;
             } else if !leg.is_empty() || edns::needs_rewrite(&reply[rdlen_at + 2..opt.end]) {
                 return reencode(&reply, query, leg);
             }
         }
-        opts => {
+        (opts, _) => {
             // Remove every OPT record. A record is only ever removed from the
             // end of the message, so no compression pointer can be left
-            // pointing at moved bytes.
-            for opt in opts.iter().rev() {
-                if opt.end != reply.len() {
-                    return reencode(&reply, query, leg);
-                }
-                reply.truncate(opt.start);
-                let ar = count(&reply, AR);
-                set_count(&mut reply, AR, ar.saturating_sub(1));
+            // pointing at moved bytes: the OPT records that end the message
+            // go, and any other takes the slow path (from what is left).
+            reply.truncate(layout.trailing_start);
+            let ar = count(&reply, AR);
+            // At most ARCOUNT of them.
+            let removed = u16::try_from(layout.trailing_opts).unwrap_or(u16::MAX);
+            set_count(&mut reply, AR, ar.saturating_sub(removed));
+            if layout.trailing_opts != opts {
+                return reencode(&reply, query, leg);
             }
             if wants_opt {
                 push_own_opt(&mut reply, leg)?;
@@ -711,8 +737,8 @@ mod tests {
     /// The options of the only OPT record of `m`, as (code, data).
     fn opt_options(m: &[u8]) -> Vec<(u16, Vec<u8>)> {
         let l = layout(m, 12..question_end(m).unwrap()).unwrap();
-        assert_eq!(l.opts.len(), 1, "one OPT record");
-        let opt = &l.opts[0];
+        assert_eq!(l.opts, 1, "one OPT record");
+        let opt = l.opt.unwrap();
         let mut rd = &m[opt.start + OPT_RR_LEN..opt.end];
         let rdlen = u16::from_be_bytes([m[opt.start + 9], m[opt.start + 10]]);
         assert_eq!(usize::from(rdlen), rd.len());
@@ -867,11 +893,50 @@ mod tests {
         let out = client_reply(answer(&q, false), &info, LegOptions::NONE).unwrap();
         assert_eq!(count(&out, AR), 1);
         let l = layout(&out, 12..question_end(&out).unwrap()).unwrap();
-        assert_eq!(l.opts.len(), 1);
+        assert_eq!(l.opts, 1);
 
         // OPT in both: passed through byte for byte (but the ID).
         let r = answer(&q, true);
         assert_eq!(client_reply(r.clone(), &info, LegOptions::NONE).unwrap(), r);
+    }
+
+    /// A reply with several OPT records (which a query may not have) loses
+    /// them all: those that end the message in place, the rest through the
+    /// slow path; the client gets one OPT exactly when it sent one.
+    #[test]
+    fn client_reply_removes_every_upstream_opt() {
+        for client_opt in [false, true] {
+            let q = query(7, "example.com", 1, client_opt);
+            let info = parse_query(&q).unwrap();
+            // Two OPT records ending the message.
+            let mut r = answer(&q, true);
+            push_opt(&mut r, 512);
+            set_count(&mut r, AR, 2);
+            let out = client_reply(r, &info, LegOptions::NONE).unwrap();
+            let l = layout(&out, 12..question_end(&out).unwrap()).unwrap();
+            assert_eq!(l.opts, usize::from(client_opt));
+            assert_eq!(count(&out, AR), u16::from(client_opt));
+            assert_eq!(l.end, out.len());
+            assert_eq!(count(&out, AN), 1);
+            if client_opt {
+                let opt = l.opt.unwrap();
+                assert_eq!(
+                    &out[opt.start + 3..opt.start + 5],
+                    &OWN_PAYLOAD.to_be_bytes()
+                );
+            }
+
+            // OPT, A, OPT: the last goes in place, the first by re-encoding.
+            let mut r = opt_then_a(&q, &[]);
+            push_opt(&mut r, 512);
+            set_count(&mut r, AR, 3);
+            let out = client_reply(r, &info, LegOptions::NONE).unwrap();
+            let msg = hickory_proto::op::Message::from_vec(&out).unwrap();
+            assert_eq!(msg.edns.is_some(), client_opt);
+            assert_eq!(msg.additionals.len(), 1, "the A record stays");
+            assert_eq!(msg.answers.len(), 1);
+            assert_eq!(id(&out), 7);
+        }
     }
 
     #[test]
@@ -1116,7 +1181,10 @@ mod tests {
         let q = query(7, "example.com", 1, true);
         let info = parse_query(&q).unwrap();
         let mut r = with_options(answer(&q, true), &[(10, &[1; 24])]);
-        let opt = layout(&r, 12..question_end(&r).unwrap()).unwrap().opts[0].clone();
+        let opt = layout(&r, 12..question_end(&r).unwrap())
+            .unwrap()
+            .opt
+            .unwrap();
         r[opt.start + OPT_EXT_RCODE] = 1; // BADCOOKIE = 23 = 1 << 4 | 7
         r[3] = (r[3] & 0xf0) | 7;
         r[opt.start + 7] = 0x80; // DO

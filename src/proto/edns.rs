@@ -306,6 +306,9 @@ pub fn rewrite_tail(
     }
     debug_assert_eq!(write, kept);
     msg.truncate(kept);
+    // The room for the keepalive and the padding at once: one reallocation
+    // at most, rather than one per option as the vector doubles.
+    msg.reserve_exact(total - kept);
     if let Some(timeout) = leg.keepalive {
         msg.extend_from_slice(&KEEPALIVE.to_be_bytes());
         msg.extend_from_slice(&2u16.to_be_bytes());

@@ -257,6 +257,8 @@ impl Replies {
     fn push(&mut self, (reply, received): (Vec<u8>, Instant)) {
         // Messages are at most 65535 bytes: they come from 16-bit framing or
         // from a UDP datagram, and synthesized replies are small.
+        // Room for prefix and reply at once, not the prefix's first.
+        self.batch.reserve(2 + reply.len());
         self.batch
             .extend_from_slice(&(reply.len() as u16).to_be_bytes());
         self.batch.extend_from_slice(&reply);

@@ -59,8 +59,42 @@ const MAX_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 struct Waiter {
     /// Tells this waiter from a later one that reuses the same ID.
     seq: u64,
-    question: Box<[u8]>,
+    question: Question,
     tx: oneshot::Sender<Reply>,
+}
+
+/// Question sections up to this long are kept in the waiter itself: a
+/// name of up to 58 bytes on the wire, which is nearly all of them, costs
+/// no allocation of its own. The size makes a [`Question`] 64 bytes.
+const INLINE_QUESTION: usize = 62;
+
+/// The question section a reply must repeat.
+enum Question {
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_QUESTION],
+    },
+    Heap(Box<[u8]>),
+}
+
+impl Question {
+    fn new(question: &[u8]) -> Self {
+        match u8::try_from(question.len()) {
+            Ok(len) if question.len() <= INLINE_QUESTION => {
+                let mut bytes = [0; INLINE_QUESTION];
+                bytes[..question.len()].copy_from_slice(question);
+                Question::Inline { len, bytes }
+            }
+            _ => Question::Heap(question.into()),
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Question::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Question::Heap(bytes) => bytes,
+        }
+    }
 }
 
 struct Socket {
@@ -165,7 +199,7 @@ impl UdpTransport {
                 if let Entry::Vacant(slot) = pending.entry(id) {
                     slot.insert(Waiter {
                         seq,
-                        question: msg[info.question.clone()].into(),
+                        question: Question::new(&msg[info.question.clone()]),
                         tx,
                     });
                     break id;
@@ -276,7 +310,7 @@ async fn receive_loop(socket: Arc<Socket>, stats: Arc<Stats>) {
             tracing::debug!(id, "upstream reply with an ID not in use: ignored");
             continue;
         };
-        match classify(reply, &waiter.question) {
+        match classify(reply, waiter.question.as_bytes()) {
             Some(result) => {
                 if let Some(waiter) = pending.remove(&id) {
                     drop(pending);
@@ -310,6 +344,29 @@ mod tests {
             Some(Duration::from_millis(8))
         );
         assert_eq!(error_backoff(u32::MAX), Some(MAX_ERROR_BACKOFF));
+    }
+
+    #[test]
+    fn questions_are_kept_whole_inline_or_not() {
+        assert_eq!(std::mem::size_of::<Question>(), 64);
+        for len in [
+            0,
+            5,
+            21,
+            INLINE_QUESTION - 1,
+            INLINE_QUESTION,
+            INLINE_QUESTION + 1,
+            259,
+        ] {
+            let question: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let kept = Question::new(&question);
+            assert_eq!(kept.as_bytes(), question.as_slice(), "{len} bytes");
+            assert_eq!(
+                matches!(kept, Question::Inline { .. }),
+                len <= INLINE_QUESTION,
+                "{len} bytes"
+            );
+        }
     }
 
     #[tokio::test]
