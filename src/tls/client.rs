@@ -154,7 +154,7 @@ pub fn system_roots() -> Result<RootCertStore, TrustError> {
 /// Accepts any certificate, but still checks the handshake signatures so the
 /// connection is at least consistent. For `--insecure` only.
 #[derive(Debug)]
-struct AcceptAnyCert(Arc<CryptoProvider>);
+pub(crate) struct AcceptAnyCert(pub(crate) Arc<CryptoProvider>);
 
 impl ServerCertVerifier for AcceptAnyCert {
     fn verify_server_cert(

@@ -1,15 +1,16 @@
 //! TLS set-up: the rustls server configurations around the identity of
 //! [`crate::tls::identity`], and the start of the reloader.
 //!
-//! Two server configurations are built from one certificate: one that offers
-//! ALPN `dot` and one that offers no ALPN. rustls refuses a client whose ALPN
-//! list shares nothing with the server's, so a client offering only other
-//! protocols gets the second one and still receives DNS (R5).
+//! Server configurations are built from one certificate: ones that offer
+//! ALPN `dot` and ones that offer no ALPN. rustls refuses a client whose
+//! ALPN list shares nothing with the server's, so a client offering only
+//! other protocols gets the second kind and still receives DNS (R5). Each
+//! kind comes in two orders of cipher suites (see [`SuiteOrder`]).
 //!
-//! Both configurations share one [`CurrentCert`] (which the reloader swaps),
+//! All configurations share one [`CurrentCert`] (which the reloader swaps),
 //! one session-ticket encrypter and one session cache, so that a session
-//! made under either resumes under either (R6). TLS 1.2 and 1.3 only (R2),
-//! with rustls' default suites, all AEAD: AES-256-GCM, AES-128-GCM and
+//! made under one resumes under another (R6). TLS 1.2 and 1.3 only (R2),
+//! with rustls' default suites, all AEAD: AES-128-GCM, AES-256-GCM and
 //! ChaCha20-Poly1305. No 0-RTT: `max_early_data_size` stays 0, as DNS
 //! queries replayed by an attacker are not worth the saved round trip.
 
@@ -24,7 +25,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rustls::server::{ClientHello, ProducesTickets, ServerSessionMemoryCache};
-use rustls::ServerConfig;
+use rustls::{CipherSuite, ServerConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CertSource, Config, TlsSettings, TlsVersion};
@@ -40,12 +41,86 @@ use tickets::Ticketer;
 /// than by ticket (tickets need no server memory). A few hundred bytes each.
 pub const SESSION_CACHE_SIZE: usize = 8192;
 
-/// The server configurations for one identity, picked per ClientHello.
+/// The server configurations for one identity, picked per ClientHello:
+/// with or without ALPN, and with one of two orders of cipher suites.
 #[derive(Clone)]
 pub struct ServerConfigs {
-    with_alpn: Arc<ServerConfig>,
-    without_alpn: Arc<ServerConfig>,
+    /// Indexed by [`SuiteOrder`].
+    with_alpn: [Arc<ServerConfig>; 2],
+    without_alpn: [Arc<ServerConfig>; 2],
     current: Arc<CurrentCert>,
+}
+
+/// Which cipher suite the server picks among those a client offers.
+///
+/// The server's order, not the client's: clients built on OpenSSL (stubby,
+/// Python) put AES-256-GCM-SHA384 first, whose SHA-384 key schedule took a
+/// tenth of a full handshake's CPU in a profile (aws-lc's SHA-512 has no
+/// hardware help on common CPUs), while AES-128-GCM-SHA256 is as safe at
+/// the 128-bit level that X25519 and P-256 give anyway. A client that
+/// puts ChaCha20-Poly1305 first (a phone without AES instructions) keeps
+/// it, as BoringSSL's "prioritize ChaCha" servers do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SuiteOrder {
+    AesFirst = 0,
+    ChaChaFirst = 1,
+}
+
+impl SuiteOrder {
+    /// A suite's place in this order (lower first).
+    fn rank(self, suite: CipherSuite) -> u8 {
+        match (self, suite_kind(suite)) {
+            (Self::AesFirst, SuiteKind::Aes128) | (Self::ChaChaFirst, SuiteKind::ChaCha) => 0,
+            (Self::AesFirst, SuiteKind::ChaCha) | (Self::ChaChaFirst, SuiteKind::Aes128) => 1,
+            (_, SuiteKind::Other) => 2,
+        }
+    }
+
+    /// The order for a client: ChaCha20 first when the first of its
+    /// suites that dotgate knows is a ChaCha20 one (unknown values, such as
+    /// GREASE, are skipped).
+    fn for_client(hello: &ClientHello<'_>) -> Self {
+        let first = hello
+            .cipher_suites()
+            .iter()
+            .map(|&suite| suite_kind(suite))
+            .find(|kind| *kind != SuiteKind::Other)
+            .unwrap_or(SuiteKind::Other);
+        if first == SuiteKind::ChaCha {
+            Self::ChaChaFirst
+        } else {
+            Self::AesFirst
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SuiteKind {
+    Aes128,
+    ChaCha,
+    Other,
+}
+
+fn suite_kind(suite: CipherSuite) -> SuiteKind {
+    match suite {
+        CipherSuite::TLS13_AES_128_GCM_SHA256
+        | CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        | CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => SuiteKind::Aes128,
+        CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+        | CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+        | CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => SuiteKind::ChaCha,
+        _ => SuiteKind::Other,
+    }
+}
+
+/// The crypto provider with its suites in `order` (a stable sort: suites
+/// of one kind keep the provider's order).
+fn ordered_provider(order: SuiteOrder) -> Arc<rustls::crypto::CryptoProvider> {
+    let mut provider = (*provider()).clone();
+    provider
+        .cipher_suites
+        .sort_by_key(|suite| order.rank(suite.suite()));
+    Arc::new(provider)
 }
 
 impl ServerConfigs {
@@ -72,19 +147,30 @@ impl ServerConfigs {
             TlsVersion::Tls13 => &[&rustls::version::TLS13],
         };
         let sessions = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
-        let build = |alpn: Vec<Vec<u8>>| -> Result<Arc<ServerConfig>, TlsError> {
-            let mut config = ServerConfig::builder_with_provider(provider())
+        let build = |alpn: &[u8], order: SuiteOrder| -> Result<Arc<ServerConfig>, TlsError> {
+            let mut config = ServerConfig::builder_with_provider(ordered_provider(order))
                 .with_protocol_versions(versions)?
                 .with_no_client_auth()
                 .with_cert_resolver(current.clone());
-            config.alpn_protocols = alpn;
+            config.alpn_protocols = if alpn.is_empty() {
+                Vec::new()
+            } else {
+                vec![alpn.to_vec()]
+            };
+            config.ignore_client_order = true;
             config.ticketer = ticketer.clone();
             config.session_storage = sessions.clone();
             Ok(Arc::new(config))
         };
+        let pair = |alpn: &[u8]| -> Result<[Arc<ServerConfig>; 2], TlsError> {
+            Ok([
+                build(alpn, SuiteOrder::AesFirst)?,
+                build(alpn, SuiteOrder::ChaChaFirst)?,
+            ])
+        };
         Ok(Self {
-            with_alpn: build(vec![ALPN_DOT.to_vec()])?,
-            without_alpn: build(Vec::new())?,
+            with_alpn: pair(ALPN_DOT)?,
+            without_alpn: pair(&[])?,
             current,
         })
     }
@@ -95,15 +181,17 @@ impl ServerConfigs {
     }
 
     /// Chooses the configuration for a client: ALPN `dot` when the client
-    /// offers it or offers nothing, no ALPN when it offers only others.
+    /// offers it or offers nothing, no ALPN when it offers only others; the
+    /// suite order of [`SuiteOrder::for_client`].
     pub fn for_client(&self, hello: &ClientHello<'_>) -> Arc<ServerConfig> {
         let offers_others_only = hello
             .alpn()
             .is_some_and(|mut offered| !offered.any(|p| p == ALPN_DOT));
+        let order = SuiteOrder::for_client(hello) as usize;
         if offers_others_only {
-            self.without_alpn.clone()
+            self.without_alpn[order].clone()
         } else {
-            self.with_alpn.clone()
+            self.with_alpn[order].clone()
         }
     }
 }
@@ -158,7 +246,6 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use rustls::CipherSuite;
 
     fn identity() -> Identity {
         self_signed("dns.test").expect("self-signed identity")
@@ -183,27 +270,27 @@ mod tests {
     }
 
     #[test]
-    fn both_configs_share_tickets_sessions_and_certificate_without_0rtt() {
+    fn all_configs_share_tickets_sessions_and_certificate_without_0rtt() {
         let settings = TlsSettings {
             min_version: TlsVersion::Tls12,
             name: None,
             ticket_key_file: None,
         };
         let configs = ServerConfigs::new(&identity(), &settings).unwrap();
-        for config in [&configs.with_alpn, &configs.without_alpn] {
+        let first = &configs.with_alpn[0];
+        for config in configs.with_alpn.iter().chain(&configs.without_alpn) {
             assert!(config.ticketer.enabled());
             assert_eq!(config.max_early_data_size, 0, "no 0-RTT");
+            assert!(config.ignore_client_order, "the server's suite order");
+            assert!(Arc::ptr_eq(&config.ticketer, &first.ticketer));
+            assert!(Arc::ptr_eq(&config.session_storage, &first.session_storage));
         }
-        assert!(Arc::ptr_eq(
-            &configs.with_alpn.ticketer,
-            &configs.without_alpn.ticketer
-        ));
-        assert!(Arc::ptr_eq(
-            &configs.with_alpn.session_storage,
-            &configs.without_alpn.session_storage
-        ));
-        assert_eq!(configs.with_alpn.alpn_protocols, vec![ALPN_DOT.to_vec()]);
-        assert!(configs.without_alpn.alpn_protocols.is_empty());
+        for config in &configs.with_alpn {
+            assert_eq!(config.alpn_protocols, vec![ALPN_DOT.to_vec()]);
+        }
+        for config in &configs.without_alpn {
+            assert!(config.alpn_protocols.is_empty());
+        }
     }
 
     #[test]

@@ -597,3 +597,129 @@ mod tests {
         assert!(result.is_err());
     }
 }
+
+#[cfg(test)]
+mod suite_tests {
+    use std::sync::Arc;
+
+    use rustls::crypto::CryptoProvider;
+    use rustls::{CipherSuite, ClientConfig, SupportedProtocolVersion};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::config::{TlsSettings, TlsVersion};
+    use crate::tls::client::{self, AcceptAnyCert};
+    use crate::tls::identity::self_signed;
+
+    /// The suite a client offering `offered` (in its order of preference)
+    /// gets from the server.
+    async fn negotiated(
+        offered: &[CipherSuite],
+        version: &'static SupportedProtocolVersion,
+    ) -> CipherSuite {
+        let settings = TlsSettings {
+            min_version: TlsVersion::Tls12,
+            name: None,
+            ticket_key_file: None,
+        };
+        let configs = ServerConfigs::new(&self_signed("dns.test").unwrap(), &settings).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut stream = accept(tcp, &configs).await.unwrap();
+            let suite = stream.session().negotiated_cipher_suite().unwrap().suite();
+            // Wait for the client's close.
+            let _ = stream.read(&mut [0; 16]).await;
+            suite
+        });
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        provider.cipher_suites = offered
+            .iter()
+            .map(|want| {
+                *rustls::crypto::aws_lc_rs::ALL_CIPHER_SUITES
+                    .iter()
+                    .find(|s| s.suite() == *want)
+                    .unwrap()
+            })
+            .collect();
+        let provider: Arc<CryptoProvider> = Arc::new(provider);
+        let config = ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+            .with_no_client_auth();
+        let mut tls = client::dial(addr, "dns.test", Arc::new(config))
+            .await
+            .unwrap();
+        let suite = tls.get_ref().1.negotiated_cipher_suite().unwrap().suite();
+        tls.shutdown().await.unwrap();
+        assert_eq!(server.await.unwrap(), suite);
+        suite
+    }
+
+    /// The server picks AES-128-GCM over AES-256-GCM whatever the client's
+    /// order, keeps ChaCha20 for a client that puts it first, and still
+    /// serves a client that offers AES-256 alone.
+    #[tokio::test]
+    async fn the_server_orders_suites_but_keeps_chacha_first_clients() {
+        use CipherSuite::*;
+        let v13 = &rustls::version::TLS13;
+        let v12 = &rustls::version::TLS12;
+        let cases: [(
+            &[CipherSuite],
+            &'static SupportedProtocolVersion,
+            CipherSuite,
+        ); 6] = [
+            (
+                &[
+                    TLS13_AES_256_GCM_SHA384,
+                    TLS13_AES_128_GCM_SHA256,
+                    TLS13_CHACHA20_POLY1305_SHA256,
+                ],
+                v13,
+                TLS13_AES_128_GCM_SHA256,
+            ),
+            (
+                &[
+                    TLS13_CHACHA20_POLY1305_SHA256,
+                    TLS13_AES_256_GCM_SHA384,
+                    TLS13_AES_128_GCM_SHA256,
+                ],
+                v13,
+                TLS13_CHACHA20_POLY1305_SHA256,
+            ),
+            (&[TLS13_AES_256_GCM_SHA384], v13, TLS13_AES_256_GCM_SHA384),
+            (
+                &[
+                    TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+                    TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                ],
+                v12,
+                TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            ),
+            (
+                &[
+                    TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+                    TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                ],
+                v12,
+                TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            ),
+            (
+                &[TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384],
+                v12,
+                TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            ),
+        ];
+        for (offered, version, expected) in cases {
+            assert_eq!(
+                negotiated(offered, version).await,
+                expected,
+                "offered {offered:?}"
+            );
+        }
+    }
+}
