@@ -72,7 +72,7 @@ impl SuiteOrder {
         match (self, suite_kind(suite)) {
             (Self::AesFirst, SuiteKind::Aes128) | (Self::ChaChaFirst, SuiteKind::ChaCha) => 0,
             (Self::AesFirst, SuiteKind::ChaCha) | (Self::ChaChaFirst, SuiteKind::Aes128) => 1,
-            (_, SuiteKind::Other) => 2,
+            (_, SuiteKind::Aes256 | SuiteKind::Other) => 2,
         }
     }
 
@@ -98,6 +98,8 @@ impl SuiteOrder {
 enum SuiteKind {
     Aes128,
     ChaCha,
+    Aes256,
+    /// Not one of rustls' default suites (GREASE, or older ones).
     Other,
 }
 
@@ -109,6 +111,9 @@ fn suite_kind(suite: CipherSuite) -> SuiteKind {
         CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
         | CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
         | CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => SuiteKind::ChaCha,
+        CipherSuite::TLS13_AES_256_GCM_SHA384
+        | CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+        | CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => SuiteKind::Aes256,
         _ => SuiteKind::Other,
     }
 }

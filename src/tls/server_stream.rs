@@ -672,7 +672,17 @@ mod suite_tests {
             &[CipherSuite],
             &'static SupportedProtocolVersion,
             CipherSuite,
-        ); 6] = [
+        ); 7] = [
+            // OpenSSL's default order (Python, stubby): ChaCha20 is not first.
+            (
+                &[
+                    TLS13_AES_256_GCM_SHA384,
+                    TLS13_CHACHA20_POLY1305_SHA256,
+                    TLS13_AES_128_GCM_SHA256,
+                ],
+                v13,
+                TLS13_AES_128_GCM_SHA256,
+            ),
             (
                 &[
                     TLS13_AES_256_GCM_SHA384,
