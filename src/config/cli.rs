@@ -180,6 +180,17 @@ pub struct ServeArgs {
     #[arg(long, env = "DOTGATE_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// Serve only clients from this network (CIDR, e.g. `192.168.1.0/24`); others
+    /// are closed at accept, before any TLS. Repeatable. Default: everyone. Behind
+    /// PROXY, the client address the header carries is what is judged.
+    #[arg(
+        long,
+        env = "DOTGATE_ALLOW_FROM",
+        value_delimiter = ',',
+        value_name = "CIDR"
+    )]
+    pub allow_from: Vec<crate::config::proxy::Cidr>,
+
     /// Expect a PROXY protocol header (v1 or v2) before TLS on every connection, as
     /// sent by a load balancer; the client address it carries is used for the
     /// per-address limits and in logs.

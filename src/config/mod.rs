@@ -4,6 +4,7 @@
 //! Everything an operator can get wrong is checked here, with an error that
 //! names the flag and says what to pass; the components then trust the values.
 
+pub mod access;
 pub mod cli;
 pub mod duration;
 pub mod file;
@@ -137,6 +138,8 @@ pub struct Config {
     /// Extra addresses where every connection carries a PROXY header,
     /// whatever `proxy.enabled` says (`--proxy-protocol-listen`).
     pub proxy_listen: Vec<SocketAddr>,
+    /// `--allow-from`: the networks whose clients are served.
+    pub allow: crate::config::access::AllowList,
 }
 
 /// Port of DNS over TLS (RFC 7858 §3.1), the default of `tls://` upstreams.
@@ -335,6 +338,7 @@ impl Config {
                 trusted: args.proxy_protocol_from.clone(),
             },
             proxy_listen: args.proxy_protocol_listen.clone(),
+            allow: crate::config::access::AllowList::new(args.allow_from.clone()),
         })
     }
 }

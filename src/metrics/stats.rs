@@ -63,6 +63,8 @@ pub struct Stats {
     pub refused_proxy_malformed: IntCounter,
     /// A connection from outside `--proxy-protocol-from` while PROXY is on.
     pub refused_proxy_untrusted: IntCounter,
+    /// A client outside `--allow-from`.
+    pub refused_not_allowed: IntCounter,
     /// Failed accepts on a DoT listener (out of file descriptors, mostly);
     /// each one is followed by a pause, see `server::AcceptErrors`.
     pub accept_errors: IntCounter,
@@ -321,6 +323,7 @@ impl Stats {
             refused_handshake_rate: refused.with_label_values(&["handshake_rate"]),
             refused_proxy_malformed: refused.with_label_values(&["proxy_malformed"]),
             refused_proxy_untrusted: refused.with_label_values(&["proxy_untrusted"]),
+            refused_not_allowed: refused.with_label_values(&["not_allowed"]),
             accept_errors: r.counter(
                 "dotgate_accept_errors_total",
                 "Failed accepts on a DoT listener (e.g. out of file descriptors), each followed by a pause.",
@@ -566,6 +569,7 @@ impl Stats {
             refused_handshake_rate = self.refused_handshake_rate.get(),
             refused_proxy_malformed = self.refused_proxy_malformed.get(),
             refused_proxy_untrusted = self.refused_proxy_untrusted.get(),
+            refused_not_allowed = self.refused_not_allowed.get(),
             accept_errors = self.accept_errors.get(),
             handshake_failures = self.handshake_failures.get(),
             queries = self.queries.get(),

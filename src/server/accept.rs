@@ -113,6 +113,7 @@ pub async fn run_with_metrics(
         max_inflight: config.limits.max_inflight,
         max_queries: config.limits.max_queries_per_connection,
         max_age: config.limits.max_connection_age,
+        allow: config.allow.clone(),
         read_limits: ReadLimits {
             read_timeout: Some(config.timeouts.read),
             budget: Some(MessageBudget::new(config.limits.message_memory, {
@@ -278,6 +279,14 @@ impl AcceptLoop {
                 }
             };
             let stats = &self.shared.stats;
+            // Judged first, before a slot or any byte is read; behind PROXY
+            // the client is only known from the header.
+            if !self.proxy.enabled && !self.shared.allow.allows(peer.ip()) {
+                stats.refused_not_allowed.inc();
+                tracing::debug!(%peer, "not in --allow-from: closed");
+                drop(tcp);
+                continue;
+            }
             let Ok(global) = self.slots.clone().try_acquire_owned() else {
                 stats.refused_over_capacity.inc();
                 tracing::debug!(%peer, "over --max-connections: closed");
@@ -408,6 +417,11 @@ async fn handle(
             }
         }
         tracing::debug!(%client, proxy = %peer, "PROXY header read");
+        if !shared.allow.allows(client.ip()) {
+            stats.refused_not_allowed.inc();
+            tracing::debug!(%client, proxy = %peer, "not in --allow-from: closed");
+            return;
+        }
         match admit(&per_ip, client, stats) {
             Some(ip) => slot._ip = Some(ip),
             None => return,

@@ -42,6 +42,7 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::access::AllowList;
 use crate::config::Timeouts;
 use crate::metrics::stats::{CloseReason, Stats};
 use crate::proto::framing::FrameError;
@@ -61,6 +62,8 @@ pub struct Shared {
     pub max_age: Option<Duration>,
     /// The read timeout and the shared message budget.
     pub read_limits: ReadLimits,
+    /// `--allow-from`: judged at accept, or after the PROXY header.
+    pub allow: AllowList,
 }
 
 /// Largest batch of replies coalesced into one write.

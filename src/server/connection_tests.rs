@@ -216,6 +216,7 @@ async fn shared(upstream: &Upstream, s: Settings) -> Arc<Shared> {
         max_inflight: s.max_inflight,
         max_queries: s.max_queries,
         max_age: s.max_age,
+        allow: Default::default(),
         read_limits: ReadLimits {
             read_timeout: Some(s.read),
             budget: Some(MessageBudget::new(64 << 20, Arc::new(|| {}))),

@@ -7,6 +7,7 @@
 mod harness;
 mod upstream;
 
+mod access;
 mod answers;
 mod check;
 mod config;

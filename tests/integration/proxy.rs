@@ -20,7 +20,7 @@ use crate::upstream::Upstream;
 
 const DOTGATE: &str = "198.51.100.1:853";
 
-fn v1(client: &str) -> Vec<u8> {
+pub(crate) fn v1(client: &str) -> Vec<u8> {
     let client: SocketAddr = client.parse().unwrap();
     let family = if client.is_ipv4() { "TCP4" } else { "TCP6" };
     let dst = if client.is_ipv4() {
@@ -97,7 +97,11 @@ async fn answered(stream: &mut TlsStream<TcpStream>, id: u16, name: &str) -> boo
 }
 
 /// Opens a connection behind `header`; true if it is served.
-async fn served(server: &Server, header: &[u8], id: u16) -> (bool, Option<TlsStream<TcpStream>>) {
+pub(crate) async fn served(
+    server: &Server,
+    header: &[u8],
+    id: u16,
+) -> (bool, Option<TlsStream<TcpStream>>) {
     match connect_with(server.addr, header, server.pki.client.clone()).await {
         Ok(mut stream) => {
             let ok = answered(&mut stream, id, &format!("q{id}.proxy.test.")).await;
