@@ -21,7 +21,9 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use rustls::server::{Acceptor, UnbufferedServerConnection};
-use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, InsufficientSizeError};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncodeTlsData, EncryptError, InsufficientSizeError,
+};
 use rustls::{CommonState, HandshakeKind, ProtocolVersion};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -193,14 +195,7 @@ impl ServerStream {
                     true
                 }
                 ConnectionState::EncodeTlsData(mut data) => {
-                    let outgoing = &mut self.outgoing;
-                    grow_into(outgoing, 1024, |spare| match data.encode(spare) {
-                        Ok(n) => Ok(n),
-                        Err(EncodeError::InsufficientSize(InsufficientSizeError {
-                            required_size,
-                        })) => Err(Some(required_size)),
-                        Err(EncodeError::AlreadyEncoded) => Err(None),
-                    })?;
+                    encode_into(&mut self.outgoing, &mut data)?;
                     true
                 }
                 ConnectionState::TransmitTlsData(transmit) => {
@@ -296,17 +291,8 @@ impl ServerStream {
                 Err(e) => break Err(io::Error::new(io::ErrorKind::InvalidData, e)),
             };
             match state {
-                ConnectionState::EncodeTlsData(mut encode) => {
-                    let done = grow_into(&mut self.outgoing, 1024, |spare| {
-                        match encode.encode(spare) {
-                            Ok(n) => Ok(n),
-                            Err(EncodeError::InsufficientSize(InsufficientSizeError {
-                                required_size,
-                            })) => Err(Some(required_size)),
-                            Err(EncodeError::AlreadyEncoded) => Err(None),
-                        }
-                    });
-                    if let Err(e) = done {
+                ConnectionState::EncodeTlsData(mut data) => {
+                    if let Err(e) = encode_into(&mut self.outgoing, &mut data) {
                         break Err(e);
                     }
                 }
@@ -346,6 +332,20 @@ impl ServerStream {
         self.incoming = incoming;
         result
     }
+}
+
+/// Appends a handshake record rustls has ready to `outgoing`.
+fn encode_into<Data>(
+    outgoing: &mut Vec<u8>,
+    data: &mut EncodeTlsData<'_, Data>,
+) -> io::Result<usize> {
+    grow_into(outgoing, 1024, |spare| match data.encode(spare) {
+        Ok(n) => Ok(n),
+        Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
+            Err(Some(required_size))
+        }
+        Err(EncodeError::AlreadyEncoded) => Err(None),
+    })
 }
 
 /// Appends to `buf` what `fill` writes into spare room, growing the room to
