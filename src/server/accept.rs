@@ -449,13 +449,14 @@ async fn handle(
             return;
         }
     };
-    let version = match tls.protocol_version() {
+    let session = tls.session();
+    let version = match session.protocol_version() {
         Some(rustls::ProtocolVersion::TLSv1_2) => Some(TlsVersionLabel::Tls12),
         Some(rustls::ProtocolVersion::TLSv1_3) => Some(TlsVersionLabel::Tls13),
         _ => None,
     };
     if let Some(version) = version {
-        let resumed = tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         stats.count_handshake(version, resumed);
     }
     let reason = connection::serve(tls, client, shared.clone(), shutdown).await;

@@ -22,9 +22,9 @@ use std::task::{ready, Context, Poll};
 
 use rustls::server::{Acceptor, UnbufferedServerConnection};
 use rustls::unbuffered::{
-    ConnectionState, EncodeError, EncodeTlsData, EncryptError, InsufficientSizeError,
+    ConnectionState, EncodeError, EncodeTlsData, EncryptError, InsufficientSizeError, ReadTraffic,
 };
-use rustls::{CommonState, HandshakeKind, ProtocolVersion};
+use rustls::CommonState;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -110,42 +110,29 @@ pub async fn accept(mut tcp: TcpStream, configs: &ServerConfigs) -> io::Result<S
         eof: false,
         closing: false,
     };
+    let mut processed = stream.process_incoming();
     loop {
-        let mut incoming = std::mem::take(&mut stream.incoming);
-        let processed = stream.process(&mut incoming);
-        match processed {
-            Ok(used) => {
-                incoming.drain(..used);
-                stream.incoming = incoming;
-            }
-            Err(e) => {
-                // The alert rustls queued for the error, if any, best effort.
-                let _ = stream.process(&mut []);
-                let _ = stream.tcp.try_write(&stream.outgoing[stream.out_at..]);
-                return Err(e);
-            }
+        if let Err(e) = processed {
+            // The alert rustls queued for the error, if any, best effort.
+            let _ = stream.process(&mut []);
+            let _ = stream.tcp.try_write(&stream.outgoing[stream.out_at..]);
+            return Err(e);
         }
         std::future::poll_fn(|cx| stream.poll_send(cx)).await?;
         if !stream.conn.is_handshaking() {
-            // The handshake's read room is not kept for the connection's life.
-            if stream.incoming.is_empty() {
-                stream.incoming = Vec::new();
-            } else {
-                stream.incoming.shrink_to_fit();
-            }
+            // The ClientHello's read room is not kept for the connection's life.
+            stream.incoming.shrink_to_fit();
             return Ok(stream);
         }
         if stream.peer_closed {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
         // More of the client's flight is needed.
-        let at = stream.incoming.len();
-        stream.incoming.resize(at + 4096, 0);
-        let n = stream.tcp.read(&mut stream.incoming[at..]).await?;
-        stream.incoming.truncate(at + n);
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
+        processed = match std::future::poll_fn(|cx| stream.poll_receive(cx)).await {
+            Ok(true) => Ok(()),
+            Ok(false) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Err(e) => Err(e),
+        };
     }
 }
 
@@ -153,14 +140,6 @@ impl ServerStream {
     /// The negotiated TLS session (version, resumption, ALPN).
     pub fn session(&self) -> &CommonState {
         &self.conn
-    }
-
-    pub fn protocol_version(&self) -> Option<ProtocolVersion> {
-        self.conn.protocol_version()
-    }
-
-    pub fn handshake_kind(&self) -> Option<HandshakeKind> {
-        self.conn.handshake_kind()
     }
 
     /// Bytes of buffer this stream holds besides rustls' own state (for
@@ -183,15 +162,7 @@ impl ServerStream {
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
             let more = match state {
                 ConnectionState::ReadTraffic(mut traffic) => {
-                    while let Some(record) = traffic.next_record() {
-                        let record =
-                            record.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                        if self.plain_at == self.plain.len() {
-                            self.plain.clear();
-                            self.plain_at = 0;
-                        }
-                        self.plain.extend_from_slice(record.payload);
-                    }
+                    keep_plaintext(&mut self.plain, &mut traffic)?;
                     true
                 }
                 ConnectionState::EncodeTlsData(mut data) => {
@@ -246,19 +217,24 @@ impl ServerStream {
                 self.incoming.extend_from_slice(&scratch[used..n]);
             } else {
                 self.incoming.extend_from_slice(&scratch[..n]);
-                let mut incoming = std::mem::take(&mut self.incoming);
-                let used = self.process(&mut incoming);
-                incoming.drain(..used.as_ref().copied().unwrap_or(0));
-                // Back to no memory once the partial record is done.
-                self.incoming = if incoming.is_empty() {
-                    Vec::new()
-                } else {
-                    incoming
-                };
-                used?;
+                self.process_incoming()?;
             }
             Poll::Ready(Ok(true))
         })
+    }
+
+    /// Processes what `incoming` holds, keeping only the start of a record
+    /// that has not all arrived, and no memory once nothing is left.
+    fn process_incoming(&mut self) -> io::Result<()> {
+        let mut incoming = std::mem::take(&mut self.incoming);
+        let used = self.process(&mut incoming);
+        incoming.drain(..used.as_ref().copied().unwrap_or(0));
+        self.incoming = if incoming.is_empty() {
+            Vec::new()
+        } else {
+            incoming
+        };
+        used.map(|_| ())
     }
 
     /// Writes `outgoing` to the socket until all is sent.
@@ -316,8 +292,8 @@ impl ServerStream {
                 }
                 ConnectionState::ReadTraffic(mut traffic) => {
                     // Decrypted data not collected yet: keep it for the reader.
-                    while let Some(Ok(record)) = traffic.next_record() {
-                        self.plain.extend_from_slice(record.payload);
+                    if let Err(e) = keep_plaintext(&mut self.plain, &mut traffic) {
+                        break Err(e);
                     }
                 }
                 ConnectionState::PeerClosed => self.peer_closed = true,
@@ -332,6 +308,20 @@ impl ServerStream {
         self.incoming = incoming;
         result
     }
+}
+
+/// Appends the application data rustls decrypted to `plain`, for the
+/// reader. (`plain` is never left holding only consumed bytes: the reader
+/// frees it when it takes the last of them.)
+fn keep_plaintext<Data>(
+    plain: &mut Vec<u8>,
+    traffic: &mut ReadTraffic<'_, '_, Data>,
+) -> io::Result<()> {
+    while let Some(record) = traffic.next_record() {
+        let record = record.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        plain.extend_from_slice(record.payload);
+    }
+    Ok(())
 }
 
 /// Appends a handshake record rustls has ready to `outgoing`.
@@ -476,10 +466,10 @@ mod tests {
     /// client's close and closes in turn.
     async fn echo_server(
         listener: TcpListener,
-    ) -> (Vec<usize>, io::Result<()>, Option<ProtocolVersion>) {
+    ) -> (Vec<usize>, io::Result<()>, Option<rustls::ProtocolVersion>) {
         let (tcp, _) = listener.accept().await.unwrap();
         let mut stream = accept(tcp, &configs()).await.unwrap();
-        let version = stream.protocol_version();
+        let version = stream.session().protocol_version();
         let mut held = Vec::new();
         let end = loop {
             let mut prefix = [0u8; 2];
