@@ -105,14 +105,7 @@ where
             _ = &mut stopping => break CloseReason::Shutdown,
             _ = &mut too_old => break CloseReason::Retired,
             Some(reply) = in_flight.next(), if !in_flight.is_empty() => {
-                replies.push(reply);
-                // Whatever else is ready goes out in the same write.
-                while !replies.is_full() {
-                    match in_flight.ready() {
-                        Some(reply) => replies.push(reply),
-                        None => break,
-                    }
-                }
+                replies.gather(reply, &mut in_flight);
                 if let Err(e) = replies.write(&mut stream, write_timeout, &shared.stats).await {
                     tracing::debug!(%peer, error = %e, "closing connection");
                     write_failed = true;
@@ -161,10 +154,7 @@ where
     if !write_failed {
         let finished = async {
             while let Some(reply) = in_flight.next().await {
-                replies.push(reply);
-                while let Some(reply) = in_flight.ready() {
-                    replies.push(reply);
-                }
+                replies.gather(reply, &mut in_flight);
                 replies
                     .write(&mut stream, write_timeout, &shared.stats)
                     .await?;
@@ -268,8 +258,19 @@ impl Replies {
         self.received.push(received);
     }
 
-    fn is_full(&self) -> bool {
-        self.batch.len() >= WRITE_BATCH
+    /// Takes `first` and whatever other reply is ready now, up to a batch,
+    /// so that they go out in one write.
+    fn gather<F>(&mut self, first: (Vec<u8>, Instant), in_flight: &mut InFlight<F>)
+    where
+        F: Future<Output = (Vec<u8>, Instant)>,
+    {
+        self.push(first);
+        while self.batch.len() < WRITE_BATCH {
+            match in_flight.ready() {
+                Some(reply) => self.push(reply),
+                None => break,
+            }
+        }
     }
 
     /// Writes the batch within `limit` and counts each reply's duration.
