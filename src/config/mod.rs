@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod cli;
+pub mod client_id;
 pub mod duration;
 pub mod file;
 pub mod proxy;
@@ -140,6 +141,45 @@ pub struct Config {
     pub proxy_listen: Vec<SocketAddr>,
     /// `--allow-from`: the networks whose clients are served.
     pub allow: crate::config::access::AllowList,
+    /// `--client-id-domain`, `--client-id`, `--client-ids`.
+    pub client_ids: client_id::ClientIdSettings,
+    /// What the upstream is told about each client.
+    pub tell_upstream: ClientToUpstream,
+}
+
+/// What dotgate tells the upstream about the client behind each query
+/// (`--upstream-proxy-protocol`, `--upstream-ecs`). Both reveal clients'
+/// addresses, so both are off by default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientToUpstream {
+    /// A PROXY v2 header with the client's address and server name.
+    pub proxy_protocol: bool,
+    /// An EDNS Client Subnet option with the client's address cut to these
+    /// prefixes.
+    pub subnet: Option<SubnetPrefixes>,
+}
+
+/// Prefix lengths of the client subnet sent upstream, by address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubnetPrefixes {
+    pub v4: u8,
+    pub v6: u8,
+}
+
+impl std::str::FromStr for SubnetPrefixes {
+    type Err = ConfigError;
+
+    /// `V4LEN,V6LEN`: 0 to 32, then 0 to 128.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ConfigError::BadEcs(s.to_string());
+        let (v4, v6) = s.split_once(',').ok_or_else(bad)?;
+        let v4: u8 = v4.trim().parse().map_err(|_| bad())?;
+        let v6: u8 = v6.trim().parse().map_err(|_| bad())?;
+        if v4 > 32 || v6 > 128 {
+            return Err(bad());
+        }
+        Ok(SubnetPrefixes { v4, v6 })
+    }
 }
 
 /// Port of DNS over TLS (RFC 7858 §3.1), the default of `tls://` upstreams.
@@ -215,6 +255,16 @@ pub enum ConfigError {
     },
     #[error("--proxy-protocol-from needs --proxy-protocol or --proxy-protocol-listen: it lists who may send PROXY headers")]
     ProxyFromWithoutProxy,
+    #[error("--upstream-ecs {0:?}: write two prefix lengths V4LEN,V6LEN, IPv4 0-32 and IPv6 0-128 (e.g. 32,128 for one device each, 24,56 for its network)")]
+    BadEcs(String),
+    #[error("{flag} sends client addresses to the upstream, so it needs the upstream named with --upstream (never the resolv.conf default)")]
+    TellsUnnamedUpstream { flag: &'static str },
+    #[error("--client-id-domain {0:?} is not a domain name")]
+    BadClientIdDomain(String),
+    #[error("{flag} needs --client-id-domain: the ID is the label in front of that domain in the TLS server name")]
+    ClientIdWithoutDomain { flag: &'static str },
+    #[error("--client-id: {0}")]
+    BadClientId(#[from] client_id::ClientIdError),
     #[error("{flag} must be at least 1")]
     Zero { flag: &'static str },
     #[error("{flag} must be longer than zero")]
@@ -306,6 +356,23 @@ impl Config {
         {
             return Err(ConfigError::ProxyFromWithoutProxy);
         }
+        let client_ids = client_id_settings(args)?;
+        let tell_upstream = ClientToUpstream {
+            proxy_protocol: args.upstream_proxy_protocol,
+            subnet: args.upstream_ecs.as_deref().map(str::parse).transpose()?,
+        };
+        if args.upstream.is_empty() {
+            if tell_upstream.proxy_protocol {
+                return Err(ConfigError::TellsUnnamedUpstream {
+                    flag: "--upstream-proxy-protocol",
+                });
+            }
+            if tell_upstream.subnet.is_some() {
+                return Err(ConfigError::TellsUnnamedUpstream {
+                    flag: "--upstream-ecs",
+                });
+            }
+        }
         let max_connection_age = args
             .max_connection_age
             .map(|age| nonzero(age, "--max-connection-age"))
@@ -339,8 +406,51 @@ impl Config {
             },
             proxy_listen: args.proxy_protocol_listen.clone(),
             allow: crate::config::access::AllowList::new(args.allow_from.clone()),
+            client_ids,
+            tell_upstream,
         })
     }
+}
+
+/// Checks the client-ID flags: IDs need the domain, the domain must be a
+/// name, and every listed ID one label.
+fn client_id_settings(args: &ServeArgs) -> Result<client_id::ClientIdSettings, ConfigError> {
+    let domain = match &args.client_id_domain {
+        Some(d) => {
+            let domain = d.trim().trim_end_matches('.').to_ascii_lowercase();
+            let valid = !domain.is_empty()
+                && domain
+                    .split('.')
+                    .all(|label| client_id::parse_id(label).is_ok());
+            if !valid {
+                return Err(ConfigError::BadClientIdDomain(d.clone()));
+            }
+            Some(domain)
+        }
+        None => None,
+    };
+    if domain.is_none() {
+        if !args.client_id.is_empty() {
+            return Err(ConfigError::ClientIdWithoutDomain {
+                flag: "--client-id",
+            });
+        }
+        if args.client_ids.is_some() {
+            return Err(ConfigError::ClientIdWithoutDomain {
+                flag: "--client-ids",
+            });
+        }
+    }
+    let listed = args
+        .client_id
+        .iter()
+        .map(|id| client_id::parse_id(id))
+        .collect::<Result<_, _>>()?;
+    Ok(client_id::ClientIdSettings {
+        domain,
+        listed,
+        file: args.client_ids.clone(),
+    })
 }
 
 /// Parses an `--upstream` entry: `IP[:PORT]`, `tcp://IP[:PORT]` (port 53 by
