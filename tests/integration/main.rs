@@ -17,6 +17,7 @@ mod faults;
 mod framing;
 mod hardening;
 mod hostile;
+mod identity;
 mod keepalive;
 mod lifetime;
 mod limits;
