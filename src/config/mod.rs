@@ -293,6 +293,19 @@ impl Config {
             (None, None, Some(name)) => CertSource::SelfSigned(name.clone()),
             _ => return Err(ConfigError::NoCertificate),
         };
+        // Before resolv.conf is read: its resolvers are never told.
+        if args.upstream.is_empty() {
+            if args.upstream_proxy_protocol {
+                return Err(ConfigError::TellsUnnamedUpstream {
+                    flag: "--upstream-proxy-protocol",
+                });
+            }
+            if args.upstream_ecs.is_some() {
+                return Err(ConfigError::TellsUnnamedUpstream {
+                    flag: "--upstream-ecs",
+                });
+            }
+        }
         let upstreams: Vec<UpstreamSpec> = if args.upstream.is_empty() {
             upstreams_from_resolv_conf(resolv_conf)?
                 .into_iter()
@@ -361,18 +374,6 @@ impl Config {
             proxy_protocol: args.upstream_proxy_protocol,
             subnet: args.upstream_ecs.as_deref().map(str::parse).transpose()?,
         };
-        if args.upstream.is_empty() {
-            if tell_upstream.proxy_protocol {
-                return Err(ConfigError::TellsUnnamedUpstream {
-                    flag: "--upstream-proxy-protocol",
-                });
-            }
-            if tell_upstream.subnet.is_some() {
-                return Err(ConfigError::TellsUnnamedUpstream {
-                    flag: "--upstream-ecs",
-                });
-            }
-        }
         let max_connection_age = args
             .max_connection_age
             .map(|age| nonzero(age, "--max-connection-age"))
@@ -807,5 +808,70 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("--idle-timeout"), "{e}");
+    }
+
+    #[test]
+    fn client_identity_flags_are_checked() {
+        let err = |extra: &[&str]| {
+            let mut all = vec!["--self-signed", "x"];
+            all.extend_from_slice(extra);
+            Config::from_args(&args(&all), Path::new("/nonexistent"))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err(&["--upstream-ecs", "24,56"]);
+        assert!(
+            e.contains("--upstream-ecs") && e.contains("--upstream"),
+            "{e}"
+        );
+        let e = err(&["--upstream-proxy-protocol"]);
+        assert!(e.contains("resolv.conf"), "{e}");
+        for bad in ["24", "33,56", "24,129", "a,b", "24;56"] {
+            let e = err(&["--upstream", "::1", "--upstream-ecs", bad]);
+            assert!(e.contains("V4LEN,V6LEN"), "{bad}: {e}");
+        }
+        let e = err(&["--upstream", "::1", "--client-id", "alice"]);
+        assert!(e.contains("--client-id-domain"), "{e}");
+        let e = err(&["--upstream", "::1", "--client-ids", "/x"]);
+        assert!(e.contains("--client-id-domain"), "{e}");
+        let e = err(&["--upstream", "::1", "--client-id-domain", "dns..test"]);
+        assert!(e.contains("not a domain name"), "{e}");
+        let e = err(&[
+            "--upstream",
+            "::1",
+            "--client-id-domain",
+            "dns.test",
+            "--client-id",
+            "bad_id",
+        ]);
+        assert!(e.contains("bad_id"), "{e}");
+
+        let c = Config::from_args(
+            &args(&[
+                "--self-signed",
+                "x",
+                "--upstream",
+                "::1",
+                "--upstream-ecs",
+                "32, 128",
+                "--upstream-proxy-protocol",
+                "--client-id-domain",
+                "DNS.Test.",
+                "--client-id",
+                "Alice,bob",
+            ]),
+            Path::new("/nonexistent"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.tell_upstream,
+            ClientToUpstream {
+                proxy_protocol: true,
+                subnet: Some(SubnetPrefixes { v4: 32, v6: 128 }),
+            }
+        );
+        assert_eq!(c.client_ids.domain.as_deref(), Some("dns.test"));
+        assert_eq!(c.client_ids.listed, ["alice", "bob"]);
+        assert!(c.client_ids.is_private());
     }
 }

@@ -447,3 +447,78 @@ async fn unbound_sees_each_client_through_proxy_v2_over_udp_and_tcp() {
     );
     println!("unbound's log:\n{log}");
 }
+
+/// `dotgate query --tls-name ID.DOMAIN` against a private endpoint: a
+/// listed ID gets its answer, another fails with the server's alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dotgate_query_with_a_client_id_name() {
+    let up = Upstream::start().await;
+    let server = Server::start_with_pki(
+        wildcard_pki(),
+        up.addr,
+        &["--client-id-domain", "dns.test", "--client-id", "alice"],
+    )
+    .await;
+    let query = |name: &str| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_dotgate"));
+        command.arg("query").arg("--ca").arg(&server.pki.ca).args([
+            "--tls-name",
+            name,
+            "--timeout",
+            "5s",
+            &format!("@{}", server.addr),
+            "q.id.test",
+            "A",
+        ]);
+        crate::process::run(command)
+    };
+    // Bounded by its own --timeout.
+    let out = query("alice.dns.test").await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "alice: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&crate::upstream::expected_a("q.id.test.").to_string()),
+        "{stdout}"
+    );
+    let out = query("mallory.dns.test").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "mallory was answered");
+    assert!(stderr.contains("AccessDenied"), "{stderr}");
+}
+
+/// The certificate check at start-up says when client IDs cannot work: a
+/// certificate without `*.DOMAIN`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_without_the_wildcard_is_warned_about() {
+    let up = Upstream::start().await;
+    let plain = crate::harness::Process::start(up.addr, &["--client-id-domain", "dns.test"]).await;
+    let wildcard = crate::harness::Process::start_with_pki(
+        wildcard_pki(),
+        up.addr,
+        &["--client-id-domain", "dns.test"],
+        &[],
+    )
+    .await;
+    let warning = "does not cover *.dns.test";
+    // The port is bound before the start-up logs are written.
+    for process in [&plain, &wildcard] {
+        for _ in 0..50 {
+            if process.logs().contains("serving DNS over TLS") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let logs = plain.logs();
+    assert!(logs.contains(warning), "no warning:\n{logs}");
+    let logs = wildcard.logs();
+    assert!(!logs.contains(warning), "warned for a wildcard:\n{logs}");
+    assert!(
+        logs.contains("client IDs are read from the TLS server name"),
+        "{logs}"
+    );
+}
