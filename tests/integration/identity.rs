@@ -522,3 +522,52 @@ async fn a_certificate_without_the_wildcard_is_warned_about() {
         "{logs}"
     );
 }
+
+/// `tls://` with `--upstream-proxy-protocol`: the header goes before the
+/// TLS handshake, one pool per client. The upstream here is a second
+/// dotgate that reads PROXY headers and serves only 127.0.0.2 (and
+/// 127.0.0.1, the front's own probes): it answers the client at 127.0.0.2
+/// and closes on the one at 127.0.0.3, which then gets SERVFAIL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_upstream_reading_proxy_sees_each_client() {
+    let up = Upstream::start().await;
+    let back = Server::start(
+        up.addr,
+        &[
+            "--proxy-protocol",
+            "--allow-from",
+            "127.0.0.2/32,127.0.0.1/32",
+        ],
+    )
+    .await;
+    let upstream = format!("tls://dns.test@{}", back.addr);
+    let front = Server::start_without_default_upstream(&[
+        "--upstream",
+        &upstream,
+        "--upstream-ca",
+        &back.pki.ca.display().to_string(),
+        "--upstream-proxy-protocol",
+        "--upstream-timeout",
+        "1s",
+    ])
+    .await;
+    assert_eq!(
+        rcode_from(&front, [127, 0, 0, 2], 1).await,
+        ResponseCode::NoError
+    );
+    assert_eq!(
+        rcode_from(&front, [127, 0, 0, 3], 2).await,
+        ResponseCode::ServFail,
+        "the back end refused 127.0.0.3, so no answer came back"
+    );
+    // Again from 127.0.0.2, on its own pooled connection.
+    assert_eq!(
+        rcode_from(&front, [127, 0, 0, 2], 3).await,
+        ResponseCode::NoError
+    );
+    assert_eq!(
+        up.received().len(),
+        2,
+        "only 127.0.0.2's queries got through"
+    );
+}
