@@ -41,7 +41,7 @@ pub enum ServeError {
     #[error("cannot set up the metrics registry: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
-    ClientIds(#[from] crate::server::client_ids::ClientIdFileError),
+    ClientIds(#[from] crate::config::client_id::ClientIdError),
 }
 
 /// A bound DoT listening socket, and whether its connections start with a
