@@ -24,4 +24,5 @@ mod metrics;
 mod pool;
 mod process;
 mod proxy;
+mod replicas;
 mod tls;
