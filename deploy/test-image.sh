@@ -181,7 +181,8 @@ fi
 
 step "build: buildah bud --isolation chroot --format docker --pull=never -f Dockerfile ."
 t0=$(now)
-if ! buildah bud --isolation chroot --format docker --pull=never --layers \
+previous=$(buildah images --quiet --no-trunc "$image" 2>/dev/null || true)
+if ! buildah bud --isolation chroot --format docker --pull=never \
   -t "$image" -f Dockerfile . >"$work/build.log" 2>&1; then
   tail -40 "$work/build.log"
   die "the image did not build"
@@ -191,6 +192,10 @@ grep -q 'cargo build --release --locked' "$work/build.log" ||
 grep -E 'Finished `release`' "$work/build.log" || true
 build_s=$(since "$t0")
 echo "image built in $build_s s"
+# The image this one replaced, now untagged, is not kept.
+if [ -n "$previous" ] && [ "$previous" != "$(buildah images --quiet --no-trunc "$image")" ]; then
+  buildah rmi "$previous" >/dev/null 2>&1 || true
+fi
 
 buildah inspect --type image "$image" |
   python3 -c 'import json, sys; json.dump(json.load(sys.stdin)["Docker"]["config"], sys.stdout)' >"$work/config.json"
