@@ -62,8 +62,11 @@ done
 work=$(mktemp -d -t dotgate-image.XXXXXX)
 containers=()
 pids=()
+pid=""
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # dotgate itself first: a failed check can leave it running.
+  [ -z "$pid" ] || kill "$pid" 2>/dev/null || true
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for c in "${containers[@]}"; do
     buildah umount "$c" >/dev/null 2>&1 || true
     buildah rm "$c" >/dev/null 2>&1 || true
@@ -305,7 +308,6 @@ buildah run --isolation chroot -v "$work/certs:/etc/dotgate:ro" \
   "$c" -- "${entrypoint[@]}" "${cmd[@]}" >"$work/dotgate.log" 2>&1 &
 run_pid=$!
 pids+=("$run_pid")
-pid=""
 for _ in $(seq 150); do
   pid=$(ss -Hltnp "sport = :$port" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2 || true)
   [ -n "$pid" ] && break

@@ -41,7 +41,8 @@ struct Replica {
     index: usize,
     dot: SocketAddr,
     metrics: SocketAddr,
-    child: Child,
+    /// The running process; None only before the first start.
+    child: Option<Child>,
     log: PathBuf,
     /// How many times it was started, for its log file's name.
     starts: usize,
@@ -63,11 +64,10 @@ impl Replica {
             index,
             dot: (ip, dot_port).into(),
             metrics: (ip, metrics_port).into(),
-            child: Command::new("true").spawn().expect("spawn true"),
+            child: None,
             log: PathBuf::new(),
             starts: 0,
         };
-        let _ = replica.child.wait();
         replica.spawn(shared).await;
         replica
     }
@@ -78,7 +78,7 @@ impl Replica {
         self.log = shared
             .logs
             .join(format!("r{}-{}.log", self.index + 1, self.starts));
-        self.child = Command::new(env!("CARGO_BIN_EXE_dotgate"))
+        let child = Command::new(env!("CARGO_BIN_EXE_dotgate"))
             .arg("serve")
             .args(["--listen", &self.dot.to_string()])
             .arg("--cert")
@@ -98,9 +98,10 @@ impl Replica {
             .stderr(std::fs::File::create(&self.log).expect("create a replica log"))
             .spawn()
             .expect("spawn dotgate");
+        let child = self.child.insert(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Ok(Some(status)) = child.try_wait() {
                 panic!(
                     "replica {} exited at start ({status}):\n{}",
                     self.index + 1,
@@ -123,8 +124,12 @@ impl Replica {
         }
     }
 
-    fn sigterm(&self) {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid");
+    fn child(&mut self) -> &mut Child {
+        self.child.as_mut().expect("a replica started")
+    }
+
+    fn sigterm(&mut self) {
+        let pid = libc::pid_t::try_from(self.child().id()).expect("a pid");
         // SAFETY: kill(2) with a child's pid and a valid signal number.
         let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
         assert_eq!(rc, 0, "kill(SIGTERM) failed");
@@ -134,7 +139,7 @@ impl Replica {
     async fn wait_exit(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
         let start = Instant::now();
         loop {
-            if let Some(status) = self.child.try_wait().expect("wait for a replica") {
+            if let Some(status) = self.child().try_wait().expect("wait for a replica") {
                 return (status, start.elapsed());
             }
             assert!(
@@ -161,8 +166,10 @@ impl Replica {
 
 impl Drop for Replica {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -260,9 +267,10 @@ impl Haproxy {
         };
         text.lines()
             .filter(|line| !line.starts_with('#') && !line.is_empty())
-            .map(|line| {
+            .filter_map(|line| {
                 let fields: Vec<String> = line.split(',').map(str::to_string).collect();
-                ((fields[0].clone(), fields[1].clone()), fields)
+                let key = (fields.first()?.clone(), fields.get(1)?.clone());
+                Some((key, fields))
             })
             .collect()
     }
