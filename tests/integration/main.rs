@@ -25,4 +25,5 @@ mod metrics;
 mod pool;
 mod process;
 mod proxy;
+mod replicas;
 mod tls;
