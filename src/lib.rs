@@ -47,6 +47,7 @@
 //!   pipelining DoT client behind `dotgate query`, [`tools::check`] and
 //!   [`tools::validate`].
 
+pub mod acme;
 pub mod config;
 pub mod metrics;
 pub mod proto;
