@@ -51,7 +51,10 @@ impl Certs {
         let key = rcgen::KeyPair::generate().map_err(err)?;
         let cert = params.self_signed(&key).map_err(err)?;
         let private = PrivateKeyDer::Pkcs8(key.serialize_der().into());
-        let certified = CertifiedKey::from_der(vec![cert.der().clone()], private, &provider())?;
+        // Not `CertifiedKey::from_der`: its key check parses the certificate
+        // with webpki, which refuses the critical acmeIdentifier extension.
+        let signing = provider().key_provider.load_private_key(private)?;
+        let certified = CertifiedKey::new(vec![cert.der().clone()], signing);
         lock(&self.0).insert(name.to_string(), Arc::new(certified));
         Ok(())
     }
