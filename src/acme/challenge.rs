@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::acme::alpn01::{self, AlpnError, Certs};
 use crate::acme::dns01::{self, DnsError, Updater};
 use crate::acme::http01::{self, Tokens};
-use crate::acme::settings::{AcmeSettings, Challenge};
+use crate::config::acme::{AcmeSettings, Challenge};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChallengeError {

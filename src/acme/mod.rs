@@ -8,26 +8,24 @@
 //! handshakes while open connections keep theirs, and the not-after gauge
 //! and `/readyz` cover it without a line of their own.
 //!
-//! Parts: [`args`] and [`settings`] (flags), [`store`] (the directory),
+//! Parts: [`store`] (the directory; the flags are `config/acme.rs`),
 //! [`client`] (HTTPS to the ACME server), [`challenge`] with [`http01`],
 //! [`alpn01`] and [`dns01`] (the responders), [`order`] (one order) and
 //! [`renew`] (when to order, retries).
 
 pub mod alpn01;
-pub mod args;
 pub mod challenge;
 pub mod client;
 pub mod dns01;
 pub mod http01;
 pub mod order;
 pub mod renew;
-pub mod settings;
 pub mod store;
 
 use prometheus::{IntCounterVec, Opts};
 use tokio_util::sync::CancellationToken;
 
-pub use settings::AcmeSettings;
+pub use crate::config::acme::AcmeSettings;
 
 use crate::metrics::stats::Stats;
 use challenge::{ChallengeError, Responder};
@@ -56,7 +54,7 @@ pub fn check(settings: &AcmeSettings) -> Vec<String> {
     if let Err(e) = client::HttpsClient::new(settings.ca.as_deref()) {
         problems.push(e.to_string());
     }
-    if let settings::Challenge::Dns01 { server, tsig_key } = &settings.challenge {
+    if let crate::config::acme::Challenge::Dns01 { server, tsig_key } = &settings.challenge {
         if let Err(e) = dns01::Updater::new(*server, tsig_key) {
             problems.push(e.to_string());
         }

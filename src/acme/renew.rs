@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 use crate::acme::challenge::Responder;
 use crate::acme::client::HttpsClient;
 use crate::acme::order::{self, Issued, OrderError};
-use crate::acme::settings::AcmeSettings;
 use crate::acme::store::{Store, StoreError};
+use crate::config::acme::AcmeSettings;
 use crate::tls::identity;
 
 /// The longest wait between two failed orders: a few tries a day stay well

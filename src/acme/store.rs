@@ -15,10 +15,8 @@ use std::path::{Path, PathBuf};
 
 use instant_acme::AccountCredentials;
 
-/// The certificate chain, leaf first, as the ACME server sent it.
-pub const CERT_FILE: &str = "cert.pem";
-/// The certificate's private key (PKCS#8 PEM).
-pub const KEY_FILE: &str = "key.pem";
+use crate::config::acme::{CERT_FILE, KEY_FILE};
+
 /// The account: the directory it belongs to and instant-acme's credentials.
 const ACCOUNT_FILE: &str = "account.json";
 /// Which directory issued `cert.pem`, so that a switch from staging to

@@ -220,7 +220,7 @@ pub struct ServeArgs {
 
     /// The certificate by ACME (`--acme NAME` and the other `--acme-*` flags).
     #[command(flatten)]
-    pub acme: crate::acme::args::AcmeArgs,
+    pub acme: crate::config::acme::AcmeArgs,
 }
 
 /// How the upstream pool picks an upstream for a query.

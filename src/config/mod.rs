@@ -5,6 +5,7 @@
 //! names the flag and says what to pass; the components then trust the values.
 
 pub mod access;
+pub mod acme;
 pub mod cli;
 pub mod duration;
 pub mod file;
@@ -142,7 +143,7 @@ pub struct Config {
     pub allow: crate::config::access::AllowList,
     /// `--acme`: the certificate (`cert`, files in `--acme-dir`) is
     /// obtained and renewed by ACME.
-    pub acme: Option<crate::acme::AcmeSettings>,
+    pub acme: Option<crate::config::acme::AcmeSettings>,
 }
 
 /// Port of DNS over TLS (RFC 7858 §3.1), the default of `tls://` upstreams.
@@ -206,7 +207,7 @@ pub enum ConfigError {
     #[error("--acme gets the certificate itself: it cannot be combined with --cert/--key or --self-signed (drop those, or drop --acme)")]
     AcmeWithCertificate,
     #[error(transparent)]
-    Acme(#[from] crate::acme::settings::SettingsError),
+    Acme(#[from] crate::config::acme::SettingsError),
     #[error("--listen needs at least one address")]
     NoListen,
     #[error("--upstream {0:?} is not an upstream: write IP or IP:PORT (e.g. 127.0.0.1, 127.0.0.1:5353 or [::1]:53), tcp://IP[:PORT], or tls://NAME[@IP][:PORT] (e.g. tls://dns.example@192.0.2.1)")]
@@ -242,7 +243,7 @@ impl Config {
         if args.listen.is_empty() {
             return Err(ConfigError::NoListen);
         }
-        let acme = crate::acme::AcmeSettings::from_args(&args.acme)?;
+        let acme = crate::config::acme::AcmeSettings::from_args(&args.acme)?;
         let cert = match (&args.cert, &args.key, &args.self_signed, &acme) {
             (None, None, None, Some(acme)) => CertSource::Files {
                 cert: acme.cert_path(),

@@ -44,7 +44,7 @@ pub fn check(args: &ServeArgs, resolv_conf: &Path) -> Findings {
             found.problems.push(e.to_string());
         }
     }
-    if let Ok(Some(acme)) = crate::acme::AcmeSettings::from_args(&args.acme) {
+    if let Ok(Some(acme)) = crate::config::acme::AcmeSettings::from_args(&args.acme) {
         found.problems.extend(crate::acme::check(&acme));
     }
     let source = match (&args.cert, &args.key, &args.self_signed) {

@@ -1,13 +1,130 @@
-//! The `--acme*` flags checked and turned into [`AcmeSettings`]: every
-//! mistake an operator can make before the first order (a name the ACME
-//! server would refuse, a wildcard without DNS-01, a plain-HTTP directory)
-//! is an error here, at start-up and in `--check-config`.
+//! The `--acme*` flags of `dotgate serve` (flattened into
+//! [`crate::config::cli::ServeArgs`]) and their checked form,
+//! [`AcmeSettings`]: every mistake an operator can make before the first
+//! order (a name the ACME server would refuse, a wildcard without DNS-01, a
+//! plain-HTTP directory) is an error here, at start-up and in
+//! `--check-config`. The ACME client itself is `src/acme/`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use crate::acme::args::{AcmeArgs, ChallengeKind};
+use clap::Args;
+
+use crate::config::duration::Duration;
+
+/// Let's Encrypt's production directory: publicly trusted certificates, and
+/// rate limits (a few failed orders an hour), hence the staging advice in the
+/// README for trials.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+#[derive(Debug, Clone, Args)]
+pub struct AcmeArgs {
+    /// Get the certificate for NAME by ACME (Let's Encrypt by default) and renew
+    /// it; repeatable for several names on one certificate (`*.NAME` needs
+    /// `--acme-challenge dns-01`). Replaces --cert/--key.
+    #[arg(long, env = "DOTGATE_ACME", value_delimiter = ',', value_name = "NAME")]
+    pub acme: Vec<String>,
+
+    /// Contact address given to the ACME server with the account.
+    #[arg(long, env = "DOTGATE_ACME_EMAIL", value_name = "EMAIL")]
+    pub acme_email: Option<String>,
+
+    /// ACME directory URL. Let's Encrypt's staging directory,
+    /// https://acme-staging-v02.api.letsencrypt.org/directory, is for trials.
+    #[arg(long, env = "DOTGATE_ACME_DIRECTORY", value_name = "URL", default_value = LETS_ENCRYPT)]
+    pub acme_directory: String,
+
+    /// Where the ACME account key, the certificate and its key are kept (mode
+    /// 0700, files 0600) and reused across restarts.
+    #[arg(
+        long,
+        env = "DOTGATE_ACME_DIR",
+        value_name = "PATH",
+        default_value = "/var/lib/dotgate/acme"
+    )]
+    pub acme_dir: PathBuf,
+
+    /// PEM file of extra trust anchors for the ACME server's HTTPS (a private
+    /// ACME server, or tests), on top of the system's roots.
+    #[arg(long, env = "DOTGATE_ACME_CA", value_name = "PEM")]
+    pub acme_ca: Option<PathBuf>,
+
+    /// How the ACME server checks that the names are ours: `http-01` (port 80
+    /// must reach --acme-http-listen), `tls-alpn-01` (port 443 must reach
+    /// --acme-tls-alpn-listen) or `dns-01` (a TXT record by RFC 2136 update;
+    /// the only one for `*.` names).
+    #[arg(
+        long,
+        env = "DOTGATE_ACME_CHALLENGE",
+        value_name = "TYPE",
+        default_value = "http-01"
+    )]
+    pub acme_challenge: ChallengeKind,
+
+    /// Address of the HTTP-01 responder; it answers only the tokens it is
+    /// waiting for.
+    #[arg(
+        long,
+        env = "DOTGATE_ACME_HTTP_LISTEN",
+        value_name = "ADDR",
+        default_value = "[::]:80"
+    )]
+    pub acme_http_listen: SocketAddr,
+
+    /// Address of the TLS-ALPN-01 responder (default `[::]:443` with
+    /// `--acme-challenge tls-alpn-01`, else none).
+    #[arg(long, env = "DOTGATE_ACME_TLS_ALPN_LISTEN", value_name = "ADDR")]
+    pub acme_tls_alpn_listen: Option<SocketAddr>,
+
+    /// DNS-01: the authoritative server (`IP[:PORT]`, port 53) that takes RFC 2136
+    /// dynamic updates for the zone of the names.
+    #[arg(long, env = "DOTGATE_ACME_DNS_UPDATE", value_name = "SERVER")]
+    pub acme_dns_update: Option<String>,
+
+    /// DNS-01: the TSIG key signing the updates, a file holding
+    /// `name:algorithm:secret` (e.g. `hmac-sha256`, secret in base64) or a BIND
+    /// `key "name" { algorithm ...; secret "..."; };` block.
+    #[arg(long, env = "DOTGATE_ACME_TSIG_KEY", value_name = "FILE")]
+    pub acme_tsig_key: Option<PathBuf>,
+
+    /// First wait after a failed order; it doubles on each failure up to 6 h.
+    /// Shorter only for tests against a local ACME server.
+    #[arg(
+        long,
+        env = "DOTGATE_ACME_RETRY_DELAY",
+        value_name = "D",
+        default_value = "1m",
+        hide = true
+    )]
+    pub acme_retry_delay: Duration,
+}
+
+/// `--acme-challenge`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ChallengeKind {
+    #[value(name = "http-01")]
+    Http01,
+    #[value(name = "tls-alpn-01")]
+    TlsAlpn01,
+    #[value(name = "dns-01")]
+    Dns01,
+}
+
+impl ChallengeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChallengeKind::Http01 => "http-01",
+            ChallengeKind::TlsAlpn01 => "tls-alpn-01",
+            ChallengeKind::Dns01 => "dns-01",
+        }
+    }
+}
+
+/// The certificate chain in `--acme-dir`, leaf first, as the ACME server
+/// sent it; served like `--cert`.
+pub const CERT_FILE: &str = "cert.pem";
+/// Its private key (PKCS#8 PEM); served like `--key`.
+pub const KEY_FILE: &str = "key.pem";
 
 /// The checked ACME configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,7 +139,7 @@ pub struct AcmeSettings {
     pub ca: Option<PathBuf>,
     pub challenge: Challenge,
     /// First wait after a failed order (doubling, see `renew.rs`).
-    pub retry_delay: Duration,
+    pub retry_delay: std::time::Duration,
 }
 
 /// How the ACME server validates the names, with what that needs.
@@ -139,12 +256,12 @@ impl AcmeSettings {
 
     /// The certificate chain file, which the certificate reloader watches.
     pub fn cert_path(&self) -> PathBuf {
-        self.dir.join(crate::acme::store::CERT_FILE)
+        self.dir.join(CERT_FILE)
     }
 
     /// The certificate's private key file.
     pub fn key_path(&self) -> PathBuf {
-        self.dir.join(crate::acme::store::KEY_FILE)
+        self.dir.join(KEY_FILE)
     }
 }
 
@@ -203,7 +320,7 @@ mod tests {
     fn defaults_match_the_documentation() {
         let s = settings(&["--acme", "DNS.Example.org."]).unwrap().unwrap();
         assert_eq!(s.names, vec!["dns.example.org".to_string()]);
-        assert_eq!(s.directory, crate::acme::args::LETS_ENCRYPT);
+        assert_eq!(s.directory, LETS_ENCRYPT);
         assert_eq!(s.dir, PathBuf::from("/var/lib/dotgate/acme"));
         assert_eq!(
             s.challenge,
@@ -211,7 +328,7 @@ mod tests {
                 listen: "[::]:80".parse().unwrap()
             }
         );
-        assert_eq!(s.retry_delay, Duration::from_secs(60));
+        assert_eq!(s.retry_delay, std::time::Duration::from_secs(60));
         let s = settings(&["--acme", "a.example", "--acme-challenge", "tls-alpn-01"])
             .unwrap()
             .unwrap();
