@@ -387,4 +387,35 @@ mod tests {
             }
         );
     }
+
+    #[test]
+    fn acme_replaces_cert_and_key_and_cannot_be_combined_with_them() {
+        use crate::config::{CertSource, Config};
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["dotgate", "serve", "--upstream", "127.0.0.1"];
+            argv.extend_from_slice(extra);
+            match Cli::try_parse_from(argv).map(|cli| cli.command) {
+                Ok(Command::Serve(args)) => Config::from_args(&args, std::path::Path::new("/x")),
+                other => panic!("not a serve command: {other:?}"),
+            }
+        };
+        let c = parse(&["--acme", "dns.example", "--acme-dir", "/srv/acme"]).unwrap();
+        assert_eq!(
+            c.cert,
+            CertSource::Files {
+                cert: "/srv/acme/cert.pem".into(),
+                key: "/srv/acme/key.pem".into()
+            }
+        );
+        assert!(c.acme.is_some());
+        for other in [
+            &["--self-signed", "x"][..],
+            &["--cert", "/c", "--key", "/k"][..],
+        ] {
+            let mut flags = vec!["--acme", "dns.example"];
+            flags.extend_from_slice(other);
+            let e = parse(&flags).unwrap_err().to_string();
+            assert!(e.contains("cannot be combined"), "{e}");
+        }
+    }
 }

@@ -580,3 +580,34 @@ async fn failure_logs_the_reason_keeps_the_old_certificate_and_retries() {
     ask(&mut client, 1, "stuck.acme.test.").await;
     assert_eq!(leaf(&client), old, "the previous certificate is served");
 }
+
+/// `--check-config` with `--acme`: a directory that cannot be written and a
+/// name the CA would refuse are each reported; a good setup passes.
+#[test]
+fn check_config_reports_acme_problems() {
+    let work = TempDir::new();
+    let blocker = work.path().join("a-file");
+    std::fs::write(&blocker, "").unwrap();
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_dotgate"))
+            .args(["serve", "--check-config", "--upstream", "127.0.0.1"])
+            .args(extra)
+            .output()
+            .expect("run dotgate");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let unwritable = blocker.join("acme");
+    let (code, text) = run(&["--acme", NAME, "--acme-dir", unwritable.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("--acme-dir"), "{text}");
+    let (code, text) = run(&["--acme", "192.0.2.1"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("not a DNS name"), "{text}");
+    let good = work.path().join("new/acme");
+    let (code, text) = run(&["--acme", NAME, "--acme-dir", good.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!good.exists(), "--check-config creates nothing");
+}
