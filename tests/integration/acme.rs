@@ -65,6 +65,8 @@ impl Drop for Pebble {
 pub enum PebbleDns {
     /// pebble-challtestsrv started here: every A query is 127.0.0.1.
     Mock,
+    /// An authoritative server the test runs (DNS-01).
+    At(SocketAddr),
 }
 
 impl Pebble {
@@ -77,6 +79,7 @@ impl Pebble {
         let dir = pki.dir.path().to_path_buf();
         let mut children = Vec::new();
         let dns_addr = match dns {
+            PebbleDns::At(addr) => addr,
             PebbleDns::Mock => {
                 let challtest = on_path("pebble-challtestsrv")
                     .unwrap_or_else(|| missing_tool("pebble-challtestsrv", "pebble"));
@@ -610,4 +613,166 @@ fn check_config_reports_acme_problems() {
     let (code, text) = run(&["--acme", NAME, "--acme-dir", good.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{text}");
     assert!(!good.exists(), "--check-config creates nothing");
+}
+
+/// knotd, authoritative for `dns.test`, taking updates signed with a TSIG
+/// key the test made; killed on drop.
+struct Knot {
+    addr: SocketAddr,
+    dir: TempDir,
+    /// `name:algorithm:secret`, as `--acme-tsig-key` reads it.
+    key_file: PathBuf,
+    child: Child,
+}
+
+impl Drop for Knot {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+impl Knot {
+    async fn start() -> Knot {
+        let knotd = on_path("knotd")
+            .or_else(|| Some(PathBuf::from("/usr/sbin/knotd")).filter(|p| p.is_file()))
+            .unwrap_or_else(|| missing_tool("knotd", "knot"));
+        let dir = TempDir::new();
+        let d = dir.path();
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let secret: [u8; 32] = rand::random();
+        let secret = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, secret);
+        let key_file = d.join("acme.tsig");
+        std::fs::write(&key_file, format!("acme-key:hmac-sha256:{secret}\n")).unwrap();
+        std::fs::write(
+            d.join("dns.test.zone"),
+            "$ORIGIN dns.test.\n$TTL 60\n\
+             @ SOA ns.dns.test. hostmaster.dns.test. 1 60 60 600 60\n\
+             @ NS ns.dns.test.\n\
+             ns A 127.0.0.1\n\
+             @ A 127.0.0.1\n",
+        )
+        .unwrap();
+        let config = format!(
+            "server:\n    listen: {ip}@{port}\n    rundir: {d}\n\
+             database:\n    storage: {d}\n\
+             control:\n    listen: {d}/knot.sock\n\
+             log:\n  - target: stderr\n    any: info\n\
+             key:\n  - id: acme-key\n    algorithm: hmac-sha256\n    secret: {secret}\n\
+             acl:\n  - id: acme\n    key: acme-key\n    action: update\n\
+             zone:\n  - domain: dns.test\n    file: {d}/dns.test.zone\n    acl: acme\n",
+            ip = addr.ip(),
+            port = addr.port(),
+            d = d.display(),
+        );
+        let config_path = d.join("knot.conf");
+        std::fs::write(&config_path, config).unwrap();
+        let child = Command::new(knotd)
+            .arg("-c")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log_file(d, "knotd.out"))
+            .stderr(log_file(d, "knotd.log"))
+            .spawn()
+            .expect("spawn knotd");
+        let mut knot = Knot {
+            addr,
+            dir,
+            key_file,
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(knot.addr).await.is_err() {
+            if let Ok(Some(status)) = knot.child.try_wait() {
+                panic!("knotd exited ({status}):\n{}", knot.logs());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "knotd did not start:\n{}",
+                knot.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        knot
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("knotd.log")).unwrap_or_default()
+    }
+
+    /// The TXT records of `name` as knotd answers them (`kdig +short`).
+    async fn txt(&self, name: &str) -> String {
+        let mut command = Command::new(crate::process::kdig());
+        command.args([
+            "@127.0.0.1",
+            "-p",
+            &self.addr.port().to_string(),
+            "+tcp",
+            "+short",
+            "+time=3",
+            "+retry=0",
+            name,
+            "TXT",
+        ]);
+        let out = crate::process::run(command).await;
+        assert!(
+            out.status.success(),
+            "kdig: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// DNS-01: dotgate adds the TXT record to knotd by a TSIG-signed RFC 2136
+/// update, pebble validates through knotd, the wildcard certificate is
+/// served for `alice.dns.test` (a client-ID name), and the record is gone
+/// afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs pebble (Debian package pebble), knotd (knot) and kdig (knot-dnsutils); run with --include-ignored"]
+async fn dns01_wildcard_certificate_through_knot() {
+    let knot = Knot::start().await;
+    let pebble = Pebble::start(None, PebbleDns::At(knot.addr)).await;
+    let up = Upstream::start().await;
+    let work = TempDir::new();
+    let dir = work.path().join("acme");
+    let server = knot.addr.to_string();
+    let key = knot.key_file.display().to_string();
+    let flags = [
+        "--acme",
+        "dns.test,*.dns.test",
+        "--acme-challenge",
+        "dns-01",
+        "--acme-dns-update",
+        &server,
+        "--acme-tsig-key",
+        &key,
+    ];
+    let mut dotgate = AcmeDotgate::spawn(&pebble, &up, &dir, &flags, "dns01.log");
+    dotgate
+        .wait_log("serving DNS over TLS listen=", 1, ISSUE_WAIT, &pebble)
+        .await;
+    let logs = dotgate.logs();
+    assert!(
+        logs.contains("DNS-01: TXT record added"),
+        "{logs}\n{}",
+        knot.logs()
+    );
+    assert!(
+        knot.logs().contains("DDNS"),
+        "knotd logged the update:\n{}",
+        knot.logs()
+    );
+    let root = pebble.root().await;
+    for name in ["alice.dns.test", NAME] {
+        let mut client = Client::try_connect_with(dotgate.addr, trusting(&root), name)
+            .await
+            .unwrap_or_else(|e| panic!("DoT for {name}: {e}\n{}", dotgate.logs()));
+        ask(&mut client, 1, "wildcard.acme.test.").await;
+    }
+    assert_eq!(
+        knot.txt("_acme-challenge.dns.test.").await.trim(),
+        "",
+        "the challenge records are deleted:\n{}",
+        dotgate.logs()
+    );
 }
