@@ -144,7 +144,13 @@ impl Renewer {
     ) -> Option<Held> {
         let mut failures = 0u32;
         loop {
-            match self.attempt().await {
+            // An order can take minutes (validation, issuance): shutdown
+            // does not wait for it.
+            let attempt = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                attempt = self.attempt() => attempt,
+            };
+            match attempt {
                 Ok(new) => {
                     self.orders_ok.inc();
                     return Some(new);
