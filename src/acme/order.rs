@@ -108,7 +108,7 @@ async fn validate(
     let mut authorizations = order.authorizations();
     while let Some(authz) = authorizations.next().await {
         let mut authz = authz?;
-        let name = authz.identifier().identifier_value();
+        let name = bare_name(&authz.identifier());
         match authz.status {
             AuthorizationStatus::Pending => {}
             AuthorizationStatus::Valid => continue,
@@ -182,16 +182,11 @@ fn problem_text(problem: &instant_acme::Problem) -> String {
     }
 }
 
-/// The bare DNS name of an identifier (a wildcard's base name).
-trait IdentifierValue {
-    fn identifier_value(&self) -> String;
-}
-
-impl IdentifierValue for instant_acme::AuthorizedIdentifier<'_> {
-    fn identifier_value(&self) -> String {
-        match self.identifier {
-            Identifier::Dns(name) => name.clone(),
-            other => format!("{other:?}"),
-        }
+/// The bare DNS name of an identifier: a wildcard's base name, which is
+/// where its DNS-01 record goes.
+fn bare_name(id: &instant_acme::AuthorizedIdentifier<'_>) -> String {
+    match id.identifier {
+        Identifier::Dns(name) => name.clone(),
+        other => format!("{other:?}"),
     }
 }

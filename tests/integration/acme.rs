@@ -380,6 +380,12 @@ async fn http01_certificate_from_nothing_then_reused_across_restart() {
         assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
     }
     let account = std::fs::read(dir.join("account.json")).unwrap();
+    // The HTTP-01 responder answers only tokens being validated: none now.
+    let responder: SocketAddr = ([127, 0, 0, 1], pebble.http_port).into();
+    for path in ["/.well-known/acme-challenge/unknown-token", "/"] {
+        let response = http_get(responder, path).await.expect("HTTP-01 responder");
+        assert_eq!(response.status, 404, "{path}: {}", response.body);
+    }
     drop(client);
     drop(first);
 
@@ -609,6 +615,18 @@ fn check_config_reports_acme_problems() {
     let (code, text) = run(&["--acme", "192.0.2.1"]);
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("not a DNS name"), "{text}");
+    let (code, text) = run(&[
+        "--acme",
+        NAME,
+        "--acme-challenge",
+        "dns-01",
+        "--acme-dns-update",
+        "127.0.0.1:5300",
+        "--acme-tsig-key",
+        "/nonexistent/acme.tsig",
+    ]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("--acme-tsig-key"), "{text}");
     let good = work.path().join("new/acme");
     let (code, text) = run(&["--acme", NAME, "--acme-dir", good.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{text}");
