@@ -243,7 +243,7 @@ fn main() {
                 edns.label(),
                 q.len()
             ),
-            || dns::upstream_query(black_box(&q), black_box(&info), 0x5678),
+            || dns::upstream_query(black_box(&q), black_box(&info), 0x5678, None),
         );
     }
     for edns in Edns::ALL {
@@ -255,7 +255,7 @@ fn main() {
                 edns.label(),
                 q.len()
             ),
-            || dns::stream_query(black_box(&q), black_box(&info)),
+            || dns::stream_query(black_box(&q), black_box(&info), None),
         );
     }
     let mut q = messages::query(0x1234, Edns::Opt);
@@ -267,7 +267,7 @@ fn main() {
     for size in [100, 1200] {
         let q = messages::query(0x1234, Edns::Opt);
         let info = dns::parse_query(&q).unwrap();
-        let up = dns::upstream_query(&q, &info, 0x5678);
+        let up = dns::upstream_query(&q, &info, 0x5678, None);
         let r = messages::reply(&up, size);
         let question = &q[info.question.clone()];
         h.run(&format!("dns::match_reply, {size} B reply"), || {
@@ -295,7 +295,7 @@ fn main() {
         for edns in Edns::ALL {
             let q = messages::query(0x1234, edns);
             let info = dns::parse_query(&q).unwrap();
-            let up = dns::upstream_query(&q, &info, 0x5678);
+            let up = dns::upstream_query(&q, &info, 0x5678, None);
             let r = messages::reply(&up, size);
             let leg = leg_for(&info);
             let out = dns::client_reply(r.clone(), &info, leg).unwrap();
@@ -313,7 +313,7 @@ fn main() {
     {
         let q = messages::query(0x1234, Edns::Opt);
         let info = dns::parse_query(&q).unwrap();
-        let r = messages::reply(&dns::upstream_query(&q, &info, 7), 100);
+        let r = messages::reply(&dns::upstream_query(&q, &info, 7, None), 100);
         h.run_batched(
             "baseline: Vec clone of the 100 B reply (setup, not timed)",
             || (),
@@ -337,7 +337,7 @@ fn main() {
     {
         let q = messages::query(0x1234, Edns::Opt);
         let info = dns::parse_query(&q).unwrap();
-        let r = messages::reply(&dns::upstream_query(&q, &info, 7), 100);
+        let r = messages::reply(&dns::upstream_query(&q, &info, 7, None), 100);
         let mut batch = Vec::with_capacity(16 * 1024);
         h.run("write batch: prefix + 100 B reply appended", || {
             if batch.len() > 16 * 1024 - 200 {
@@ -353,7 +353,7 @@ fn main() {
     for edns in Edns::ALL {
         let q = messages::query(0x1234, edns);
         let info = dns::parse_query(&q).unwrap();
-        let r = messages::reply(&dns::upstream_query(&q, &info, 0x5678), 100);
+        let r = messages::reply(&dns::upstream_query(&q, &info, 0x5678, None), 100);
         h.run_batched(
             &format!(
                 "whole path: parse, upstream_query, match, to_vec, client_reply; {}",
@@ -362,7 +362,7 @@ fn main() {
             || (),
             |()| {
                 let info = dns::parse_query(black_box(&q)).unwrap();
-                let up = dns::upstream_query(&q, &info, 0x5678);
+                let up = dns::upstream_query(&q, &info, 0x5678, None);
                 let question = &up[info.question.clone()];
                 let reply = match dns::match_reply(black_box(&r), question) {
                     dns::ReplyMatch::Answer => r.to_vec(),

@@ -6,10 +6,10 @@
 //! ```text
 //! main.rs (the binary's edge)
 //!   tools/     dotgate query, dotgate check, serve --check-config
-//!   server/    accept -> handshake -> connection -> respond; per_ip, shutdown
-//!   upstream/  pool, policy, health, reply, udp, tcp, stream, dot, connect
+//!   server/    accept -> handshake -> connection -> respond; client, client_ids, per_ip, shutdown
+//!   upstream/  pool, policy, health, origin, reply, udp, tcp, stream, per_client, dot, connect
 //!   tls/       server configs, server_stream, identity, reload, tickets, chain, client
-//!   config/    cli (clap), file (TOML), duration, proxy -> one Config
+//!   config/    cli (clap), file (TOML), duration, proxy, access, client_id -> one Config
 //!   metrics/   stats (counters), exposition, the /metrics, /healthz, /readyz server
 //!   proto/     dns, edns, framing, message_reader, proxy_header: pure wire code
 //! ```

@@ -191,6 +191,38 @@ pub struct ServeArgs {
     )]
     pub allow_from: Vec<crate::config::proxy::Cidr>,
 
+    /// Client IDs: a client whose TLS server name is `LABEL.DOMAIN` has the ID
+    /// LABEL (logged at debug level; with an ID list, only listed IDs are served).
+    #[arg(long, env = "DOTGATE_CLIENT_ID_DOMAIN", value_name = "DOMAIN")]
+    pub client_id_domain: Option<String>,
+
+    /// Serve only this client ID (repeatable; needs --client-id-domain): other
+    /// clients fail the TLS handshake with the alert access_denied.
+    #[arg(
+        long,
+        env = "DOTGATE_CLIENT_ID",
+        value_delimiter = ',',
+        value_name = "ID"
+    )]
+    pub client_id: Vec<String>,
+
+    /// File of client IDs to serve, one a line (`#` comments), re-read when it
+    /// changes and on SIGHUP; adds to --client-id.
+    #[arg(long, env = "DOTGATE_CLIENT_IDS", value_name = "FILE")]
+    pub client_ids: Option<PathBuf>,
+
+    /// Send each query to the upstream behind a PROXY v2 header naming the client
+    /// (address, port, TLS server name): for unbound's proxy-protocol-port, dnsdist
+    /// or Knot Resolver. Only for upstreams given with --upstream.
+    #[arg(long, env = "DOTGATE_UPSTREAM_PROXY_PROTOCOL")]
+    pub upstream_proxy_protocol: bool,
+
+    /// Add an EDNS Client Subnet option with the client's address cut to these
+    /// prefix lengths (`V4LEN,V6LEN`, e.g. `32,128` for one device each), in place
+    /// of any the client sent. Reveals client addresses to the upstream. Off by default.
+    #[arg(long, env = "DOTGATE_UPSTREAM_ECS", value_name = "V4LEN,V6LEN")]
+    pub upstream_ecs: Option<String>,
+
     /// Expect a PROXY protocol header (v1 or v2) before TLS on every connection, as
     /// sent by a load balancer; the client address it carries is used for the
     /// per-address limits and in logs.

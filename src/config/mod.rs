@@ -7,6 +7,7 @@
 pub mod access;
 pub mod acme;
 pub mod cli;
+pub mod client_id;
 pub mod duration;
 pub mod file;
 pub mod proxy;
@@ -144,6 +145,45 @@ pub struct Config {
     /// `--acme`: the certificate (`cert`, files in `--acme-dir`) is
     /// obtained and renewed by ACME.
     pub acme: Option<crate::config::acme::AcmeSettings>,
+    /// `--client-id-domain`, `--client-id`, `--client-ids`.
+    pub client_ids: client_id::ClientIdSettings,
+    /// What the upstream is told about each client.
+    pub tell_upstream: ClientToUpstream,
+}
+
+/// What dotgate tells the upstream about the client behind each query
+/// (`--upstream-proxy-protocol`, `--upstream-ecs`). Both reveal clients'
+/// addresses, so both are off by default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientToUpstream {
+    /// A PROXY v2 header with the client's address and server name.
+    pub proxy_protocol: bool,
+    /// An EDNS Client Subnet option with the client's address cut to these
+    /// prefixes.
+    pub subnet: Option<SubnetPrefixes>,
+}
+
+/// Prefix lengths of the client subnet sent upstream, by address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubnetPrefixes {
+    pub v4: u8,
+    pub v6: u8,
+}
+
+impl std::str::FromStr for SubnetPrefixes {
+    type Err = ConfigError;
+
+    /// `V4LEN,V6LEN`: 0 to 32, then 0 to 128.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ConfigError::BadEcs(s.to_string());
+        let (v4, v6) = s.split_once(',').ok_or_else(bad)?;
+        let v4: u8 = v4.trim().parse().map_err(|_| bad())?;
+        let v6: u8 = v6.trim().parse().map_err(|_| bad())?;
+        if v4 > 32 || v6 > 128 {
+            return Err(bad());
+        }
+        Ok(SubnetPrefixes { v4, v6 })
+    }
 }
 
 /// Port of DNS over TLS (RFC 7858 §3.1), the default of `tls://` upstreams.
@@ -223,6 +263,16 @@ pub enum ConfigError {
     },
     #[error("--proxy-protocol-from needs --proxy-protocol or --proxy-protocol-listen: it lists who may send PROXY headers")]
     ProxyFromWithoutProxy,
+    #[error("--upstream-ecs {0:?}: write two prefix lengths V4LEN,V6LEN, IPv4 0-32 and IPv6 0-128 (e.g. 32,128 for one device each, 24,56 for its network)")]
+    BadEcs(String),
+    #[error("{flag} sends client addresses to the upstream, so it needs the upstream named with --upstream (never the resolv.conf default)")]
+    TellsUnnamedUpstream { flag: &'static str },
+    #[error("--client-id-domain {0:?} is not a domain name")]
+    BadClientIdDomain(String),
+    #[error("{flag} needs --client-id-domain: the ID is the label in front of that domain in the TLS server name")]
+    ClientIdWithoutDomain { flag: &'static str },
+    #[error("--client-id: {0}")]
+    BadClientId(#[from] client_id::ClientIdError),
     #[error("{flag} must be at least 1")]
     Zero { flag: &'static str },
     #[error("{flag} must be longer than zero")]
@@ -257,6 +307,19 @@ impl Config {
             (None, None, Some(name), None) => CertSource::SelfSigned(name.clone()),
             _ => return Err(ConfigError::NoCertificate),
         };
+        // Before resolv.conf is read: its resolvers are never told.
+        if args.upstream.is_empty() {
+            if args.upstream_proxy_protocol {
+                return Err(ConfigError::TellsUnnamedUpstream {
+                    flag: "--upstream-proxy-protocol",
+                });
+            }
+            if args.upstream_ecs.is_some() {
+                return Err(ConfigError::TellsUnnamedUpstream {
+                    flag: "--upstream-ecs",
+                });
+            }
+        }
         let upstreams: Vec<UpstreamSpec> = if args.upstream.is_empty() {
             upstreams_from_resolv_conf(resolv_conf)?
                 .into_iter()
@@ -320,6 +383,11 @@ impl Config {
         {
             return Err(ConfigError::ProxyFromWithoutProxy);
         }
+        let client_ids = client_id_settings(args)?;
+        let tell_upstream = ClientToUpstream {
+            proxy_protocol: args.upstream_proxy_protocol,
+            subnet: args.upstream_ecs.as_deref().map(str::parse).transpose()?,
+        };
         let max_connection_age = args
             .max_connection_age
             .map(|age| nonzero(age, "--max-connection-age"))
@@ -354,8 +422,51 @@ impl Config {
             proxy_listen: args.proxy_protocol_listen.clone(),
             allow: crate::config::access::AllowList::new(args.allow_from.clone()),
             acme,
+            client_ids,
+            tell_upstream,
         })
     }
+}
+
+/// Checks the client-ID flags: IDs need the domain, the domain must be a
+/// name, and every listed ID one label.
+fn client_id_settings(args: &ServeArgs) -> Result<client_id::ClientIdSettings, ConfigError> {
+    let domain = match &args.client_id_domain {
+        Some(d) => {
+            let domain = d.trim().trim_end_matches('.').to_ascii_lowercase();
+            let valid = !domain.is_empty()
+                && domain
+                    .split('.')
+                    .all(|label| client_id::parse_id(label).is_ok());
+            if !valid {
+                return Err(ConfigError::BadClientIdDomain(d.clone()));
+            }
+            Some(domain)
+        }
+        None => None,
+    };
+    if domain.is_none() {
+        if !args.client_id.is_empty() {
+            return Err(ConfigError::ClientIdWithoutDomain {
+                flag: "--client-id",
+            });
+        }
+        if args.client_ids.is_some() {
+            return Err(ConfigError::ClientIdWithoutDomain {
+                flag: "--client-ids",
+            });
+        }
+    }
+    let listed = args
+        .client_id
+        .iter()
+        .map(|id| client_id::parse_id(id))
+        .collect::<Result<_, _>>()?;
+    Ok(client_id::ClientIdSettings {
+        domain,
+        listed,
+        file: args.client_ids.clone(),
+    })
 }
 
 /// Parses an `--upstream` entry: `IP[:PORT]`, `tcp://IP[:PORT]` (port 53 by
@@ -712,5 +823,70 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("--idle-timeout"), "{e}");
+    }
+
+    #[test]
+    fn client_identity_flags_are_checked() {
+        let err = |extra: &[&str]| {
+            let mut all = vec!["--self-signed", "x"];
+            all.extend_from_slice(extra);
+            Config::from_args(&args(&all), Path::new("/nonexistent"))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err(&["--upstream-ecs", "24,56"]);
+        assert!(
+            e.contains("--upstream-ecs") && e.contains("--upstream"),
+            "{e}"
+        );
+        let e = err(&["--upstream-proxy-protocol"]);
+        assert!(e.contains("resolv.conf"), "{e}");
+        for bad in ["24", "33,56", "24,129", "a,b", "24;56"] {
+            let e = err(&["--upstream", "::1", "--upstream-ecs", bad]);
+            assert!(e.contains("V4LEN,V6LEN"), "{bad}: {e}");
+        }
+        let e = err(&["--upstream", "::1", "--client-id", "alice"]);
+        assert!(e.contains("--client-id-domain"), "{e}");
+        let e = err(&["--upstream", "::1", "--client-ids", "/x"]);
+        assert!(e.contains("--client-id-domain"), "{e}");
+        let e = err(&["--upstream", "::1", "--client-id-domain", "dns..test"]);
+        assert!(e.contains("not a domain name"), "{e}");
+        let e = err(&[
+            "--upstream",
+            "::1",
+            "--client-id-domain",
+            "dns.test",
+            "--client-id",
+            "bad_id",
+        ]);
+        assert!(e.contains("bad_id"), "{e}");
+
+        let c = Config::from_args(
+            &args(&[
+                "--self-signed",
+                "x",
+                "--upstream",
+                "::1",
+                "--upstream-ecs",
+                "32, 128",
+                "--upstream-proxy-protocol",
+                "--client-id-domain",
+                "DNS.Test.",
+                "--client-id",
+                "Alice,bob",
+            ]),
+            Path::new("/nonexistent"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.tell_upstream,
+            ClientToUpstream {
+                proxy_protocol: true,
+                subnet: Some(SubnetPrefixes { v4: 32, v6: 128 }),
+            }
+        );
+        assert_eq!(c.client_ids.domain.as_deref(), Some("dns.test"));
+        assert_eq!(c.client_ids.listed, ["alice", "bob"]);
+        assert!(c.client_ids.is_private());
     }
 }

@@ -65,6 +65,9 @@ pub struct Stats {
     pub refused_proxy_untrusted: IntCounter,
     /// A client outside `--allow-from`.
     pub refused_not_allowed: IntCounter,
+    /// A TLS server name without a listed client ID (`--client-id`,
+    /// `--client-ids`): the handshake was refused.
+    pub refused_client_id: IntCounter,
     /// Failed accepts on a DoT listener (out of file descriptors, mostly);
     /// each one is followed by a pause, see `server::AcceptErrors`.
     pub accept_errors: IntCounter,
@@ -122,6 +125,9 @@ pub struct Stats {
     pub query_duration: Histogram,
     /// Per-upstream children are resolved by [`Stats::upstream`].
     upstream_queries: IntCounterVec,
+    /// Queries per listed client ID, resolved by [`Stats::client_queries`]
+    /// (no child at all without an ID list).
+    client_queries: IntCounterVec,
     upstream_up: IntGaugeVec,
     /// The served certificate's not-after (UNIX seconds), under its subject.
     certificate_not_after: IntGaugeVec,
@@ -324,6 +330,7 @@ impl Stats {
             refused_proxy_malformed: refused.with_label_values(&["proxy_malformed"]),
             refused_proxy_untrusted: refused.with_label_values(&["proxy_untrusted"]),
             refused_not_allowed: refused.with_label_values(&["not_allowed"]),
+            refused_client_id: refused.with_label_values(&["client_id"]),
             accept_errors: r.counter(
                 "dotgate_accept_errors_total",
                 "Failed accepts on a DoT listener (e.g. out of file descriptors), each followed by a pause.",
@@ -362,6 +369,11 @@ impl Stats {
                 "dotgate_upstream_queries_total",
                 "Queries sent to each upstream, by transport.",
                 &["upstream", "transport"],
+            )?,
+            client_queries: r.counter_vec(
+                "dotgate_client_queries_total",
+                "Queries by client ID, for the IDs of --client-id and --client-ids only.",
+                &["client_id"],
             )?,
             upstream_up: r.gauge_vec(
                 "dotgate_upstream_up",
@@ -505,6 +517,12 @@ impl Stats {
         }
     }
 
+    /// The query counter of a listed client ID (the label values are
+    /// bounded by the ID list). Resolved once per connection.
+    pub fn client_queries(&self, id: &str) -> IntCounter {
+        self.client_queries.with_label_values(&[id])
+    }
+
     /// Records that an upstream answered (a query or a health probe): the
     /// upstream leg works, which `/readyz` reports.
     pub fn note_upstream_answer(&self) {
@@ -570,6 +588,7 @@ impl Stats {
             refused_proxy_malformed = self.refused_proxy_malformed.get(),
             refused_proxy_untrusted = self.refused_proxy_untrusted.get(),
             refused_not_allowed = self.refused_not_allowed.get(),
+            refused_client_id = self.refused_client_id.get(),
             accept_errors = self.accept_errors.get(),
             handshake_failures = self.handshake_failures.get(),
             queries = self.queries.get(),

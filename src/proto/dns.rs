@@ -305,14 +305,22 @@ pub fn parse_query(msg: &[u8]) -> Result<QueryInfo, QueryError> {
 /// Builds the message sent upstream: the client's query with `upstream_id`,
 /// an EDNS payload size of [`UPSTREAM_UDP_PAYLOAD`], and without the
 /// hop-by-hop options 11 and 12 (R22). Every other byte, the other options
-/// (cookies, ECS...), the DO bit and the header flags are the client's.
+/// (cookies, ECS...), the DO bit and the header flags are the client's,
+/// except that with a `subnet` option (`--upstream-ecs`), that option
+/// replaces any client subnet the client sent.
 ///
 /// A query without OPT gets one appended when its additional section is
 /// empty, so that the upstream may answer up to 1232 bytes over UDP instead
 /// of truncating at 512; the OPT is stripped again from the reply.
-pub fn upstream_query(msg: &[u8], info: &QueryInfo, upstream_id: u16) -> Vec<u8> {
-    let mut out = Vec::with_capacity(msg.len() + OPT_RR_LEN);
-    write_upstream_query(&mut out, msg, info, upstream_id, false);
+pub fn upstream_query(
+    msg: &[u8],
+    info: &QueryInfo,
+    upstream_id: u16,
+    subnet: Option<&[u8]>,
+) -> Vec<u8> {
+    let extra = OPT_RR_LEN + subnet.map_or(0, <[u8]>::len);
+    let mut out = Vec::with_capacity(msg.len() + extra);
+    write_upstream_query(&mut out, msg, info, upstream_id, false, subnet);
     out
 }
 
@@ -333,10 +341,11 @@ const KEEPALIVE_REQUEST: [u8; 4] = {
 /// The option is left out when the query has no OPT and none can be added
 /// (other records in its additional section), or when it would not fit the
 /// 16-bit length.
-pub fn stream_query(msg: &[u8], info: &QueryInfo) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + msg.len() + OPT_RR_LEN + KEEPALIVE_REQUEST.len());
+pub fn stream_query(msg: &[u8], info: &QueryInfo, subnet: Option<&[u8]>) -> Vec<u8> {
+    let extra = OPT_RR_LEN + KEEPALIVE_REQUEST.len() + subnet.map_or(0, <[u8]>::len);
+    let mut out = Vec::with_capacity(2 + msg.len() + extra);
     out.extend_from_slice(&[0, 0]);
-    write_upstream_query(&mut out, msg, info, 0, true);
+    write_upstream_query(&mut out, msg, info, 0, true, subnet);
     // At most 65535: `msg` came through a 16-bit frame, and nothing is
     // added that would not fit (see `write_upstream_query`).
     let len = u16::try_from(out.len() - 2).unwrap_or(u16::MAX);
@@ -346,13 +355,16 @@ pub fn stream_query(msg: &[u8], info: &QueryInfo) -> Vec<u8> {
 }
 
 /// Appends the upstream form of the query (see [`upstream_query`]) to `out`,
-/// with an empty keepalive option in its OPT when `keepalive` is set.
-fn write_upstream_query(
+/// with an empty keepalive option in its OPT when `keepalive` is set, and
+/// `subnet` in place of the client's own client subnet option when given.
+/// Whatever `out` held before (a PROXY header) is left in front.
+pub fn write_upstream_query(
     out: &mut Vec<u8>,
     msg: &[u8],
     info: &QueryInfo,
     upstream_id: u16,
     keepalive: bool,
+    subnet: Option<&[u8]>,
 ) {
     let base = out.len();
     // Every addition must keep the message within 16 bits: a frame whose
@@ -360,11 +372,23 @@ fn write_upstream_query(
     // upstream connection that other clients' queries share.
     let fits = |extra: usize| msg.len() + extra <= usize::from(u16::MAX);
     let adds_opt = info.opt.is_none() && count(msg, AR) == 0 && fits(OPT_RR_LEN);
-    let keepalive = keepalive
-        && (info.opt.is_some() || adds_opt)
-        && fits(KEEPALIVE_REQUEST.len() + if adds_opt { OPT_RR_LEN } else { 0 });
+    let opt_extra = if adds_opt { OPT_RR_LEN } else { 0 };
+    let has_opt = info.opt.is_some() || adds_opt;
+    let keepalive = keepalive && has_opt && fits(KEEPALIVE_REQUEST.len() + opt_extra);
+    let own_extra = if keepalive {
+        KEEPALIVE_REQUEST.len()
+    } else {
+        0
+    };
+    // With dotgate's own subnet option configured, the client's is removed
+    // even when dotgate's cannot be added: it would let a client speak for
+    // another address.
+    let drops_subnet = subnet.is_some() && info.edns.client_subnet;
+    let subnet = subnet.filter(|s| has_opt && fits(s.len() + own_extra + opt_extra));
     match &info.opt {
-        Some(opt) if keepalive || info.edns.has_hop_by_hop() => {
+        Some(opt)
+            if keepalive || info.edns.has_hop_by_hop() || drops_subnet || subnet.is_some() =>
+        {
             // One copy still: the bytes up to the OPT's options, the options
             // that are forwarded (and the keepalive request), then whatever
             // follows the OPT. Only bytes after the OPT move; in a query that
@@ -372,13 +396,16 @@ fn write_upstream_query(
             // question, which stays put.
             let rdata = opt.start + OPT_RR_LEN;
             out.extend_from_slice(&msg[..rdata]);
-            let mut kept = edns::push_forwarded_options(out, &msg[rdata..opt.end]);
+            let mut kept = edns::push_forwarded_options(out, &msg[rdata..opt.end], drops_subnet);
             if keepalive {
                 out.extend_from_slice(&KEEPALIVE_REQUEST);
                 kept += KEEPALIVE_REQUEST.len();
             }
-            // At most the old RDLENGTH plus 4, within a message checked to
-            // fit 16 bits.
+            if let Some(subnet) = subnet {
+                out.extend_from_slice(subnet);
+                kept += subnet.len();
+            }
+            // Within a message checked to fit 16 bits.
             let rdlen_at = base + opt.start + OPT_RDLEN;
             out[rdlen_at..rdlen_at + 2].copy_from_slice(&(kept as u16).to_be_bytes());
             out.extend_from_slice(&msg[opt.end..]);
@@ -395,12 +422,18 @@ fn write_upstream_query(
         }
         None if adds_opt => {
             push_opt(out, UPSTREAM_UDP_PAYLOAD);
+            let rdlen_at = out.len() - 2;
+            let mut rdlen = 0;
             if keepalive {
-                let rdlen_at = out.len() - 2;
                 out.extend_from_slice(&KEEPALIVE_REQUEST);
-                out[rdlen_at..rdlen_at + 2]
-                    .copy_from_slice(&(KEEPALIVE_REQUEST.len() as u16).to_be_bytes());
+                rdlen += KEEPALIVE_REQUEST.len();
             }
+            if let Some(subnet) = subnet {
+                out.extend_from_slice(subnet);
+                rdlen += subnet.len();
+            }
+            // A few dozen bytes at most.
+            out[rdlen_at..rdlen_at + 2].copy_from_slice(&(rdlen as u16).to_be_bytes());
             set_count(&mut out[base..], AR, 1);
         }
         None => {}
@@ -527,7 +560,7 @@ pub fn client_reply(
             let rdlen_at = rdlen_offset(&reply, &opt).ok_or(ReplyError::Malformed)?;
             if opt.end == reply.len() {
                 edns::rewrite_tail(&mut reply, rdlen_at, leg).map_err(ReplyError::from)?;
-            } else if !leg.is_empty() || edns::needs_rewrite(&reply[rdlen_at + 2..opt.end]) {
+            } else if !leg.is_empty() || edns::needs_rewrite(&reply[rdlen_at + 2..opt.end], leg) {
                 return reencode(&reply, query, leg);
             }
         }
@@ -606,6 +639,9 @@ fn reencode(reply: &[u8], query: &QueryInfo, leg: LegOptions) -> Result<Vec<u8>,
         let options = edns.options_mut();
         options.remove(EdnsCode::Keepalive);
         options.remove(EdnsCode::Padding);
+        if leg.strip_subnet {
+            options.remove(EdnsCode::Subnet);
+        }
         if let Some(timeout) = leg.keepalive {
             options.insert(EdnsOption::Unknown(
                 edns::KEEPALIVE,
@@ -755,6 +791,7 @@ mod tests {
     const KEEPALIVE_AND_PADDING: LegOptions = LegOptions {
         keepalive: Some(300),
         padding: true,
+        strip_subnet: false,
     };
 
     #[test]
@@ -812,7 +849,7 @@ mod tests {
     fn upstream_query_rewrites_id_and_payload() {
         let q = query(7, "example.com", 1, true);
         let info = parse_query(&q).unwrap();
-        let up = upstream_query(&q, &info, 0xbeef);
+        let up = upstream_query(&q, &info, 0xbeef, None);
         assert_eq!(id(&up), 0xbeef);
         let opt = info.opt.unwrap();
         assert_eq!(&up[opt.start + 3..opt.start + 5], &1232u16.to_be_bytes());
@@ -820,9 +857,82 @@ mod tests {
 
         let q = query(7, "example.com", 1, false);
         let info = parse_query(&q).unwrap();
-        let up = upstream_query(&q, &info, 9);
+        let up = upstream_query(&q, &info, 9, None);
         let up_info = parse_query(&up).unwrap();
         assert!(up_info.opt.is_some());
+    }
+
+    /// The client subnet options of a message's OPT record, as bytes.
+    fn subnets(msg: &[u8]) -> Vec<Vec<u8>> {
+        let m = hickory_proto::op::Message::from_vec(msg).unwrap();
+        let Some(edns) = m.edns else {
+            return Vec::new();
+        };
+        let mut rdata = Vec::new();
+        let opt = edns.options();
+        for (code, option) in opt.as_ref() {
+            if u16::from(*code) == edns::CLIENT_SUBNET {
+                rdata.push(Vec::<u8>::try_from(option).unwrap());
+            }
+        }
+        rdata
+    }
+
+    #[test]
+    fn a_configured_subnet_replaces_the_clients() {
+        let mut ours = Vec::new();
+        edns::push_client_subnet(&mut ours, "192.0.2.77".parse().unwrap(), 24, 56);
+        let ours_data = ours[4..].to_vec();
+        // No OPT: one is added, carrying the subnet.
+        let q = query(7, "example.com", 1, false);
+        let info = parse_query(&q).unwrap();
+        let up = upstream_query(&q, &info, 9, Some(&ours));
+        assert_eq!(subnets(&up), std::slice::from_ref(&ours_data));
+        let framed = stream_query(&q, &info, Some(&ours));
+        assert_eq!(subnets(&framed[2..]), std::slice::from_ref(&ours_data));
+        assert!(parse_query(&framed[2..]).unwrap().edns.client_subnet);
+        // The client's own subnet is dropped, ours sent instead.
+        let theirs = [0u8, 8, 0, 7, 0, 1, 24, 0, 203, 0, 113];
+        let q = with_options(
+            query(7, "example.com", 1, true),
+            &[(edns::CLIENT_SUBNET, &theirs[4..])],
+        );
+        let info = parse_query(&q).unwrap();
+        assert!(info.edns.client_subnet);
+        assert_eq!(
+            subnets(&upstream_query(&q, &info, 1, None)),
+            [theirs[4..].to_vec()]
+        );
+        assert_eq!(
+            subnets(&upstream_query(&q, &info, 1, Some(&ours))),
+            std::slice::from_ref(&ours_data)
+        );
+        assert_eq!(
+            subnets(&stream_query(&q, &info, Some(&ours))[2..]),
+            [ours_data]
+        );
+    }
+
+    #[test]
+    fn a_subnet_the_client_did_not_send_leaves_the_reply() {
+        let q = query(7, "example.com", 1, true);
+        let info = parse_query(&q).unwrap();
+        let mut ecs = Vec::new();
+        edns::push_client_subnet(&mut ecs, "192.0.2.77".parse().unwrap(), 24, 56);
+        let r = with_options(answer(&q, true), &[(edns::CLIENT_SUBNET, &ecs[4..])]);
+        assert_eq!(subnets(&r).len(), 1);
+        let kept = client_reply(r.clone(), &info, LegOptions::NONE).unwrap();
+        assert_eq!(subnets(&kept).len(), 1);
+        let strip = LegOptions {
+            strip_subnet: true,
+            ..LegOptions::NONE
+        };
+        let stripped = client_reply(r, &info, strip).unwrap();
+        assert!(subnets(&stripped).is_empty());
+        assert!(hickory_proto::op::Message::from_vec(&stripped)
+            .unwrap()
+            .edns
+            .is_some());
     }
 
     #[test]
@@ -979,7 +1089,7 @@ mod tests {
         q[opt.start + 7] = 0x80;
         q[3] |= 0x10;
         let info = parse_query(&q).unwrap();
-        let up = upstream_query(&q, &info, 0x4242);
+        let up = upstream_query(&q, &info, 0x4242, None);
         assert_eq!(up.len(), q.len() - 4 - 4 - 60);
         assert_eq!(id(&up), 0x4242);
         let up_info = parse_query(&up).unwrap();
@@ -998,7 +1108,7 @@ mod tests {
         // payload size).
         let q = with_options(query(7, "example.com", 1, true), &[(10, cookie)]);
         let info = parse_query(&q).unwrap();
-        let up = upstream_query(&q, &info, 7);
+        let up = upstream_query(&q, &info, 7, None);
         let mut expected = q.clone();
         let class_at = info.opt.unwrap().start + 3;
         expected[class_at..class_at + 2].copy_from_slice(&1232u16.to_be_bytes());
@@ -1015,7 +1125,7 @@ mod tests {
             &[(11, &[]), (10, cookie), (12, &[0; 20])],
         );
         let info = parse_query(&q).unwrap();
-        let framed = stream_query(&q, &info);
+        let framed = stream_query(&q, &info, None);
         let up = &framed[2..];
         assert_eq!(
             usize::from(u16::from_be_bytes([framed[0], framed[1]])),
@@ -1026,7 +1136,7 @@ mod tests {
         assert!(parse_query(up).unwrap().edns.keepalive);
         // The same bytes as the UDP form, but the keepalive request (and
         // the RDLENGTH counting it).
-        let plain = upstream_query(&q, &info, 0);
+        let plain = upstream_query(&q, &info, 0, None);
         let rdlen_at = info.opt.unwrap().start + OPT_RDLEN;
         assert_eq!(up.len(), plain.len() + 4);
         assert_eq!(&up[..rdlen_at], &plain[..rdlen_at]);
@@ -1035,13 +1145,13 @@ mod tests {
         // A client OPT without options gains the request.
         let q = query(8, "example.com", 1, true);
         let info = parse_query(&q).unwrap();
-        let framed = stream_query(&q, &info);
+        let framed = stream_query(&q, &info, None);
         assert_eq!(opt_options(&framed[2..]), [(11, vec![])]);
 
         // No client OPT: one is added, carrying the request.
         let q = query(9, "example.com", 28, false);
         let info = parse_query(&q).unwrap();
-        let framed = stream_query(&q, &info);
+        let framed = stream_query(&q, &info, None);
         let up = &framed[2..];
         assert_eq!(count(up, AR), 1);
         assert_eq!(opt_options(up), [(11, vec![])]);
@@ -1083,7 +1193,7 @@ mod tests {
             for opt in [None, Some(4)] {
                 let q = big_query(len, opt);
                 let info = parse_query(&q).unwrap();
-                let framed = stream_query(&q, &info);
+                let framed = stream_query(&q, &info, None);
                 let body = &framed[2..];
                 assert_eq!(
                     usize::from(u16::from_be_bytes([framed[0], framed[1]])),
@@ -1093,14 +1203,14 @@ mod tests {
                 assert!(body.len() <= 65_535);
                 let up = parse_query(body).unwrap();
                 assert_eq!(&body[up.question.clone()], &q[info.question.clone()]);
-                let udp = upstream_query(&q, &info, 3);
+                let udp = upstream_query(&q, &info, 3, None);
                 assert!(udp.len() <= 65_535, "UDP form of {len} bytes, OPT {opt:?}");
                 assert_eq!(id(&udp), 3);
             }
         }
         // Room left: the OPT and the keepalive request are added as usual.
         let q = big_query(60_000, None);
-        let framed = stream_query(&q, &parse_query(&q).unwrap());
+        let framed = stream_query(&q, &parse_query(&q).unwrap(), None);
         assert_eq!(opt_options(&framed[2..]), [(11, vec![])]);
     }
 
@@ -1139,6 +1249,7 @@ mod tests {
         let leg = LegOptions {
             keepalive: Some(0),
             padding: false,
+            strip_subnet: false,
         };
         let out = client_reply(answer(&q, true), &info, leg).unwrap();
         assert_eq!(opt_options(&out), [(11, vec![0, 0])]);
@@ -1167,6 +1278,7 @@ mod tests {
         let leg = LegOptions {
             keepalive: None,
             padding: true,
+            strip_subnet: false,
         };
         let out = client_reply(r, &info, leg).unwrap();
         assert_eq!(out.len() % 468, 0);
@@ -1285,6 +1397,7 @@ mod tests {
             LegOptions {
                 keepalive: Some(300),
                 padding: true,
+                strip_subnet: false,
             },
         ];
         for _ in 0..20_000 {
@@ -1299,8 +1412,8 @@ mod tests {
             }
             let leg = legs[rand::random_range(0..legs.len())];
             if let Ok(info) = parse_query(&m) {
-                let up = upstream_query(&m, &info, 5);
-                let framed = stream_query(&m, &info);
+                let up = upstream_query(&m, &info, 5, None);
+                let framed = stream_query(&m, &info, None);
                 assert_eq!(
                     usize::from(u16::from_be_bytes([framed[0], framed[1]])),
                     framed.len() - 2

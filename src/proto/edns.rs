@@ -18,6 +18,8 @@ use std::time::Duration;
 pub const KEEPALIVE: u16 = 11;
 /// Padding (RFC 7830).
 pub const PADDING: u16 = 12;
+/// EDNS Client Subnet (RFC 7871).
+pub const CLIENT_SUBNET: u16 = 8;
 /// Block size replies are padded to (RFC 8467 §4.1, the recommended
 /// block-length strategy for responses).
 pub const RESPONSE_BLOCK: usize = 468;
@@ -105,6 +107,8 @@ pub struct Request {
     pub keepalive: bool,
     /// Option 12: the reply is padded to a multiple of 468 bytes (R18).
     pub padding: bool,
+    /// Option 8: the client sent its own client subnet (RFC 7871).
+    pub client_subnet: bool,
 }
 
 impl Request {
@@ -153,20 +157,23 @@ pub fn read_request(version: u8, rdata: &[u8]) -> Result<Request, EdnsError> {
             KEEPALIVE if option.data_len() != 0 => return Err(EdnsError::KeepaliveWithValue),
             KEEPALIVE => request.keepalive = true,
             PADDING => request.padding = true,
+            CLIENT_SUBNET => request.client_subnet = true,
             _ => {}
         }
     }
     Ok(request)
 }
 
-/// Appends to `out` the options of `rdata` except the hop-by-hop ones, in
+/// Appends to `out` the options of `rdata` except the hop-by-hop ones (and
+/// the client subnet when `drop_subnet`: dotgate then sends its own), in
 /// their order; returns how many bytes were appended. Stops at malformed
 /// options (which [`read_request`] has refused before anything is
 /// forwarded).
-pub fn push_forwarded_options(out: &mut Vec<u8>, rdata: &[u8]) -> usize {
+pub fn push_forwarded_options(out: &mut Vec<u8>, rdata: &[u8], drop_subnet: bool) -> usize {
     let before = out.len();
     for option in options(rdata).map_while(Result::ok) {
-        if !is_hop_by_hop(option.code) {
+        let dropped = is_hop_by_hop(option.code) || (drop_subnet && option.code == CLIENT_SUBNET);
+        if !dropped {
             out.extend_from_slice(&rdata[option.range]);
         }
     }
@@ -186,9 +193,39 @@ pub fn keepalive_timeout(rdata: &[u8]) -> Option<u16> {
 }
 
 /// True when `rdata` holds options 11 or 12 (which a reply must not pass
-/// on), or is malformed.
-pub fn needs_rewrite(rdata: &[u8]) -> bool {
-    options(rdata).any(|o| o.map_or(true, |o| is_hop_by_hop(o.code)))
+/// on), a client subnet that `leg` strips, or is malformed.
+pub fn needs_rewrite(rdata: &[u8], leg: LegOptions) -> bool {
+    options(rdata).any(|o| o.map_or(true, |o| leg.removes(o.code)))
+}
+
+/// The largest client subnet option: header, family, two prefix lengths
+/// and a whole IPv6 address.
+pub const CLIENT_SUBNET_MAX: usize = OPTION_HEADER + 4 + 16;
+
+/// Appends an EDNS Client Subnet option (RFC 7871 §6) for `ip`, cut to
+/// `v4_prefix` or `v6_prefix` bits by its family: the address is sent in as
+/// few bytes as the prefix needs, with the bits past the prefix zeroed, and
+/// a scope of 0. An IPv4-mapped IPv6 address counts as IPv4.
+pub fn push_client_subnet(out: &mut Vec<u8>, ip: std::net::IpAddr, v4_prefix: u8, v6_prefix: u8) {
+    let (family, prefix, octets): (u16, u8, Vec<u8>) = match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => (1, v4_prefix.min(32), v4.octets().to_vec()),
+        std::net::IpAddr::V6(v6) => (2, v6_prefix.min(128), v6.octets().to_vec()),
+    };
+    let bytes = usize::from(prefix).div_ceil(8);
+    out.extend_from_slice(&CLIENT_SUBNET.to_be_bytes());
+    // At most 4 + 16.
+    out.extend_from_slice(&((4 + bytes) as u16).to_be_bytes());
+    out.extend_from_slice(&family.to_be_bytes());
+    out.push(prefix);
+    out.push(0);
+    let start = out.len();
+    out.extend_from_slice(&octets[..bytes]);
+    let spare = bytes * 8 - usize::from(prefix);
+    if spare > 0 {
+        if let Some(last) = out[start..].last_mut() {
+            *last &= 0xffu8 << spare;
+        }
+    }
 }
 
 /// The options dotgate writes into the OPT record of one reply.
@@ -198,6 +235,9 @@ pub struct LegOptions {
     pub keepalive: Option<u16>,
     /// Pad the reply to a multiple of [`RESPONSE_BLOCK`] bytes.
     pub padding: bool,
+    /// Remove the upstream's client subnet option: dotgate added one the
+    /// client did not send (RFC 7871 §7.2.2).
+    pub strip_subnet: bool,
 }
 
 impl LegOptions {
@@ -206,6 +246,7 @@ impl LegOptions {
     pub const NONE: LegOptions = LegOptions {
         keepalive: None,
         padding: false,
+        strip_subnet: false,
     };
 
     /// The options owed to `request` on a connection with this idle timeout.
@@ -217,11 +258,20 @@ impl LegOptions {
                 .keepalive
                 .then(|| if retiring { 0 } else { keepalive_units(idle) }),
             padding: request.padding,
+            strip_subnet: false,
         }
     }
 
+    /// True when dotgate adds no option of its own (it may still remove
+    /// some, see [`LegOptions::removes`]).
     pub fn is_empty(&self) -> bool {
         self.keepalive.is_none() && !self.padding
+    }
+
+    /// Whether an upstream reply's option `code` is removed on this leg:
+    /// the hop-by-hop ones always, the client subnet when stripped.
+    pub fn removes(&self, code: u16) -> bool {
+        is_hop_by_hop(code) || (self.strip_subnet && code == CLIENT_SUBNET)
     }
 }
 
@@ -252,7 +302,7 @@ pub enum RewriteError {
 
 /// Rewrites the options of the OPT record that ends `msg`, whose RDLENGTH
 /// field is at `rdlen_at` and whose RDATA runs to the end of `msg`: removes
-/// options 11 and 12, keeps every other option in place and order, then
+/// options 11 and 12 (and 8 when `leg` strips it), keeps every other option in place and order, then
 /// appends the keepalive and the padding of `leg`.
 ///
 /// Because the OPT record is the last one, only its RDATA and RDLENGTH change
@@ -272,7 +322,7 @@ pub fn rewrite_tail(
     let mut hop_by_hop = false;
     for option in options(rdata) {
         let option = option.map_err(|_| RewriteError::Malformed)?;
-        if is_hop_by_hop(option.code) {
+        if leg.removes(option.code) {
             hop_by_hop = true;
         } else {
             kept_len += option.range.len();
@@ -298,7 +348,7 @@ pub fn rewrite_tail(
     let mut read = rdata_start;
     while let Some(Ok(option)) = options(&msg[read..]).next() {
         let len = option.range.len();
-        if !is_hop_by_hop(option.code) {
+        if !leg.removes(option.code) {
             msg.copy_within(read..read + len, write);
             write += len;
         }
@@ -371,7 +421,8 @@ mod tests {
             r,
             Ok(Request {
                 keepalive: true,
-                padding: true
+                padding: true,
+                client_subnet: false,
             })
         );
         assert!(r.unwrap().has_hop_by_hop());
@@ -406,9 +457,12 @@ mod tests {
         rd.extend_from_slice(&option(PADDING, &[0; 30]));
         rd.extend_from_slice(&ecs);
         let mut out = vec![9];
-        let n = push_forwarded_options(&mut out, &rd);
+        let n = push_forwarded_options(&mut out, &rd, false);
         assert_eq!(n, cookie.len() + ecs.len());
-        assert_eq!(out, [vec![9], cookie, ecs].concat());
+        assert_eq!(out, [vec![9], cookie.clone(), ecs].concat());
+        let mut out = Vec::new();
+        assert_eq!(push_forwarded_options(&mut out, &rd, true), cookie.len());
+        assert_eq!(out, cookie, "the client's subnet dropped");
     }
 
     #[test]
@@ -419,7 +473,7 @@ mod tests {
         assert_eq!(keepalive_units(Duration::from_secs(7000)), u16::MAX);
         let asked = Request {
             keepalive: true,
-            padding: false,
+            ..Request::default()
         };
         let idle = Duration::from_secs(20);
         assert_eq!(
@@ -478,6 +532,7 @@ mod tests {
         let leg = LegOptions {
             keepalive: Some(300),
             padding: true,
+            strip_subnet: false,
         };
         rewrite_tail(&mut m, at, leg).unwrap();
         assert_eq!(m.len() % RESPONSE_BLOCK, 0);
@@ -501,6 +556,7 @@ mod tests {
         let leg = LegOptions {
             keepalive: None,
             padding: true,
+            strip_subnet: false,
         };
         rewrite_tail(&mut m, at, leg).unwrap();
         assert_eq!(
@@ -515,6 +571,7 @@ mod tests {
         let leg = LegOptions {
             keepalive: Some(1),
             padding: false,
+            strip_subnet: false,
         };
         assert_eq!(rewrite_tail(&mut m, at, leg), Err(RewriteError::TooLarge));
         assert_eq!(m, before);
@@ -529,9 +586,17 @@ mod tests {
             Err(RewriteError::Malformed)
         );
         assert_eq!(m, before);
-        assert!(needs_rewrite(&[0, 12, 0, 9, 0]));
-        assert!(needs_rewrite(&rdata(&[(3, b"x"), (PADDING, &[])])));
-        assert!(!needs_rewrite(&rdata(&[(3, b"x")])));
+        let none = LegOptions::NONE;
+        assert!(needs_rewrite(&[0, 12, 0, 9, 0], none));
+        assert!(needs_rewrite(&rdata(&[(3, b"x"), (PADDING, &[])]), none));
+        assert!(!needs_rewrite(&rdata(&[(3, b"x")]), none));
+        let ecs = rdata(&[(CLIENT_SUBNET, &[0, 1, 24, 0, 192, 0, 2])]);
+        assert!(!needs_rewrite(&ecs, none));
+        let strip = LegOptions {
+            strip_subnet: true,
+            ..none
+        };
+        assert!(needs_rewrite(&ecs, strip));
         let mut short = vec![1, 2];
         assert_eq!(
             rewrite_tail(&mut short, 5, LegOptions::NONE),
@@ -553,17 +618,65 @@ mod tests {
                 })
                 .collect();
             let _ = read_request(rand::random_range(0..2), &rd);
-            let _ = needs_rewrite(&rd);
+            let _ = needs_rewrite(&rd, LegOptions::NONE);
             let mut out = Vec::new();
-            push_forwarded_options(&mut out, &rd);
+            push_forwarded_options(&mut out, &rd, rand::random());
             let (mut m, at) = tail(rand::random_range(0..600), &rd);
             let leg = LegOptions {
                 keepalive: rand::random::<bool>().then(rand::random),
                 padding: rand::random(),
+                strip_subnet: rand::random(),
             };
             if rewrite_tail(&mut m, at, leg).is_ok() && leg.padding {
                 assert_eq!(m.len() % RESPONSE_BLOCK, 0);
             }
         }
+    }
+
+    #[test]
+    fn client_subnet_is_cut_to_the_prefix() {
+        let ecs = |ip: &str, v4, v6| {
+            let mut out = Vec::new();
+            push_client_subnet(&mut out, ip.parse().unwrap(), v4, v6);
+            out
+        };
+        // Family 1, /24, scope 0, three bytes.
+        assert_eq!(
+            ecs("192.0.2.77", 24, 56),
+            [0, 8, 0, 7, 0, 1, 24, 0, 192, 0, 2]
+        );
+        assert_eq!(
+            ecs("::ffff:192.0.2.77", 32, 128),
+            [0, 8, 0, 8, 0, 1, 32, 0, 192, 0, 2, 77]
+        );
+        // /20: the last byte's spare bits are zero.
+        assert_eq!(
+            ecs("192.0.255.1", 20, 56),
+            [0, 8, 0, 7, 0, 1, 20, 0, 192, 0, 240]
+        );
+        assert_eq!(ecs("192.0.2.1", 0, 0), [0, 8, 0, 4, 0, 1, 0, 0]);
+        let v6 = ecs("2001:db8:aaaa:bbbb::1", 24, 56);
+        assert_eq!(
+            v6,
+            [0, 8, 0, 11, 0, 2, 56, 0, 0x20, 0x01, 0x0d, 0xb8, 0xaa, 0xaa, 0xbb]
+        );
+        assert_eq!(ecs("2001:db8::1", 24, 128).len(), CLIENT_SUBNET_MAX);
+    }
+
+    #[test]
+    fn a_stripped_subnet_leaves_the_reply() {
+        let keep = option(3, b"x");
+        let mut rd = option(CLIENT_SUBNET, &[0, 1, 24, 0, 192, 0, 2]);
+        rd.extend_from_slice(&keep);
+        let (mut m, at) = tail(20, &rd);
+        let strip = LegOptions {
+            strip_subnet: true,
+            ..LegOptions::NONE
+        };
+        rewrite_tail(&mut m, at, strip).unwrap();
+        assert_eq!(&m[at + 2..], &keep[..]);
+        let (mut m, at) = tail(20, &rd);
+        rewrite_tail(&mut m, at, LegOptions::NONE).unwrap();
+        assert_eq!(&m[at + 2..], &rd[..], "kept unless stripped");
     }
 }

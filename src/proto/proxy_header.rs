@@ -178,6 +178,90 @@ pub fn parse_v2(
     Ok(Some(SocketAddr::new(ip, sport)))
 }
 
+/// The transport a v2 header describes (its lower family-byte nibble).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// TCP, and TLS over TCP.
+    Stream = 1,
+    /// UDP: the header precedes every datagram.
+    Datagram = 2,
+}
+
+/// `PP2_TYPE_AUTHORITY`: the host name the client asked for, here the TLS
+/// server name (SNI) of its connection.
+pub const PP2_TYPE_AUTHORITY: u8 = 0x02;
+
+/// The size of a v2 header with IPv6 addresses and an authority of `len`
+/// bytes, at most: what [`write_v2`] may append.
+pub fn v2_len(authority_len: usize) -> usize {
+    16 + 36
+        + if authority_len > 0 {
+            3 + authority_len
+        } else {
+            0
+        }
+}
+
+/// Appends a v2 PROXY header (command PROXY) for traffic from `src` to
+/// `dst` over `transport`, with `authority` in a `PP2_TYPE_AUTHORITY` TLV
+/// when given (and short enough for one).
+///
+/// An IPv4-mapped IPv6 address (a dual-stack listener's view of an IPv4
+/// client) is written as IPv4, which is what the resolver's access rules
+/// are written for. A header cannot mix families: a destination of the
+/// other family is written as the unspecified address of the source's.
+pub fn write_v2(
+    out: &mut Vec<u8>,
+    src: SocketAddr,
+    dst: SocketAddr,
+    transport: Transport,
+    authority: Option<&str>,
+) {
+    let src_ip = src.ip().to_canonical();
+    let dst_ip = dst.ip().to_canonical();
+    out.extend_from_slice(&V2_SIGNATURE);
+    out.push(0x21);
+    let len_at = out.len() + 1;
+    match src_ip {
+        IpAddr::V4(s) => {
+            let d = match dst_ip {
+                IpAddr::V4(d) => d,
+                IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+            };
+            out.extend_from_slice(&[0x10 | transport as u8, 0, 0]);
+            out.extend_from_slice(&s.octets());
+            out.extend_from_slice(&d.octets());
+        }
+        IpAddr::V6(s) => {
+            let d = match dst_ip {
+                IpAddr::V6(d) => d,
+                IpAddr::V4(_) => Ipv6Addr::UNSPECIFIED,
+            };
+            out.extend_from_slice(&[0x20 | transport as u8, 0, 0]);
+            out.extend_from_slice(&s.octets());
+            out.extend_from_slice(&d.octets());
+        }
+    }
+    out.extend_from_slice(&src.port().to_be_bytes());
+    out.extend_from_slice(&dst.port().to_be_bytes());
+    if let Some(name) = authority.filter(|n| !n.is_empty() && n.len() <= 255) {
+        out.push(PP2_TYPE_AUTHORITY);
+        out.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        out.extend_from_slice(name.as_bytes());
+    }
+    // At most 36 bytes of addresses and ports and 258 of TLV.
+    let payload = (out.len() - len_at - 2) as u16;
+    out[len_at..len_at + 2].copy_from_slice(&payload.to_be_bytes());
+}
+
+/// Appends a v2 header with the LOCAL command: dotgate speaking for itself
+/// (its health probes), which the receiver treats as coming from the
+/// socket's own peer.
+pub fn write_v2_local(out: &mut Vec<u8>) {
+    out.extend_from_slice(&V2_SIGNATURE);
+    out.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,5 +400,44 @@ mod tests {
         assert!(matches!(result, Err(ProxyError::V2(_))), "{result:?}");
         let (result, _) = read_all(b"PROXY TCP4 1.2.3.4").await;
         assert!(matches!(result, Err(ProxyError::Io(_))), "{result:?}");
+    }
+
+    #[test]
+    fn written_headers_parse_back() {
+        let mut h = Vec::new();
+        write_v2(
+            &mut h,
+            addr("[::ffff:192.0.2.7]:5000"),
+            addr("[::]:853"),
+            Transport::Stream,
+            Some("alice.dns.test"),
+        );
+        assert_eq!(h[13], 0x11, "mapped IPv4 written as IPv4 over TCP");
+        assert_eq!(
+            parse_v2(h[12], h[13], &h[16..]).unwrap(),
+            Some(addr("192.0.2.7:5000"))
+        );
+        let len = usize::from(u16::from_be_bytes([h[14], h[15]]));
+        assert_eq!(h.len(), 16 + len);
+        let tlv = &h[16 + 12..];
+        assert_eq!(tlv[0], PP2_TYPE_AUTHORITY);
+        assert_eq!(&tlv[3..], b"alice.dns.test");
+        assert!(h.len() <= v2_len("alice.dns.test".len()));
+
+        let mut h = Vec::new();
+        write_v2(
+            &mut h,
+            addr("[2001:db8::7]:4000"),
+            addr("127.0.0.1:853"),
+            Transport::Datagram,
+            None,
+        );
+        assert_eq!(h[13], 0x22, "IPv6 over UDP");
+        assert_eq!(h.len(), 16 + 36);
+        assert_eq!(&h[16 + 16..16 + 32], &[0; 16], "other family: unspecified");
+
+        let mut h = Vec::new();
+        write_v2_local(&mut h);
+        assert_eq!(parse_v2(h[12], h[13], &h[16..]).unwrap(), None);
     }
 }

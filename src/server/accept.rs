@@ -19,11 +19,13 @@ use crate::metrics::http;
 use crate::metrics::stats::{HandshakeFailure, Stats, TlsVersionLabel};
 use crate::proto::message_reader::{MessageBudget, ReadLimits};
 use crate::proto::proxy_header;
+use crate::server::client::Client;
+use crate::server::client_ids::ClientIds;
 use crate::server::connection::{self, Shared};
 use crate::server::handshake::{self, HandshakeError};
 use crate::server::per_ip::{IpSlot, PerIp, Refusal};
 use crate::tls::{self, ServerConfigs};
-use crate::upstream::{Pool, PoolError};
+use crate::upstream::{Origin, Pool, PoolError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -40,6 +42,8 @@ pub enum ServeError {
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
     Acme(#[from] crate::acme::AcmeError),
+    #[error(transparent)]
+    ClientIds(#[from] crate::server::client_ids::ClientIdFileError),
 }
 
 /// A bound DoT listening socket, and whether its connections start with a
@@ -93,6 +97,7 @@ pub async fn run_with_metrics(
     // Built first so that a registry error stops start-up before anything
     // is served.
     let stats = Arc::new(Stats::new()?);
+    let client_ids = Arc::new(ClientIds::new(&config.client_ids)?);
     let ready_window = config.pool.health_interval + config.timeouts.upstream;
     // Up before the certificate, so that /readyz says 503 while an ACME
     // order is under way.
@@ -116,10 +121,29 @@ pub async fn run_with_metrics(
     let upstream = Pool::new(
         &config.upstreams,
         &config.pool,
+        &config.tell_upstream,
         config.timeouts.upstream,
         stats.clone(),
     )
     .await?;
+    client_ids.spawn_reloader(shutdown.clone());
+    if let Some(domain) = &config.client_ids.domain {
+        if client_ids.is_private() {
+            tracing::info!(%domain, listed = client_ids.listed(), "private endpoint: only listed client IDs are served");
+        } else {
+            tracing::info!(%domain, "client IDs are read from the TLS server name (every client is served)");
+        }
+    }
+    if config.tell_upstream.proxy_protocol {
+        tracing::info!("upstream queries carry a PROXY v2 header naming the client");
+    }
+    if let Some(prefixes) = config.tell_upstream.subnet {
+        tracing::info!(
+            v4 = prefixes.v4,
+            v6 = prefixes.v6,
+            "upstream queries carry the client's subnet (EDNS Client Subnet)"
+        );
+    }
     let upstreams = config
         .upstreams
         .iter()
@@ -134,6 +158,8 @@ pub async fn run_with_metrics(
         max_queries: config.limits.max_queries_per_connection,
         max_age: config.limits.max_connection_age,
         allow: config.allow.clone(),
+        client_ids,
+        tell_upstream: config.tell_upstream,
         read_limits: ReadLimits {
             read_timeout: Some(config.timeouts.read),
             budget: Some(MessageBudget::new(config.limits.message_memory, {
@@ -398,6 +424,8 @@ async fn handle(
     let stats = &shared.stats;
     let _open = stats.open_connection();
     let _ = tcp.set_nodelay(true);
+    // dotgate's address on this connection, for PROXY headers upstream.
+    let local = tcp.local_addr().unwrap_or(peer);
     // Best effort: without it the kernel's autotuning holds the default.
     let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(CLIENT_SEND_BUFFER);
     let deadline = tokio::time::Instant::now() + shared.timeouts.handshake;
@@ -443,13 +471,14 @@ async fn handle(
         _ = shutdown.cancelled() => return,
         // Boxed: the handshake's state lives only as long as the handshake,
         // not in the connection's task for its whole life.
-        result = Box::pin(handshake::accept_tls(tcp, &configs, remaining)) => result,
+        result = Box::pin(handshake::accept_tls(tcp, &configs, &shared.client_ids, remaining)) => result,
     };
-    let tls = match handshake {
-        Ok(tls) => tls,
+    let (tls, hello) = match handshake {
+        Ok(accepted) => accepted,
         Err(e) => {
             match e {
                 HandshakeError::Plaintext(_) => stats.refused_plaintext.inc(),
+                HandshakeError::NoClientId(_) => stats.refused_client_id.inc(),
                 HandshakeError::Timeout => stats.count_handshake_failure(HandshakeFailure::Timeout),
                 HandshakeError::ClosedEarly => {
                     stats.count_handshake_failure(HandshakeFailure::ClosedEarly)
@@ -470,6 +499,24 @@ async fn handle(
         let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         stats.count_handshake(version, resumed);
     }
+    let origin = Origin::for_client(
+        &shared.tell_upstream,
+        client,
+        local,
+        hello.server_name.as_deref(),
+    );
+    let queries = hello
+        .id
+        .as_deref()
+        .filter(|_| shared.client_ids.is_private())
+        .map(|id| stats.client_queries(id));
+    let client = Client {
+        addr: client,
+        id: hello.id,
+        origin,
+        queries,
+    };
+    tracing::debug!(%client, "serving");
     let reason = connection::serve(tls, client, shared.clone(), shutdown).await;
     stats.count_close(reason);
 }

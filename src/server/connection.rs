@@ -32,7 +32,6 @@
 //!   and FIN are sent (R7, R15).
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,10 +42,12 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::access::AllowList;
-use crate::config::Timeouts;
+use crate::config::{ClientToUpstream, Timeouts};
 use crate::metrics::stats::{CloseReason, Stats};
 use crate::proto::framing::FrameError;
 use crate::proto::message_reader::{MessageReader, ReadLimits};
+use crate::server::client::Client;
+use crate::server::client_ids::ClientIds;
 use crate::server::respond;
 use crate::upstream::Pool;
 
@@ -64,6 +65,10 @@ pub struct Shared {
     pub read_limits: ReadLimits,
     /// `--allow-from`: judged at accept, or after the PROXY header.
     pub allow: AllowList,
+    /// The client-ID gate, judged on each ClientHello.
+    pub client_ids: Arc<ClientIds>,
+    /// What the upstream is told about each client.
+    pub tell_upstream: ClientToUpstream,
 }
 
 /// Largest batch of replies coalesced into one write.
@@ -72,7 +77,7 @@ const WRITE_BATCH: usize = 16 * 1024;
 /// Serves one connection until it closes; returns why.
 pub async fn serve<S>(
     mut stream: S,
-    peer: SocketAddr,
+    client: Client,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) -> CloseReason
@@ -107,7 +112,7 @@ where
             Some(reply) = in_flight.next(), if !in_flight.is_empty() => {
                 replies.gather(reply, &mut in_flight);
                 if let Err(e) = replies.write(&mut stream, write_timeout, &shared.stats).await {
-                    tracing::debug!(%peer, error = %e, "closing connection");
+                    tracing::debug!(%client, error = %e, "closing connection");
                     write_failed = true;
                     break CloseReason::Error;
                 }
@@ -127,7 +132,7 @@ where
                     }
                     Err(FrameError::ReadTimeout) => break CloseReason::ReadTimeout,
                     Err(e) => {
-                        tracing::debug!(%peer, error = %e, "closing connection");
+                        tracing::debug!(%client, error = %e, "closing connection");
                         break CloseReason::Error;
                     }
                 };
@@ -137,7 +142,7 @@ where
                 if last {
                     retiring.store(true, Ordering::Relaxed);
                 }
-                in_flight.push(answer_one(shared, msg, &retiring));
+                in_flight.push(answer_one(shared, &client, msg, &retiring));
                 if last {
                     break CloseReason::Retired;
                 }
@@ -162,21 +167,30 @@ where
             with_timeout(write_timeout, stream.shutdown()).await
         };
         if let Err(e) = finished.await {
-            tracing::debug!(%peer, error = %e, "closing connection");
+            tracing::debug!(%client, error = %e, "closing connection");
             reason = CloseReason::Error;
         }
     }
-    tracing::debug!(%peer, ?reason, "connection closed");
+    tracing::debug!(%client, ?reason, "connection closed");
     reason
 }
 
 /// One query's way through the upstream, with when it was read (for
 /// `dotgate_query_duration_seconds`).
-async fn answer_one(shared: &Shared, msg: Vec<u8>, retiring: &AtomicBool) -> (Vec<u8>, Instant) {
+async fn answer_one(
+    shared: &Shared,
+    client: &Client,
+    msg: Vec<u8>,
+    retiring: &AtomicBool,
+) -> (Vec<u8>, Instant) {
     let received = Instant::now();
     let _in_flight = shared.stats.query_in_flight();
+    if let Some(queries) = &client.queries {
+        queries.inc();
+    }
     let reply = respond::answer(
         &shared.upstream,
+        &client.origin,
         &shared.stats,
         shared.timeouts.idle,
         msg,

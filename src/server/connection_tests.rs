@@ -198,6 +198,7 @@ async fn shared(upstream: &Upstream, s: Settings) -> Arc<Shared> {
             ca: None,
             bootstrap: None,
         },
+        &Default::default(),
         s.upstream,
         stats.clone(),
     )
@@ -217,6 +218,10 @@ async fn shared(upstream: &Upstream, s: Settings) -> Arc<Shared> {
         max_queries: s.max_queries,
         max_age: s.max_age,
         allow: Default::default(),
+        client_ids: Arc::new(
+            crate::server::client_ids::ClientIds::new(&Default::default()).expect("no ID file"),
+        ),
+        tell_upstream: Default::default(),
         read_limits: ReadLimits {
             read_timeout: Some(s.read),
             budget: Some(MessageBudget::new(64 << 20, Arc::new(|| {}))),
@@ -251,7 +256,7 @@ impl Client {
     fn open_with_buffer(shared: Arc<Shared>, shutdown: CancellationToken, buffer: usize) -> Client {
         let (client, server) = tokio::io::duplex(buffer);
         let peer: SocketAddr = ([127, 0, 0, 1], 50_853).into();
-        let served = tokio::spawn(serve(server, peer, shared, shutdown));
+        let served = tokio::spawn(serve(server, peer.into(), shared, shutdown));
         let (rd, wr) = tokio::io::split(client);
         Client { rd, wr, served }
     }

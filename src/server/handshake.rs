@@ -2,11 +2,13 @@
 //! the handshake, both under the handshake timeout, in the connection's own
 //! task (never in the accept loop, where one slow client would stall all).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-use crate::tls::server_stream::{self, ServerStream};
+use crate::server::client_ids::{ClientIds, Judgement, REFUSAL_ALERT};
+use crate::tls::server_stream::{self, Refused, ServerStream};
 use crate::tls::ServerConfigs;
 
 /// The first byte of every TLS connection: a handshake record.
@@ -20,11 +22,24 @@ pub enum HandshakeError {
     ClosedEarly,
     #[error("handshake timed out")]
     Timeout,
+    #[error("no listed client ID in the TLS server name {0:?}: handshake refused")]
+    NoClientId(Option<String>),
     #[error("handshake failed: {0}")]
     Tls(std::io::Error),
 }
 
-/// Checks the first byte and runs the TLS handshake within `limit`.
+/// What the ClientHello told of the client.
+#[derive(Debug, Clone, Default)]
+pub struct Hello {
+    /// The TLS server name (SNI) it asked for.
+    pub server_name: Option<Arc<str>>,
+    /// The client ID in that name, under `--client-id-domain`.
+    pub id: Option<Arc<str>>,
+}
+
+/// Checks the first byte and runs the TLS handshake within `limit`; a
+/// client without a listed ID (when `ids` is private) is refused with an
+/// alert on its ClientHello.
 ///
 /// The stream comes boxed: a TLS stream is over a kilobyte, and a
 /// connection's task would otherwise carry it several times over (each
@@ -32,8 +47,9 @@ pub enum HandshakeError {
 pub async fn accept_tls(
     tcp: TcpStream,
     configs: &ServerConfigs,
+    ids: &ClientIds,
     limit: Duration,
-) -> Result<Box<ServerStream>, HandshakeError> {
+) -> Result<(Box<ServerStream>, Hello), HandshakeError> {
     let handshake = async {
         let mut first = [0u8; 1];
         let peeked = tcp.peek(&mut first).await.map_err(HandshakeError::Tls)?;
@@ -43,10 +59,31 @@ pub async fn accept_tls(
         if first[0] != TLS_HANDSHAKE_RECORD {
             return Err(HandshakeError::Plaintext(first[0]));
         }
-        let tls = server_stream::accept(tcp, configs)
-            .await
-            .map_err(HandshakeError::Tls)?;
-        Ok(Box::new(tls))
+        let mut refused_name = None;
+        let accepted = server_stream::accept(tcp, |hello| {
+            let server_name = hello.server_name();
+            match ids.judge(server_name) {
+                Judgement::Admit(id) => Ok((
+                    configs.for_client(hello),
+                    Hello {
+                        server_name: server_name.map(Arc::from),
+                        id,
+                    },
+                )),
+                Judgement::Refuse => {
+                    refused_name = Some(server_name.map(str::to_string));
+                    Err(Refused(REFUSAL_ALERT))
+                }
+            }
+        })
+        .await;
+        match accepted {
+            Ok((tls, hello)) => Ok((Box::new(tls), hello)),
+            Err(_) if refused_name.is_some() => {
+                Err(HandshakeError::NoClientId(refused_name.flatten()))
+            }
+            Err(e) => Err(HandshakeError::Tls(e)),
+        }
     };
     tokio::time::timeout(limit, handshake)
         .await

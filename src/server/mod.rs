@@ -5,6 +5,8 @@
 //! turns signals into the drain.
 
 pub mod accept;
+pub mod client;
+pub mod client_ids;
 pub mod connection;
 #[cfg(test)]
 mod connection_tests;

@@ -7,13 +7,14 @@ use std::time::Duration;
 use crate::metrics::stats::{Stats, Synthesized};
 use crate::proto::dns::{self, Rcode};
 use crate::proto::edns::LegOptions;
-use crate::upstream::{Pool, Reply, UpstreamError};
+use crate::upstream::{Origin, Pool, Reply, UpstreamError};
 
 /// Produces the reply to one query: the upstream's answer, FORMERR for a
 /// query dotgate cannot read past the header, FORMERR or BADVERS for an OPT
 /// record it refuses, SERVFAIL when the upstream fails. Never fails itself.
 pub async fn answer(
     upstream: &Pool,
+    origin: &Origin,
     stats: &Stats,
     idle: Duration,
     msg: Vec<u8>,
@@ -42,14 +43,16 @@ pub async fn answer(
         return dns::error_reply(&msg, Some(&info), refused.rcode(), LegOptions::NONE);
     }
     let asked = std::time::Instant::now();
-    let outcome = upstream.exchange(&msg, &info).await;
+    let outcome = upstream.exchange(&msg, &info, origin).await;
     if outcome.is_ok() {
         stats.upstream_rtt.observe(asked.elapsed().as_secs_f64());
         stats.note_upstream_answer();
     }
     // Decided now, not when the query was read: a connection that began
     // retiring in the meantime advertises a keepalive of 0 (R14, R15).
-    let leg = LegOptions::for_request(info.edns, idle, retiring());
+    let mut leg = LegOptions::for_request(info.edns, idle, retiring());
+    // dotgate sent a client subnet the client did not (RFC 7871 §7.2.2).
+    leg.strip_subnet = origin.subnet().is_some() && !info.edns.client_subnet;
     let failure = match outcome {
         Ok(Reply::Message(reply)) => match dns::client_reply(reply, &info, leg) {
             Ok(reply) => {

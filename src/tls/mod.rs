@@ -232,11 +232,19 @@ pub fn setup(
         }
     };
     let configs = ServerConfigs::new(&identity, &config.tls)?;
-    let serving = reload::announce(&identity, &source, tls_name, "serving certificate");
+    let client_id_domain = config.client_ids.domain.clone();
+    let serving = reload::announce(
+        &identity,
+        &source,
+        tls_name,
+        client_id_domain.as_deref(),
+        "serving certificate",
+    );
     reload::record_certificate(stats, serving.as_ref());
     Reloader {
         files,
         tls_name: config.tls.name.clone(),
+        client_id_domain,
         current: configs.current().clone(),
         loaded,
         serving,

@@ -39,9 +39,9 @@ use crate::tls::identity::{self, CurrentCert, Identity};
 /// second cost nothing, and a renewal is served within two seconds.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
-/// What a poll sees of one file.
+/// What a poll sees of one file (also the client-ID file's watch).
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum FileState {
+pub enum FileState {
     Present {
         dev: u64,
         ino: u64,
@@ -54,7 +54,7 @@ enum FileState {
 }
 
 impl FileState {
-    fn of(path: &Path) -> Self {
+    pub fn of(path: &Path) -> Self {
         use std::os::unix::fs::MetadataExt;
         // `metadata` follows symlinks: a swapped link shows its new target.
         match std::fs::metadata(path) {
@@ -139,6 +139,7 @@ pub fn announce(
     identity: &Identity,
     source: &str,
     tls_name: Option<&str>,
+    client_id_domain: Option<&str>,
     event: &str,
 ) -> Option<LeafInfo> {
     let report = chain::check_chain(
@@ -161,7 +162,27 @@ pub fn announce(
     for finding in &report.findings {
         tracing::warn!(cert = %source, "{finding}");
     }
+    if let Some(domain) = client_id_domain {
+        if !covers_client_ids(identity, domain) {
+            tracing::warn!(
+                cert = %source,
+                "the certificate does not cover *.{domain}: clients that name a client ID \
+                 (ID.{domain}) will refuse it; use a wildcard certificate for *.{domain}"
+            );
+        }
+    }
     report.leaf
+}
+
+/// True when the leaf covers any one label under `domain`, as the client
+/// IDs of `--client-id-domain` need: a `*.domain` SAN.
+pub fn covers_client_ids(identity: &Identity, domain: &str) -> bool {
+    let Some(leaf) = identity.certified.cert.first() else {
+        return false;
+    };
+    // A label no real SAN lists by name: only a wildcard covers it.
+    let probe = format!("dotgate-client-id-check.{domain}");
+    chain::cert_facts(leaf).is_ok_and(|facts| chain::name_covered(&probe, &facts.sans))
 }
 
 /// The reloader's task: polls the files, listens for SIGHUP, and swaps the
@@ -171,6 +192,8 @@ pub fn announce(
 pub struct Reloader {
     pub files: Option<(PathBuf, PathBuf)>,
     pub tls_name: Option<String>,
+    /// `--client-id-domain`: the certificate should cover `*.DOMAIN`.
+    pub client_id_domain: Option<String>,
     pub current: Arc<CurrentCert>,
     /// The fingerprint taken just before the first load.
     pub loaded: Fingerprint,
@@ -248,6 +271,7 @@ impl Reloader {
             &identity,
             &source,
             self.tls_name.as_deref(),
+            self.client_id_domain.as_deref(),
             "certificate reloaded: new handshakes get this certificate",
         );
         self.current.set(identity.certified);

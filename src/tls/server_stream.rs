@@ -12,7 +12,7 @@
 //!
 //! [`accept`] runs the handshake: it reads the ClientHello first, through a
 //! throwaway [`Acceptor`], to pick the configuration (ALPN, see
-//! [`ServerConfigs::for_client`]), then hands the same bytes to the real
+//! [`super::ServerConfigs::for_client`]), then hands the same bytes to the real
 //! connection. [`ServerStream`] then reads and writes like any stream.
 
 use std::cell::RefCell;
@@ -20,15 +20,15 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use rustls::server::{Acceptor, UnbufferedServerConnection};
+use std::sync::Arc;
+
+use rustls::server::{Acceptor, ClientHello, UnbufferedServerConnection};
 use rustls::unbuffered::{
     ConnectionState, EncodeError, EncodeTlsData, EncryptError, InsufficientSizeError, ReadTraffic,
 };
-use rustls::CommonState;
+use rustls::{AlertDescription, CommonState, ServerConfig};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-
-use super::ServerConfigs;
 
 /// How much one read from a socket may take: two of the largest records,
 /// so that a burst of queries is decrypted in one go.
@@ -66,14 +66,26 @@ pub struct ServerStream {
     closing: bool,
 }
 
-/// Runs the server side of a TLS handshake on `tcp`, choosing the
-/// configuration by the ClientHello. The caller bounds it in time.
-pub async fn accept(mut tcp: TcpStream, configs: &ServerConfigs) -> io::Result<ServerStream> {
+/// A client refused on its ClientHello, before anything was sent to it:
+/// it gets this fatal alert instead of a ServerHello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("refused on the ClientHello ({0:?} sent)")]
+pub struct Refused(pub AlertDescription);
+
+/// Runs the server side of a TLS handshake on `tcp`. `choose` sees the
+/// ClientHello first and picks the configuration (see
+/// [`super::ServerConfigs::for_client`]) and what the caller wants to keep of the
+/// hello, or refuses the client: it then gets a fatal alert and the error
+/// is a [`Refused`] (kind `PermissionDenied`). The caller bounds it in time.
+pub async fn accept<T>(
+    mut tcp: TcpStream,
+    choose: impl FnOnce(&ClientHello<'_>) -> Result<(Arc<ServerConfig>, T), Refused>,
+) -> io::Result<(ServerStream, T)> {
     // The ClientHello, read through a throwaway acceptor; its bytes are kept
     // to be processed again by the real connection.
     let mut acceptor = Acceptor::default();
     let mut hello = Vec::new();
-    let config = loop {
+    let (config, kept) = loop {
         let at = hello.len();
         hello.resize(at + 4096, 0);
         let n = tcp.read(&mut hello[at..]).await?;
@@ -86,7 +98,16 @@ pub async fn accept(mut tcp: TcpStream, configs: &ServerConfigs) -> io::Result<S
             acceptor.read_tls(&mut fresh)?;
         }
         match acceptor.accept() {
-            Ok(Some(accepted)) => break configs.for_client(&accepted.client_hello()),
+            Ok(Some(accepted)) => match choose(&accepted.client_hello()) {
+                Ok(chosen) => break chosen,
+                Err(refused) => {
+                    // A plaintext alert record, as before any ServerHello:
+                    // TLS 1.2 record version, level fatal, the description.
+                    let alert = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, u8::from(refused.0)];
+                    let _ = tcp.try_write(&alert);
+                    return Err(io::Error::new(io::ErrorKind::PermissionDenied, refused));
+                }
+            },
             Ok(None) => continue,
             Err((e, mut alert)) => {
                 let mut bytes = Vec::new();
@@ -122,7 +143,7 @@ pub async fn accept(mut tcp: TcpStream, configs: &ServerConfigs) -> io::Result<S
         if !stream.conn.is_handshaking() {
             // The ClientHello's read room is not kept for the connection's life.
             stream.incoming.shrink_to_fit();
-            return Ok(stream);
+            return Ok((stream, kept));
         }
         if stream.peer_closed {
             return Err(io::ErrorKind::UnexpectedEof.into());
@@ -446,13 +467,17 @@ mod tests {
     use crate::tls::client::{self, Trust};
     use crate::tls::identity::self_signed;
 
-    fn configs() -> ServerConfigs {
+    fn serve_all(hello: &ClientHello<'_>) -> Result<(Arc<ServerConfig>, ()), Refused> {
+        Ok((configs().for_client(hello), ()))
+    }
+
+    fn configs() -> crate::tls::ServerConfigs {
         let settings = TlsSettings {
             min_version: TlsVersion::Tls12,
             name: None,
             ticket_key_file: None,
         };
-        ServerConfigs::new(&self_signed("dns.test").unwrap(), &settings).unwrap()
+        crate::tls::ServerConfigs::new(&self_signed("dns.test").unwrap(), &settings).unwrap()
     }
 
     fn framed(len: usize, fill: u8) -> Vec<u8> {
@@ -468,7 +493,7 @@ mod tests {
         listener: TcpListener,
     ) -> (Vec<usize>, io::Result<()>, Option<rustls::ProtocolVersion>) {
         let (tcp, _) = listener.accept().await.unwrap();
-        let mut stream = accept(tcp, &configs()).await.unwrap();
+        let (mut stream, ()) = accept(tcp, serve_all).await.unwrap();
         let version = stream.session().protocol_version();
         let mut held = Vec::new();
         let end = loop {
@@ -574,7 +599,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
-            accept(tcp, &configs()).await.map(|_| ())
+            accept(tcp, serve_all).await.map(|_| ())
         });
         let mut tcp = TcpStream::connect(addr).await.unwrap();
         tcp.write_all(&[0x16, 3, 1, 0, 5, 1, 2, 3, 4, 5, 6, 7, 8])
@@ -613,12 +638,15 @@ mod suite_tests {
             name: None,
             ticket_key_file: None,
         };
-        let configs = ServerConfigs::new(&self_signed("dns.test").unwrap(), &settings).unwrap();
+        let configs =
+            crate::tls::ServerConfigs::new(&self_signed("dns.test").unwrap(), &settings).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
-            let mut stream = accept(tcp, &configs).await.unwrap();
+            let (mut stream, ()) = accept(tcp, |h| Ok((configs.for_client(h), ())))
+                .await
+                .unwrap();
             let suite = stream.session().negotiated_cipher_suite().unwrap().suite();
             // Wait for the client's close.
             let _ = stream.read(&mut [0; 16]).await;

@@ -13,12 +13,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use super::connect::{self, ConnectError};
 use super::reply::UpstreamError;
-use crate::tls::client::dial;
+use crate::tls::client::{dial, handshake, DialError};
 
 /// Shortest time a bootstrap answer is kept: a TTL of 0 must not turn every
 /// reconnect into a lookup storm.
@@ -55,12 +57,25 @@ impl DotTarget {
         }
     }
 
-    /// Opens a verified TLS connection. A certificate that does not cover
+    /// Opens a verified TLS connection, writing `prelude` (a PROXY header,
+    /// or nothing) before the handshake. A certificate that does not cover
     /// the name fails the handshake: the upstream is never used.
-    pub async fn connect(&self) -> Result<TlsStream<TcpStream>, UpstreamError> {
+    pub async fn connect(&self, prelude: &[u8]) -> Result<TlsStream<TcpStream>, UpstreamError> {
         let ip = self.address().await?;
         let addr = SocketAddr::new(ip, self.port);
-        let stream = dial(addr, &self.name, self.config.clone())
+        if prelude.is_empty() {
+            let stream = dial(addr, &self.name, self.config.clone())
+                .await
+                .map_err(ConnectError::from)?;
+            return Ok(stream);
+        }
+        let name = ServerName::try_from(self.name.clone())
+            .map_err(|_| ConnectError::from(DialError::BadTlsName(self.name.clone())))?;
+        let mut tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|source| ConnectError::from(DialError::Connect { addr, source }))?;
+        tcp.write_all(prelude).await?;
+        let stream = handshake(tcp, name, self.config.clone())
             .await
             .map_err(ConnectError::from)?;
         Ok(stream)

@@ -21,6 +21,8 @@
 mod connect;
 mod dot;
 mod health;
+mod origin;
+mod per_client;
 mod policy;
 mod reply;
 mod stream;
@@ -35,14 +37,17 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
 pub use connect::{resolve_via, ConnectError};
+pub use origin::{Origin, ProxyClient};
+pub use per_client::MAX_CLIENTS as MAX_PROXIED_CLIENTS;
 pub use policy::Policy;
 pub use reply::{Reply, UpstreamError};
 
-use crate::config::{PoolSettings, UpstreamSpec};
+use crate::config::{ClientToUpstream, PoolSettings, UpstreamSpec};
 use crate::metrics::stats::{Stats, UpstreamCounters};
 use crate::proto::dns::{self, QueryInfo};
 use crate::tls::client::{self, Trust, TrustError};
 use health::Health;
+use per_client::PerClient;
 use stream::{Connector, StreamPool};
 
 /// Share of the upstream timeout the first try gets when a failover is
@@ -69,6 +74,9 @@ enum Transport {
     },
     /// `tcp://` and `tls://`: pooled pipelined connections.
     Stream(StreamPool),
+    /// `tcp://` and `tls://` with `--upstream-proxy-protocol`: a pool per
+    /// client, as a PROXY header names one client per connection.
+    PerClient(PerClient),
 }
 
 /// One upstream of the pool.
@@ -98,26 +106,31 @@ impl Member {
         &self,
         msg: &[u8],
         info: &QueryInfo,
+        origin: &Origin,
         stats: &Stats,
     ) -> Result<Reply, UpstreamError> {
         match &self.transport {
             Transport::Plain { addr, udp } => {
                 self.counters.udp.inc();
-                match udp.exchange(msg, info).await? {
+                match udp.exchange(msg, info, origin).await? {
                     Reply::Message(m) if dns::is_truncated(&m) => {
                         // The upstream answered: a TCP retry that fails (a
                         // resolver that refuses TCP) is not its being down.
                         self.health.success(&self.name);
                         stats.tc_fallbacks.inc();
                         self.counters.tcp.inc();
-                        tcp::exchange(*addr, msg, info, stats).await
+                        tcp::exchange(*addr, msg, info, origin, stats).await
                     }
                     other => Ok(other),
                 }
             }
             Transport::Stream(pool) => {
                 self.counters.tcp.inc();
-                pool.exchange(msg, info).await
+                pool.exchange(msg, info, origin.subnet()).await
+            }
+            Transport::PerClient(pools) => {
+                self.counters.tcp.inc();
+                pools.exchange(msg, info, origin).await
             }
         }
     }
@@ -135,6 +148,9 @@ struct Inner {
     timeout: Duration,
     try_timeout: Duration,
     stats: Arc<Stats>,
+    /// What health probes tell the upstream: a LOCAL PROXY header when
+    /// PROXY is on.
+    own: Origin,
 }
 
 /// Every upstream resolver, with their health and the policy. Probe tasks
@@ -159,9 +175,17 @@ impl Pool {
     pub async fn new(
         specs: &[UpstreamSpec],
         settings: &PoolSettings,
+        tell: &ClientToUpstream,
         timeout: Duration,
         stats: Arc<Stats>,
     ) -> Result<Self, PoolError> {
+        let stream = |connector: Connector| {
+            if tell.proxy_protocol {
+                Transport::PerClient(PerClient::new(connector, stats.clone(), timeout))
+            } else {
+                Transport::Stream(StreamPool::new(connector, stats.clone(), timeout))
+            }
+        };
         // The shortest time a try may get (with a failover possible).
         let try_timeout = timeout.mul_f64(TRY_FRACTION);
         // Built once, for the first tls:// upstream, and shared by all.
@@ -178,11 +202,7 @@ impl Pool {
                             source,
                         })?,
                 },
-                UpstreamSpec::Tcp(addr) => Transport::Stream(StreamPool::new(
-                    Connector::Tcp(*addr),
-                    stats.clone(),
-                    timeout,
-                )),
+                UpstreamSpec::Tcp(addr) => stream(Connector::Tcp(*addr)),
                 UpstreamSpec::Tls { name, ip, port } => {
                     let config = match &tls_config {
                         Some(config) => Arc::clone(config),
@@ -198,11 +218,7 @@ impl Pool {
                     };
                     let target =
                         dot::DotTarget::new(name.clone(), *ip, *port, settings.bootstrap, config);
-                    Transport::Stream(StreamPool::new(
-                        Connector::Tls(target),
-                        stats.clone(),
-                        timeout,
-                    ))
+                    stream(Connector::Tls(Arc::new(target)))
                 }
             };
             let name = spec.to_string();
@@ -224,6 +240,7 @@ impl Pool {
             timeout,
             try_timeout,
             stats,
+            own: Origin::own(tell),
         });
         let probe_timeout = health::probe_timeout(settings.health_interval, inner.try_timeout);
         let probes = (0..inner.members.len())
@@ -253,6 +270,7 @@ impl Pool {
         self.inner.members.iter().map(|m| {
             let open = match &m.transport {
                 Transport::Stream(pool) => pool.connections(),
+                Transport::PerClient(pools) => pools.connections(),
                 Transport::Plain { .. } => 0,
             };
             (m.name.as_str(), open)
@@ -261,8 +279,13 @@ impl Pool {
 
     /// Asks an upstream the client's query `msg` (described by `info`),
     /// failing over once to another healthy upstream, all within the
-    /// upstream timeout.
-    pub async fn exchange(&self, msg: &[u8], info: &QueryInfo) -> Result<Reply, UpstreamError> {
+    /// upstream timeout; `origin` is what the upstream is told of the client.
+    pub async fn exchange(
+        &self,
+        msg: &[u8],
+        info: &QueryInfo,
+        origin: &Origin,
+    ) -> Result<Reply, UpstreamError> {
         let inner = &*self.inner;
         let started = Instant::now();
         let Some(first) = policy::choose(inner.policy, &inner.members, &inner.next, None) else {
@@ -277,7 +300,7 @@ impl Pool {
         } else {
             inner.timeout
         };
-        let error = match inner.attempt(first, msg, info, budget).await {
+        let error = match inner.attempt(first, msg, info, origin, budget).await {
             Ok(reply) => return Ok(reply),
             Err(e) => e,
         };
@@ -292,7 +315,7 @@ impl Pool {
                     %error,
                     "failing over"
                 );
-                inner.attempt(second, msg, info, left).await
+                inner.attempt(second, msg, info, origin, left).await
             }
             _ => Err(error),
         }
@@ -306,13 +329,15 @@ impl Inner {
         index: usize,
         msg: &[u8],
         info: &QueryInfo,
+        origin: &Origin,
         budget: Duration,
     ) -> Result<Reply, UpstreamError> {
         let member = &self.members[index];
         let _outstanding = (self.policy == Policy::LeastOutstanding)
             .then(|| OutstandingGuard::new(&member.outstanding));
         let sent = Instant::now();
-        let result = tokio::time::timeout(budget, member.exchange(msg, info, &self.stats)).await;
+        let result =
+            tokio::time::timeout(budget, member.exchange(msg, info, origin, &self.stats)).await;
         match result {
             Ok(Ok(reply)) => {
                 // The gauge is written only on a change: no shared write
@@ -372,8 +397,11 @@ async fn probe_loop(inner: Arc<Inner>, index: usize, interval: Duration, limit: 
         tick.tick().await;
         let member = &inner.members[index];
         let sent = Instant::now();
-        let result =
-            tokio::time::timeout(limit, member.exchange(&health::PROBE, &info, &inner.stats)).await;
+        let result = tokio::time::timeout(
+            limit,
+            member.exchange(&health::PROBE, &info, &inner.own, &inner.stats),
+        )
+        .await;
         let failed = match result {
             Ok(Ok(_)) => {
                 member.health.success(&member.name);

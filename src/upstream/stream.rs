@@ -85,9 +85,11 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 const MAX_PICKS: usize = MAX_CONNECTIONS + 4;
 
 /// How to open a connection.
+#[derive(Clone)]
 pub enum Connector {
     Tcp(SocketAddr),
-    Tls(DotTarget),
+    /// Shared by the per-client pools of one upstream (its address cache).
+    Tls(Arc<DotTarget>),
 }
 
 struct Waiter {
@@ -272,6 +274,10 @@ fn idle_limit(units: u16) -> Duration {
 /// The pooled connections toward one upstream.
 pub struct StreamPool {
     connector: Connector,
+    /// Written first on every new connection, before TLS: the PROXY header
+    /// of the client this pool serves (`--upstream-proxy-protocol`), or
+    /// nothing.
+    prelude: Box<[u8]>,
     /// Longest a write to the upstream may take before the connection is
     /// given up: the upstream timeout, after which its queries failed anyway.
     write_timeout: Duration,
@@ -293,8 +299,20 @@ impl Drop for StreamPool {
 
 impl StreamPool {
     pub fn new(connector: Connector, stats: Arc<Stats>, write_timeout: Duration) -> Self {
+        Self::with_prelude(connector, Box::default(), stats, write_timeout)
+    }
+
+    /// As [`StreamPool::new`], writing `prelude` (a PROXY header) first on
+    /// every connection it opens.
+    pub fn with_prelude(
+        connector: Connector,
+        prelude: Box<[u8]>,
+        stats: Arc<Stats>,
+        write_timeout: Duration,
+    ) -> Self {
         Self {
             connector,
+            prelude,
             write_timeout,
             conns: Mutex::new(Vec::new()),
             connecting: tokio::sync::Mutex::new(()),
@@ -317,10 +335,15 @@ impl StreamPool {
     /// bounds each try). A query whose connection dies is sent once more on
     /// another connection; one whose connection retired before taking it
     /// goes to another without counting as a loss.
-    pub async fn exchange(&self, msg: &[u8], info: &QueryInfo) -> Result<Reply, UpstreamError> {
+    pub async fn exchange(
+        &self,
+        msg: &[u8],
+        info: &QueryInfo,
+        subnet: Option<&[u8]>,
+    ) -> Result<Reply, UpstreamError> {
         // Built once, and moved into the first try: a second try (rare)
         // builds its own copy.
-        let mut first = Some(dns::stream_query(msg, info));
+        let mut first = Some(dns::stream_query(msg, info, subnet));
         let question = &msg[info.question.clone()];
         let mut lost = false;
         // After a loss, only connections opened from then on: when an
@@ -329,7 +352,9 @@ impl StreamPool {
         let mut newer_than = 0;
         for _ in 0..MAX_PICKS {
             let conn = self.connection(newer_than).await?;
-            let out = first.take().unwrap_or_else(|| dns::stream_query(msg, info));
+            let out = first
+                .take()
+                .unwrap_or_else(|| dns::stream_query(msg, info, subnet));
             match send(&conn, out, question).await {
                 Ok(reply) => return Ok(reply),
                 Err(SendError::Retired) => {}
@@ -386,7 +411,7 @@ impl StreamPool {
         }
         let conn = match &self.connector {
             Connector::Tcp(addr) => {
-                let stream = tokio::net::TcpStream::connect(*addr)
+                let mut stream = tokio::net::TcpStream::connect(*addr)
                     .await
                     .map_err(|source| {
                         UpstreamError::Connect(ConnectError::Dial(DialError::Connect {
@@ -395,9 +420,12 @@ impl StreamPool {
                         }))
                     })?;
                 stream.set_nodelay(true)?;
+                if !self.prelude.is_empty() {
+                    stream.write_all(&self.prelude).await?;
+                }
                 self.spawn(stream)
             }
-            Connector::Tls(target) => self.spawn(target.connect().await?),
+            Connector::Tls(target) => self.spawn(target.connect(&self.prelude).await?),
         };
         self.conns().push(conn.clone());
         Ok(conn)

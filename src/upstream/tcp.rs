@@ -7,19 +7,29 @@ use std::net::SocketAddr;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::origin::Origin;
 use super::reply::{classify, Reply, UpstreamError};
 use crate::metrics::stats::Stats;
 use crate::proto::dns::{self, QueryInfo};
 use crate::proto::framing::FrameReader;
 
+/// With PROXY toward the upstream, the connection starts with the client's
+/// header, like a datagram.
 pub async fn exchange(
     upstream: SocketAddr,
     msg: &[u8],
     info: &QueryInfo,
+    origin: &Origin,
     stats: &Stats,
 ) -> Result<Reply, UpstreamError> {
     let id: u16 = rand::random();
-    let out = dns::frame(&dns::upstream_query(msg, info, id));
+    let mut out = origin.stream_prelude();
+    out.extend_from_slice(&dns::frame(&dns::upstream_query(
+        msg,
+        info,
+        id,
+        origin.subnet(),
+    )));
     let mut stream = TcpStream::connect(upstream).await?;
     stream.set_nodelay(true)?;
     stream.write_all(&out).await?;

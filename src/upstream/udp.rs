@@ -26,9 +26,11 @@ use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::origin::Origin;
 use super::reply::{classify, Reply, UpstreamError};
 use crate::metrics::stats::Stats;
 use crate::proto::dns::{self, QueryInfo};
+use crate::proto::proxy_header;
 
 /// Number of sockets per upstream: more source ports make spoofing harder and
 /// spread the receive work over tasks.
@@ -184,7 +186,12 @@ impl UdpTransport {
 
     /// Sends one query and waits for its matching reply (no timeout here: the
     /// caller bounds the whole exchange).
-    pub async fn exchange(&self, msg: &[u8], info: &QueryInfo) -> Result<Reply, UpstreamError> {
+    pub async fn exchange(
+        &self,
+        msg: &[u8],
+        info: &QueryInfo,
+        origin: &Origin,
+    ) -> Result<Reply, UpstreamError> {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.sockets.len();
         let socket = &self.sockets[index];
         let (tx, rx) = oneshot::channel();
@@ -207,7 +214,15 @@ impl UdpTransport {
             }
         };
         let _guard = PendingGuard { socket, id, seq };
-        let out = dns::upstream_query(msg, info, id);
+        let out = if origin.has_proxy() {
+            // The header precedes every datagram (PROXY v2 over UDP).
+            let mut out = Vec::with_capacity(proxy_header::v2_len(255) + msg.len() + 64);
+            origin.write_proxy(&mut out, proxy_header::Transport::Datagram);
+            dns::write_upstream_query(&mut out, msg, info, id, false, origin.subnet());
+            out
+        } else {
+            dns::upstream_query(msg, info, id, origin.subnet())
+        };
         send(socket, &out).await?;
         let sent = Instant::now();
         // The sender lives in the map until the reply or the guard removes it.

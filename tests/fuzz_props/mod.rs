@@ -439,6 +439,7 @@ pub fn dns_query(data: &[u8]) {
     let leg = LegOptions {
         keepalive: (flags & 1 != 0).then_some(timeout),
         padding: flags & 2 != 0,
+        strip_subnet: false,
     };
     let mut msg = d.to_vec();
     msg.resize((msg.len() + grow).min(MAX_MESSAGE), 0);
@@ -501,7 +502,7 @@ fn check_query(msg: &[u8], upstream_id: u16, leg: LegOptions, rcode: u16) {
     let question = &msg[info.question.clone()];
 
     // upstream_query.
-    let up = dns::upstream_query(msg, &info, upstream_id);
+    let up = dns::upstream_query(msg, &info, upstream_id, None);
     assert_eq!(id(&up), upstream_id, "upstream ID");
     assert_eq!(&up[2..4], &msg[2..4], "flags pass through");
     // An OPT is added to a query without one whose additional section is
@@ -534,7 +535,7 @@ fn check_query(msg: &[u8], upstream_id: u16, leg: LegOptions, rcode: u16) {
     }
 
     // stream_query.
-    let framed = dns::stream_query(msg, &info);
+    let framed = dns::stream_query(msg, &info, None);
     let body = &framed[2..];
     assert_eq!(
         usize::from(be16([framed[0], framed[1]])),
@@ -579,7 +580,7 @@ fn check_query(msg: &[u8], upstream_id: u16, leg: LegOptions, rcode: u16) {
     }
     // The stream form is the UDP form with ID 0, plus the keepalive request
     // at the end of the OPT's options.
-    let plain = dns::upstream_query(msg, &info, 0);
+    let plain = dns::upstream_query(msg, &info, 0, None);
     let forwarded = info.edns_error.is_none();
     if forwarded && body_info.edns.keepalive && plain.len() <= MAX_MESSAGE {
         let opt = dns::parse_query(&plain).unwrap().opt.expect("an OPT");
@@ -713,7 +714,7 @@ pub fn dns_reply(data: &[u8]) {
         flags & 8 != 0,
     );
     // The reply carries the upstream ID dotgate chose.
-    let up = dns::upstream_query(&query, &info, id(&reply));
+    let up = dns::upstream_query(&query, &info, id(&reply), None);
     assert_eq!(id(&up), id(&reply));
     let question = &query[info.question.clone()];
 

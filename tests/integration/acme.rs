@@ -764,6 +764,11 @@ async fn dns01_wildcard_certificate_through_knot() {
         &server,
         "--acme-tsig-key",
         &key,
+        // The private endpoint the wildcard is for: only alice is served.
+        "--client-id-domain",
+        NAME,
+        "--client-id",
+        "alice",
     ];
     let mut dotgate = AcmeDotgate::spawn(&pebble, &up, &dir, &flags, "dns01.log");
     dotgate
@@ -781,12 +786,16 @@ async fn dns01_wildcard_certificate_through_knot() {
         knot.logs()
     );
     let root = pebble.root().await;
-    for name in ["alice.dns.test", NAME] {
-        let mut client = Client::try_connect_with(dotgate.addr, trusting(&root), name)
+    let mut client = Client::try_connect_with(dotgate.addr, trusting(&root), "alice.dns.test")
+        .await
+        .unwrap_or_else(|e| panic!("DoT for alice.dns.test: {e}\n{}", dotgate.logs()));
+    ask(&mut client, 1, "wildcard.acme.test.").await;
+    assert!(
+        Client::try_connect_with(dotgate.addr, trusting(&root), "mallory.dns.test")
             .await
-            .unwrap_or_else(|e| panic!("DoT for {name}: {e}\n{}", dotgate.logs()));
-        ask(&mut client, 1, "wildcard.acme.test.").await;
-    }
+            .is_err(),
+        "an unlisted client ID is refused"
+    );
     assert_eq!(
         knot.txt("_acme-challenge.dns.test.").await.trim(),
         "",

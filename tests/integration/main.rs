@@ -18,6 +18,7 @@ mod faults;
 mod framing;
 mod hardening;
 mod hostile;
+mod identity;
 mod keepalive;
 mod lifetime;
 mod limits;

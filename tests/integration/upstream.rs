@@ -16,6 +16,9 @@
 //!   record) an edns-tcp-keepalive option with that timeout, as a stream
 //!   upstream advertising its idle timeout (or 0: "close this connection")
 //!   would send;
+//! * `ecs`: the usual answer, and (when the query had an OPT record) every
+//!   client subnet option of the query echoed back, as an ECS-aware
+//!   resolver does;
 //! * `lose-first`: over UDP, the first datagram of the name is dropped as
 //!   if lost on the way, and a second copy is answered as usual;
 //! * `servfail`, or a first label ending in `-dnsotls-ds` (Android's Private
@@ -404,6 +407,27 @@ fn script(query: &Message, transport: Transport) -> Script {
                 11,
                 UPSTREAM_KEEPALIVE.to_be_bytes().to_vec(),
             ));
+        }
+        return vec![Step::after(delay, encode(&reply))];
+    }
+    if has("ecs") {
+        let mut reply = answer(query);
+        let asked: Vec<EdnsOption> = query
+            .edns
+            .as_ref()
+            .map(|e| {
+                e.options()
+                    .as_ref()
+                    .iter()
+                    .filter(|(code, _)| u16::from(*code) == 8)
+                    .map(|(_, option)| option.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(edns) = reply.edns.as_mut() {
+            for option in asked {
+                edns.options_mut().insert(option);
+            }
         }
         return vec![Step::after(delay, encode(&reply))];
     }

@@ -184,7 +184,7 @@ pub async fn run(opts: &Options) -> Result<Report, ClientError> {
     let conn = match main {
         Ok(conn) => conn,
         Err(e) => {
-            checks.push(tls_failed(&e, &plain));
+            checks.push(tls_failed(&e, &plain, &opts.tls_name));
             return Ok(finish(target, checks, "not run: no TLS handshake"));
         }
     };
@@ -426,7 +426,52 @@ fn tls_check(conn: &Conn) -> Check {
     )
 }
 
-fn tls_failed(e: &ConnectError, plain: &Plaintext) -> Check {
+/// The alert a server refused the ClientHello with, when it names an
+/// access decision: `access_denied` (dotgate's client IDs) or
+/// `unrecognized_name` (servers that pick certificates by name).
+fn refusal_alert(e: &ConnectError) -> Option<rustls::AlertDescription> {
+    match e.rustls()? {
+        rustls::Error::AlertReceived(
+            alert @ (rustls::AlertDescription::AccessDenied
+            | rustls::AlertDescription::UnrecognisedName),
+        ) => Some(*alert),
+        _ => None,
+    }
+}
+
+/// The client ID a TLS name would carry on a server with client IDs: its
+/// first label, and the domain under it; `None` for an address or a name
+/// of fewer than three labels.
+pub fn client_id_of(tls_name: &str) -> Option<(&str, &str)> {
+    if tls_name.parse::<IpAddr>().is_ok() {
+        return None;
+    }
+    let name = tls_name.trim_end_matches('.');
+    let (id, domain) = name.split_once('.')?;
+    (domain.contains('.') && !id.is_empty()).then_some((id, domain))
+}
+
+fn tls_failed(e: &ConnectError, plain: &Plaintext, tls_name: &str) -> Check {
+    if let Some(alert) = refusal_alert(e) {
+        let alert = alert_name(alert);
+        let (reason, fix) = match client_id_of(tls_name) {
+            Some((id, domain)) => (
+                format!(
+                    "the server refused the TLS name {tls_name} on its ClientHello (alert {alert}):                      a private endpoint with client IDs under {domain} does not list the ID {id:?}"
+                ),
+                format!(
+                    "use the name of a listed ID (ID.{domain}, exactly as typed into Android's Private DNS),                      or list {id} on the server (dotgate: --client-id or a line in the --client-ids file)"
+                ),
+            ),
+            None => (
+                format!(
+                    "the server refused the TLS name {tls_name} on its ClientHello (alert {alert}):                      it serves only other names (a private endpoint with client IDs wants ID.DOMAIN)"
+                ),
+                "check with the name a client is given, e.g. --tls-name ID.DOMAIN".to_string(),
+            ),
+        };
+        return Check::fail("tls", Clients::ALL, reason, fix);
+    }
     if let Plaintext::Answered { .. } = plain {
         return Check::fail(
             "tls",
@@ -441,6 +486,15 @@ fn tls_failed(e: &ConnectError, plain: &Plaintext) -> Check {
         _ => "check the server's TLS configuration (certificate and key loaded, TLS 1.2 and 1.3 enabled) and its logs",
     };
     Check::fail("tls", Clients::ALL, format!("no TLS: {e}"), fix)
+}
+
+/// An alert as the TLS specification writes it.
+fn alert_name(alert: rustls::AlertDescription) -> &'static str {
+    match alert {
+        rustls::AlertDescription::AccessDenied => "access_denied",
+        rustls::AlertDescription::UnrecognisedName => "unrecognized_name",
+        _ => "other",
+    }
 }
 
 /// The handshake pinned to one version.
@@ -510,6 +564,19 @@ async fn no_sni_check(
     let conn = match ctx.connect(config).await {
         Ok(conn) => conn,
         Err(ConnectError::OutOfTime) => return Check::skip(ID, clients, "not run: out of time"),
+        Err(e) if refusal_alert(&e).is_some() => {
+            let alert = refusal_alert(&e).map_or("", alert_name);
+            return Check::warn(
+                ID,
+                clients,
+                format!(
+                    "the server refuses clients that send no SNI (alert {alert}), as a private endpoint \
+                     with client IDs does: Android opportunistic mode and systemd-resolved given only an \
+                     address cannot use it; Android strict mode with ID.DOMAIN can"
+                ),
+                "nothing, if the endpoint is private on purpose; otherwise serve clients without SNI",
+            );
+        }
         Err(e) => {
             return Check::fail(
                 ID,

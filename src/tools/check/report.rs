@@ -274,6 +274,10 @@ impl Report {
             "dotgate check {}:{} (TLS name {}",
             t.host, t.port, t.tls_name
         );
+        if let Some((id, domain)) = super::client_id_of(&t.tls_name) {
+            // What a server with `--client-id-domain DOMAIN` sees.
+            let _ = write!(s, ", client ID {id:?} under {domain}");
+        }
         if let Some(addr) = t.address {
             let _ = write!(s, ", address {addr}");
         }
@@ -347,6 +351,7 @@ impl Report {
                 "host": t.host,
                 "port": t.port,
                 "tls_name": t.tls_name,
+                "client_id": super::client_id_of(&t.tls_name).map(|(id, _)| id),
                 "address": t.address.map(|a| a.to_string()),
                 "quick": t.quick,
             },

@@ -148,7 +148,7 @@ fn a_failed_handshake_fails_with_a_fix_for_its_cause() {
             "reset",
         ))
     };
-    let plain = tls_failed(&refused(), &Plaintext::Answered { rcode: 0 });
+    let plain = tls_failed(&refused(), &Plaintext::Answered { rcode: 0 }, "dns.test");
     assert_eq!((plain.id, plain.status), ("tls", Status::Fail));
     assert_eq!(plain.clients, Clients::ALL);
     assert!(
@@ -163,6 +163,7 @@ fn a_failed_handshake_fails_with_a_fix_for_its_cause() {
     let stalled = tls_failed(
         &ConnectError::TlsTimeout(Duration::from_secs(5)),
         &Plaintext::Silent(Duration::from_secs(3)),
+        "dns.test",
     );
     assert_eq!(stalled.status, Status::Fail);
     assert!(
@@ -178,11 +179,11 @@ fn a_failed_handshake_fails_with_a_fix_for_its_cause() {
         .unwrap()
         .contains("not another service"));
 
-    let late = tls_failed(&ConnectError::OutOfTime, &Plaintext::Closed);
+    let late = tls_failed(&ConnectError::OutOfTime, &Plaintext::Closed, "dns.test");
     assert_eq!(late.status, Status::Fail);
     assert!(late.fix.as_deref().unwrap().contains("without --quick"));
 
-    let other = tls_failed(&refused(), &Plaintext::Closed);
+    let other = tls_failed(&refused(), &Plaintext::Closed, "dns.test");
     assert_eq!(other.status, Status::Fail);
     assert_eq!(
         other.reason,
@@ -727,8 +728,12 @@ impl Pki {
         ];
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
         let leaf_key = KeyPair::generate().unwrap();
-        let mut leaf =
-            CertificateParams::new(vec!["dns.test".to_string(), "127.0.0.1".into()]).unwrap();
+        let mut leaf = CertificateParams::new(vec![
+            "dns.test".to_string(),
+            "*.dns.test".to_string(),
+            "127.0.0.1".into(),
+        ])
+        .unwrap();
         leaf.distinguished_name.push(DnType::CommonName, "dns.test");
         leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -1161,4 +1166,55 @@ async fn a_run_against_a_closed_port_skips_the_rest() {
     assert_eq!(tls.status, Status::Skip);
     assert_eq!(tls.reason, "not run: the port is not reachable");
     assert_eq!(report.checks.len(), report::ORDER.len());
+}
+
+/// A private endpoint (client IDs): a listed ID passes and is named in the
+/// heading, a handshake without SNI is a WARN that says why, and an
+/// unlisted ID fails the TLS check with the alert and what to do.
+#[tokio::test]
+async fn client_ids_are_reported_and_refusals_explained() {
+    let server = Dotgate::start(
+        ORDINARY,
+        &["--client-id-domain", "dns.test", "--client-id", "alice"],
+    )
+    .await;
+    let opts = |name: &str| {
+        Options::new(
+            &server.addr.to_string(),
+            Some(name.into()),
+            Trust::Ca(server.pki.path("ca.pem")),
+            None,
+            true,
+        )
+        .unwrap()
+    };
+    let report = within("dotgate check alice", run(&opts("alice.dns.test")))
+        .await
+        .unwrap();
+    let find = |r: &Report, id: &str| r.checks.iter().find(|c| c.id == id).unwrap().clone();
+    let tls = find(&report, "tls");
+    assert_eq!(tls.status, Status::Pass, "{}", shown(&tls));
+    let no_sni = find(&report, "no-sni");
+    assert_eq!(no_sni.status, Status::Warn, "{}", shown(&no_sni));
+    assert!(no_sni.reason.contains("access_denied") && no_sni.reason.contains("private endpoint"));
+    let text = report.to_text();
+    assert!(
+        text.contains("client ID \"alice\" under dns.test"),
+        "{text}"
+    );
+
+    let report = within("dotgate check mallory", run(&opts("mallory.dns.test")))
+        .await
+        .unwrap();
+    let tls = find(&report, "tls");
+    assert_eq!(tls.status, Status::Fail, "{}", shown(&tls));
+    assert!(
+        tls.reason.contains("alert access_denied") && tls.reason.contains("\"mallory\""),
+        "{}",
+        shown(&tls)
+    );
+    assert!(tls.fix.as_deref().unwrap().contains("--client-ids"));
+    assert!(client_id_of("127.0.0.1").is_none());
+    assert!(client_id_of("dns.example").is_none());
+    assert_eq!(client_id_of("a.dns.example"), Some(("a", "dns.example")));
 }
