@@ -98,7 +98,6 @@ pub async fn run_with_metrics(
     // is served.
     let stats = Arc::new(Stats::new()?);
     let client_ids = Arc::new(ClientIds::new(&config.client_ids)?);
-    let ready_window = config.pool.health_interval + config.timeouts.upstream;
     // Up before the certificate, so that /readyz says 503 while an ACME
     // order is under way.
     if let Some(listener) = metrics {
@@ -106,7 +105,7 @@ pub async fn run_with_metrics(
             stats: stats.clone(),
             // A health probe goes out every interval and may take up to the
             // upstream timeout to come back.
-            ready_window,
+            ready_window: config.pool.health_interval + config.timeouts.upstream,
         };
         tokio::spawn(http::serve(listener, endpoint, shutdown.clone()));
     }
