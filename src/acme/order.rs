@@ -25,7 +25,10 @@ const ISSUANCE_TIMEOUT: Duration = Duration::from_secs(120);
 pub enum OrderError {
     #[error("the ACME server: {0}")]
     Acme(#[from] instant_acme::Error),
-    #[error("the ACME server could not validate {name} by {kind}: {problem}")]
+    #[error(
+        "the ACME server could not validate {name} by {kind}: {problem}; {}",
+        hint(kind, name)
+    )]
     Validation {
         name: String,
         kind: &'static str,
@@ -59,6 +62,17 @@ impl OrderError {
 pub struct Issued {
     pub chain_pem: String,
     pub key_pem: String,
+}
+
+/// What must hold for the challenge to pass, to go with the server's reason.
+fn hint(kind: &str, name: &str) -> String {
+    let name = name.trim_start_matches("*.");
+    match kind {
+        "http-01" => format!("TCP port 80 of {name}, from the internet, must reach dotgate's --acme-http-listen"),
+        "tls-alpn-01" => format!("TCP port 443 of {name}, from the internet, must reach dotgate's --acme-tls-alpn-listen"),
+        "dns-01" => format!("_acme-challenge.{name} TXT must be served by the authoritative servers of its zone, where --acme-dns-update adds it"),
+        _ => "pick a challenge the server offers with --acme-challenge".into(),
+    }
 }
 
 fn kind_name(kind: &ChallengeType) -> &'static str {
@@ -125,17 +139,26 @@ async fn validate(
         presented.push(responder.present(&name, &token, &key_authorization).await?);
         challenge.set_ready().await?;
     }
-    let status = order
+    let polled = order
         .poll_ready(
             &RetryPolicy::new()
                 .initial_delay(Duration::from_millis(500))
                 .timeout(VALIDATION_TIMEOUT),
         )
-        .await?;
-    if status == OrderStatus::Ready {
-        return Ok(());
+        .await;
+    // An invalid order comes back as its status, or as the error the
+    // server put in the order (pebble, Boulder): either way, the failed
+    // challenge says best what went wrong.
+    let order_problem = match polled {
+        Ok(OrderStatus::Ready) => return Ok(()),
+        Ok(_) => None,
+        Err(instant_acme::Error::Api(problem)) => Some(problem),
+        Err(e) => return Err(e.into()),
+    };
+    match (why_invalid(order, &kind).await, order_problem) {
+        (OrderError::Invalid, Some(problem)) => Err(OrderError::Acme(problem.into())),
+        (why, _) => Err(why),
     }
-    Err(why_invalid(order, &kind).await)
 }
 
 /// The ACME server's reason for an invalid order: the error of the first

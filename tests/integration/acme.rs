@@ -528,8 +528,10 @@ async fn failure_logs_the_reason_keeps_the_old_certificate_and_retries() {
         .await;
     let logs = none.logs();
     assert!(
-        logs.to_ascii_lowercase().contains("connection refused"),
-        "pebble's reason is in the log:\n{logs}"
+        logs.to_ascii_lowercase().contains("connection refused")
+            && logs.contains("could not validate dns.test by http-01")
+            && logs.contains("--acme-http-listen"),
+        "pebble's reason, and what to fix, are in the log:\n{logs}"
     );
     let ready = http_get(none.metrics, "/readyz").await.unwrap();
     assert_eq!(ready.status, 503, "{}", ready.body);
