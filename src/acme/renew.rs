@@ -305,9 +305,9 @@ impl Renewer {
             Ok((info, _)) => {
                 let start = SystemTime::from(info.suggested_window.start);
                 let end = SystemTime::from(info.suggested_window.end);
-                let span = end.duration_since(start).unwrap_or_default();
-                let pick = start + span.mul_f64(rand::random::<f64>());
-                pick.min(by_lifetime)
+                let due = in_window(start, end, rand::random::<f64>()).min(by_lifetime);
+                tracing::info!(window_start = %when(start), window_end = %when(end), "ACME: the server suggests a renewal window");
+                due
             }
             Err(instant_acme::Error::Unsupported(_)) => by_lifetime,
             Err(e) => {
@@ -333,6 +333,13 @@ impl Renewer {
             }
         }
     }
+}
+
+/// The point `fraction` (0 to 1) of the way through a suggested window; the
+/// start when the window is empty or reversed.
+fn in_window(start: SystemTime, end: SystemTime, fraction: f64) -> SystemTime {
+    let span = end.duration_since(start).unwrap_or_default();
+    start + span.mul_f64(fraction.clamp(0.0, 1.0))
 }
 
 /// Sleeps `d`; false when `shutdown` came first.
@@ -369,6 +376,16 @@ mod tests {
         assert_eq!(backoff(first, 2), Duration::from_secs(120));
         assert_eq!(backoff(first, 4), Duration::from_secs(480));
         assert_eq!(backoff(first, 30), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn a_point_inside_the_suggested_window() {
+        let start = UNIX_EPOCH + Duration::from_secs(1_000);
+        let end = start + Duration::from_secs(100);
+        assert_eq!(in_window(start, end, 0.0), start);
+        assert_eq!(in_window(start, end, 0.5), start + Duration::from_secs(50));
+        assert_eq!(in_window(start, end, 1.0), end);
+        assert_eq!(in_window(end, start, 0.5), end, "a reversed window");
     }
 
     #[test]
