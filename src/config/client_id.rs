@@ -3,7 +3,7 @@
 //! `alice-phone.dns.example.org` under the domain `dns.example.org` has the
 //! ID `alice-phone`. The pure part: parsing IDs, lists and server names.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The longest ID: one DNS label.
 pub const MAX_ID_LEN: usize = 63;
@@ -28,7 +28,7 @@ impl ClientIdSettings {
 }
 
 /// Why an ID or a list is refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum ClientIdError {
     #[error("{0:?} is not a client ID: use 1 to 63 letters, digits and hyphens (one DNS label)")]
     BadId(String),
@@ -37,6 +37,30 @@ pub enum ClientIdError {
         line: usize,
         error: Box<ClientIdError>,
     },
+    #[error("cannot read --client-ids file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("--client-ids file {path}: {error}")]
+    File {
+        path: String,
+        error: Box<ClientIdError>,
+    },
+}
+
+/// Reads and parses an ID file (see [`parse_id_list`]); the error names
+/// the file and, for a bad ID, its line.
+pub fn read_id_file(path: &Path) -> Result<Vec<String>, ClientIdError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ClientIdError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    parse_id_list(&text).map_err(|error| ClientIdError::File {
+        path: shown,
+        error: Box::new(error),
+    })
 }
 
 /// Checks one ID and returns it in lower case.

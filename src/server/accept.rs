@@ -43,7 +43,7 @@ pub enum ServeError {
     #[error(transparent)]
     Acme(#[from] crate::acme::AcmeError),
     #[error(transparent)]
-    ClientIds(#[from] crate::server::client_ids::ClientIdFileError),
+    ClientIds(#[from] crate::config::client_id::ClientIdError),
 }
 
 /// A bound DoT listening socket, and whether its connections start with a

@@ -30,18 +30,6 @@ use crate::tls::reload::{FileState, POLL_INTERVAL};
 /// The alert a client without a listed ID gets.
 pub const REFUSAL_ALERT: AlertDescription = AlertDescription::AccessDenied;
 
-/// Why the ID file could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientIdFileError {
-    #[error("cannot read --client-ids file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("--client-ids file {path}: {error}")]
-    Parse { path: String, error: ClientIdError },
-}
-
 /// What the gate makes of one ClientHello.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Judgement {
@@ -65,9 +53,9 @@ pub struct ClientIds {
 impl ClientIds {
     /// Reads the ID file, if any: a start-up with an unreadable or bad
     /// file fails, rather than serving nobody (or everybody).
-    pub fn new(settings: &ClientIdSettings) -> Result<Self, ClientIdFileError> {
+    pub fn new(settings: &ClientIdSettings) -> Result<Self, ClientIdError> {
         let from_file = match &settings.file {
-            Some(path) => read_file(path)?,
+            Some(path) => client_id::read_id_file(path)?,
             None => Vec::new(),
         };
         let listed: HashSet<String> = settings.listed.iter().cloned().chain(from_file).collect();
@@ -152,7 +140,7 @@ impl ClientIds {
 
     async fn reload(&self, path: &Path) {
         let owned = path.to_path_buf();
-        let read = tokio::task::spawn_blocking(move || read_file(&owned)).await;
+        let read = tokio::task::spawn_blocking(move || client_id::read_id_file(&owned)).await;
         match read {
             Ok(Ok(ids)) => {
                 let listed: HashSet<String> = self.fixed.iter().cloned().chain(ids).collect();
@@ -179,15 +167,6 @@ async fn next_hangup(hangup: &mut Option<tokio::signal::unix::Signal>) {
         *hangup = None;
     }
     std::future::pending::<()>().await
-}
-
-fn read_file(path: &Path) -> Result<Vec<String>, ClientIdFileError> {
-    let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ClientIdFileError::Read {
-        path: shown.clone(),
-        source,
-    })?;
-    client_id::parse_id_list(&text).map_err(|error| ClientIdFileError::Parse { path: shown, error })
 }
 
 #[cfg(test)]

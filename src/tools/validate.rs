@@ -39,6 +39,11 @@ pub fn check(args: &ServeArgs, resolv_conf: &Path) -> Findings {
             }
         }
     }
+    if let Some(path) = &args.client_ids {
+        if let Err(e) = crate::config::client_id::read_id_file(path) {
+            found.problems.push(e.to_string());
+        }
+    }
     if let Some(path) = &args.ticket_key_file {
         if let Err(e) = crate::tls::tickets::read_secret(path) {
             found.problems.push(e.to_string());
@@ -75,4 +80,48 @@ pub fn check(args: &ServeArgs, resolv_conf: &Path) -> Findings {
         }
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::cli::{Cli, Command};
+    use clap::Parser;
+
+    /// A bad line in the client-ID file is a problem that names the file
+    /// and the line; a good file is none.
+    #[test]
+    fn the_client_id_file_is_checked() {
+        let dir = std::env::temp_dir().join(format!("dotgate-validate-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("ids");
+        let run = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            let argv = [
+                "dotgate",
+                "serve",
+                "--self-signed",
+                "dns.test",
+                "--upstream",
+                "127.0.0.1",
+                "--client-id-domain",
+                "dns.test",
+                "--client-ids",
+                file.to_str().unwrap(),
+            ];
+            let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {
+                unreachable!("a serve command line")
+            };
+            check(&args, Path::new("/nonexistent"))
+        };
+        assert!(run("alice\n# bob\n").problems.is_empty());
+        let found = run("alice\nbob smith\n");
+        assert_eq!(found.problems.len(), 1, "{:?}", found.problems);
+        assert!(
+            found.problems[0].contains("line 2") && found.problems[0].contains("ids"),
+            "{:?}",
+            found.problems
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
