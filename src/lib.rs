@@ -8,6 +8,7 @@
 //!   tools/     dotgate query, dotgate check, serve --check-config
 //!   server/    accept -> handshake -> connection -> respond; client, client_ids, per_ip, shutdown
 //!   upstream/  pool, policy, health, origin, reply, udp, tcp, stream, per_client, dot, connect
+//!   acme/      --acme: store, client, challenge (http01, alpn01, dns01), order, renew
 //!   tls/       server configs, server_stream, identity, reload, tickets, chain, client
 //!   config/    cli (clap), file (TOML), duration, proxy, access, client_id -> one Config
 //!   metrics/   stats (counters), exposition, the /metrics, /healthz, /readyz server
@@ -34,6 +35,8 @@
 //!   [`proto::framing`], [`proto::message_reader`] and [`proto::proxy_header`];
 //! * [`upstream`] answers "what did an upstream say to this query?", with
 //!   its own connector and error type;
+//! * [`acme`] gets and renews the certificate by ACME (`--acme`) into the
+//!   files that [`tls`] then serves and reloads like `--cert`/`--key`;
 //! * [`tls`] builds the rustls server configurations, with
 //!   [`tls::server_stream`] for the server side of each connection,
 //!   [`tls::identity`] for the certificate and key, [`tls::tickets`] for
@@ -47,6 +50,7 @@
 //!   pipelining DoT client behind `dotgate query`, [`tools::check`] and
 //!   [`tools::validate`].
 
+pub mod acme;
 pub mod config;
 pub mod metrics;
 pub mod proto;

@@ -249,6 +249,10 @@ pub struct ServeArgs {
         value_name = "CIDR"
     )]
     pub proxy_protocol_from: Vec<crate::config::proxy::Cidr>,
+
+    /// The certificate by ACME (`--acme NAME` and the other `--acme-*` flags).
+    #[command(flatten)]
+    pub acme: crate::config::acme::AcmeArgs,
 }
 
 /// How the upstream pool picks an upstream for a query.

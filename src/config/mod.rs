@@ -5,6 +5,7 @@
 //! names the flag and says what to pass; the components then trust the values.
 
 pub mod access;
+pub mod acme;
 pub mod cli;
 pub mod client_id;
 pub mod duration;
@@ -141,6 +142,9 @@ pub struct Config {
     pub proxy_listen: Vec<SocketAddr>,
     /// `--allow-from`: the networks whose clients are served.
     pub allow: crate::config::access::AllowList,
+    /// `--acme`: the certificate (`cert`, files in `--acme-dir`) is
+    /// obtained and renewed by ACME.
+    pub acme: Option<crate::config::acme::AcmeSettings>,
     /// `--client-id-domain`, `--client-id`, `--client-ids`.
     pub client_ids: client_id::ClientIdSettings,
     /// What the upstream is told about each client.
@@ -238,8 +242,12 @@ pub struct PoolSettings {
 /// A configuration problem, phrased for the operator.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("no certificate: pass --cert FILE --key FILE (a PEM chain, leaf first, and its key), or --self-signed NAME for a first run")]
+    #[error("no certificate: pass --cert FILE --key FILE (a PEM chain, leaf first, and its key), --acme NAME to get one from Let's Encrypt, or --self-signed NAME for a first run")]
     NoCertificate,
+    #[error("--acme gets the certificate itself: it cannot be combined with --cert/--key or --self-signed (drop those, or drop --acme)")]
+    AcmeWithCertificate,
+    #[error(transparent)]
+    Acme(#[from] crate::config::acme::SettingsError),
     #[error("--listen needs at least one address")]
     NoListen,
     #[error("--upstream {0:?} is not an upstream: write IP or IP:PORT (e.g. 127.0.0.1, 127.0.0.1:5353 or [::1]:53), tcp://IP[:PORT], or tls://NAME[@IP][:PORT] (e.g. tls://dns.example@192.0.2.1)")]
@@ -285,12 +293,18 @@ impl Config {
         if args.listen.is_empty() {
             return Err(ConfigError::NoListen);
         }
-        let cert = match (&args.cert, &args.key, &args.self_signed) {
-            (Some(cert), Some(key), _) => CertSource::Files {
+        let acme = crate::config::acme::AcmeSettings::from_args(&args.acme)?;
+        let cert = match (&args.cert, &args.key, &args.self_signed, &acme) {
+            (None, None, None, Some(acme)) => CertSource::Files {
+                cert: acme.cert_path(),
+                key: acme.key_path(),
+            },
+            (_, _, _, Some(_)) => return Err(ConfigError::AcmeWithCertificate),
+            (Some(cert), Some(key), _, None) => CertSource::Files {
                 cert: cert.clone(),
                 key: key.clone(),
             },
-            (None, None, Some(name)) => CertSource::SelfSigned(name.clone()),
+            (None, None, Some(name), None) => CertSource::SelfSigned(name.clone()),
             _ => return Err(ConfigError::NoCertificate),
         };
         // Before resolv.conf is read: its resolvers are never told.
@@ -407,6 +421,7 @@ impl Config {
             },
             proxy_listen: args.proxy_protocol_listen.clone(),
             allow: crate::config::access::AllowList::new(args.allow_from.clone()),
+            acme,
             client_ids,
             tell_upstream,
         })

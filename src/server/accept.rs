@@ -41,6 +41,8 @@ pub enum ServeError {
     #[error("cannot set up the metrics registry: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
+    Acme(#[from] crate::acme::AcmeError),
+    #[error(transparent)]
     ClientIds(#[from] crate::config::client_id::ClientIdError),
 }
 
@@ -96,6 +98,23 @@ pub async fn run_with_metrics(
     // is served.
     let stats = Arc::new(Stats::new()?);
     let client_ids = Arc::new(ClientIds::new(&config.client_ids)?);
+    // Up before the certificate, so that /readyz says 503 while an ACME
+    // order is under way.
+    if let Some(listener) = metrics {
+        let endpoint = http::Endpoint {
+            stats: stats.clone(),
+            // A health probe goes out every interval and may take up to the
+            // upstream timeout to come back.
+            ready_window: config.pool.health_interval + config.timeouts.upstream,
+        };
+        tokio::spawn(http::serve(listener, endpoint, shutdown.clone()));
+    }
+    // --acme: a certificate in --acme-dir before the files are loaded below.
+    if let Some(acme) = &config.acme {
+        if !crate::acme::prepare(acme, &stats, &shutdown).await? {
+            return Ok(());
+        }
+    }
     // Loads and checks the certificate, and starts its reloader (R3, R6).
     let configs = tls::setup(&config, &shutdown, &stats)?;
     let upstream = Pool::new(
@@ -189,15 +208,6 @@ pub async fn run_with_metrics(
         }
     }
     stats.set_listening();
-    if let Some(listener) = metrics {
-        let endpoint = http::Endpoint {
-            stats: stats.clone(),
-            // A health probe goes out every interval and may take up to the
-            // upstream timeout to come back.
-            ready_window: config.pool.health_interval + config.timeouts.upstream,
-        };
-        tokio::spawn(http::serve(listener, endpoint, shutdown.clone()));
-    }
     shutdown.cancelled().await;
     tracker.close();
     if tokio::time::timeout(config.timeouts.drain, tracker.wait())

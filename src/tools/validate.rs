@@ -49,6 +49,9 @@ pub fn check(args: &ServeArgs, resolv_conf: &Path) -> Findings {
             found.problems.push(e.to_string());
         }
     }
+    if let Ok(Some(acme)) = crate::config::acme::AcmeSettings::from_args(&args.acme) {
+        found.problems.extend(crate::acme::check(&acme));
+    }
     let source = match (&args.cert, &args.key, &args.self_signed) {
         (Some(cert), Some(key), _) => Some(CertSource::Files {
             cert: cert.clone(),

@@ -8,6 +8,7 @@ mod harness;
 mod upstream;
 
 mod access;
+mod acme;
 mod answers;
 mod check;
 mod config;

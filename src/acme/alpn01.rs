@@ -1,0 +1,128 @@
+//! The TLS-ALPN-01 responder (RFC 8737): on `--acme-tls-alpn-listen`, a
+//! TLS server that offers only ALPN `acme-tls/1` and, for a name being
+//! validated, presents a self-signed certificate for that name carrying the
+//! critical acmeIdentifier extension (the SHA-256 of the key
+//! authorization). Handshakes for any other name or ALPN fail; nothing is
+//! ever read or written after the handshake.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use rustls_pki_types::PrivateKeyDer;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::tls::identity::provider;
+
+/// RFC 8737 §6.2.
+pub const ALPN_ACME_TLS: &[u8] = b"acme-tls/1";
+const MAX_CONNECTIONS: usize = 64;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AlpnError {
+    #[error("cannot make the TLS-ALPN-01 certificate for {name}: {source}")]
+    Cert { name: String, source: rcgen::Error },
+    #[error("the TLS-ALPN-01 certificate: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// The validation certificates being presented: name -> certificate.
+#[derive(Debug, Clone, Default)]
+pub struct Certs(Arc<Mutex<HashMap<String, Arc<CertifiedKey>>>>);
+
+impl Certs {
+    /// Makes and presents the certificate for `name` whose acmeIdentifier is
+    /// `digest` (SHA-256 of the key authorization).
+    pub fn insert(&self, name: &str, digest: &[u8]) -> Result<(), AlpnError> {
+        let err = |source| AlpnError::Cert {
+            name: name.to_string(),
+            source,
+        };
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).map_err(err)?;
+        params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+        let key = rcgen::KeyPair::generate().map_err(err)?;
+        let cert = params.self_signed(&key).map_err(err)?;
+        let private = PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        // Not `CertifiedKey::from_der`: its key check parses the certificate
+        // with webpki, which refuses the critical acmeIdentifier extension.
+        let signing = provider().key_provider.load_private_key(private)?;
+        let certified = CertifiedKey::new(vec![cert.der().clone()], signing);
+        lock(&self.0).insert(name.to_string(), Arc::new(certified));
+        Ok(())
+    }
+
+    pub fn remove(&self, name: &str) {
+        lock(&self.0).remove(name);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ResolvesServerCert for Certs {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let offers_acme = hello
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == ALPN_ACME_TLS));
+        if !offers_acme {
+            return None;
+        }
+        let name = hello.server_name()?.to_ascii_lowercase();
+        lock(&self.0).get(&name).cloned()
+    }
+}
+
+/// The server configuration around `certs`.
+pub fn server_config(certs: &Certs) -> Result<Arc<ServerConfig>, AlpnError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(certs.clone()));
+    config.alpn_protocols = vec![ALPN_ACME_TLS.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Serves `certs` on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, config: Arc<ServerConfig>, shutdown: CancellationToken) {
+    let acceptor = TlsAcceptor::from(config);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "TLS-ALPN-01 accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(mut stream)) => {
+                    let name = stream.get_ref().1.server_name().unwrap_or("").to_string();
+                    tracing::info!(%name, "TLS-ALPN-01: answered the ACME server's validation handshake");
+                    let _ = stream.shutdown().await;
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS-ALPN-01 handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS-ALPN-01 handshake timed out"),
+            }
+        });
+    }
+}
