@@ -498,20 +498,18 @@ async fn handle(
         let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         stats.count_handshake(version, resumed);
     }
-    let origin = Origin::for_client(
-        &shared.tell_upstream,
-        client,
-        local,
-        hello.server_name.as_deref(),
-    );
-    let queries = hello
-        .id
+    // The server name is not kept past this point: an idle connection
+    // holds only what it needs.
+    let handshake::Hello { server_name, id } = hello;
+    let origin = Origin::for_client(&shared.tell_upstream, client, local, server_name.as_deref());
+    drop(server_name);
+    let queries = id
         .as_deref()
         .filter(|_| shared.client_ids.is_private())
         .map(|id| stats.client_queries(id));
     let client = Client {
         addr: client,
-        id: hello.id,
+        id,
         origin,
         queries,
     };

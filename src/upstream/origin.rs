@@ -30,8 +30,9 @@ pub struct ProxyClient {
 pub struct Origin {
     /// PROXY headers toward the upstream: `None` when off; with PROXY on,
     /// `Some(None)` for dotgate's own queries (health probes), which carry
-    /// the LOCAL command.
-    proxy: Option<Option<ProxyClient>>,
+    /// the LOCAL command. Boxed: every connection holds an `Origin` for its
+    /// whole life, and most have PROXY off.
+    proxy: Option<Option<Box<ProxyClient>>>,
     /// The encoded client subnet option, when `--upstream-ecs` is set.
     subnet: Option<Box<[u8]>>,
 }
@@ -56,11 +57,11 @@ impl Origin {
             option.into_boxed_slice()
         });
         let proxy = settings.proxy_protocol.then(|| {
-            Some(ProxyClient {
+            Some(Box::new(ProxyClient {
                 client,
                 local,
                 authority: sni.map(Arc::from),
-            })
+            }))
         });
         Self { proxy, subnet }
     }
@@ -87,7 +88,7 @@ impl Origin {
     /// The client a PROXY header names; `None` for dotgate's own queries
     /// or without PROXY. Stream connections are pooled by it.
     pub fn proxy_client(&self) -> Option<&ProxyClient> {
-        self.proxy.as_ref().and_then(Option::as_ref)
+        self.proxy.as_ref().and_then(Option::as_deref)
     }
 
     /// Appends the PROXY header for `transport` to `out`, if PROXY is on.
