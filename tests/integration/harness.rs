@@ -351,7 +351,12 @@ impl Server {
     /// Starts dotgate with only the `--upstream` entries given in `extra`
     /// (such as `tcp://` or `tls://` ones), and its other flags.
     pub async fn start_without_default_upstream(extra: &[&str]) -> Server {
-        let pki = Pki::new();
+        Server::start_without_default_upstream_with_pki(Pki::new(), extra).await
+    }
+
+    /// As [`Server::start_without_default_upstream`], serving the
+    /// certificate of `pki`.
+    pub async fn start_without_default_upstream_with_pki(pki: Pki, extra: &[&str]) -> Server {
         let mut argv: Vec<String> = [
             "dotgate",
             "serve",

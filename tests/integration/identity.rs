@@ -566,3 +566,115 @@ async fn a_tls_upstream_reading_proxy_sees_each_client() {
         "only 127.0.0.2's queries got through"
     );
 }
+
+/// A `tcp://` upstream that reads a PROXY header at the start of every
+/// connection and answers as the scripted upstream does; it counts the
+/// connections open at once and the most ever open.
+struct ProxyReadingUpstream {
+    addr: SocketAddr,
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    most: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ProxyReadingUpstream {
+    async fn start() -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let (o, m) = (open.clone(), most.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (open, most) = (o.clone(), m.clone());
+                tokio::spawn(async move {
+                    let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    if dotgate::proto::proxy_header::read_header(&mut tcp)
+                        .await
+                        .is_ok()
+                    {
+                        loop {
+                            let mut len = [0u8; 2];
+                            if tcp.read_exact(&mut len).await.is_err() {
+                                break;
+                            }
+                            let mut q = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                            if tcp.read_exact(&mut q).await.is_err() {
+                                break;
+                            }
+                            let Some(reply) = crate::upstream::ordinary_answer(&q) else {
+                                break;
+                            };
+                            if tcp.write_all(&crate::harness::frame(&reply)).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Self {
+            addr,
+            open,
+            most,
+            task,
+        }
+    }
+}
+
+impl Drop for ProxyReadingUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Hostile churn: without an ID list, a client can ask for a new server
+/// name on every connection, and each name gets its own upstream pool
+/// under `--upstream-proxy-protocol`. 300 names one after another, each
+/// connection kept open: every query is answered, and dotgate never holds
+/// more than its bound of 256 client pools (plus the probes' own) open
+/// toward the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_name_churn_cannot_open_unbounded_upstream_connections() {
+    use std::sync::atomic::Ordering;
+    let up = ProxyReadingUpstream::start().await;
+    let upstream = format!("tcp://{}", up.addr);
+    let server = Server::start_without_default_upstream_with_pki(
+        wildcard_pki(),
+        &[
+            "--upstream",
+            &upstream,
+            "--upstream-proxy-protocol",
+            "--client-id-domain",
+            "dns.test",
+            // All 300 come from 127.0.0.1.
+            "--max-connections-per-ip",
+            "1000",
+        ],
+    )
+    .await;
+    let mut clients = Vec::new();
+    for i in 0..300u16 {
+        let name = format!("c{i}.dns.test");
+        let mut client = connect_as(&server, Some(&name)).await.expect("served");
+        answered(&mut client, i, &format!("q{i}.churn.test.")).await;
+        clients.push(client);
+    }
+    let most = up.most.load(Ordering::SeqCst);
+    assert!(
+        (256..=257).contains(&most),
+        "{most} upstream connections open at once for 300 server names"
+    );
+    // The evicted pools' connections were closed, not leaked.
+    let open = up.open.load(Ordering::SeqCst);
+    assert!(open <= 257, "{open} upstream connections still open");
+    drop(clients);
+}
