@@ -268,7 +268,7 @@ pub enum TlsVersionLabel {
 pub enum NotReady {
     #[error("not listening yet")]
     NotListening,
-    #[error("no certificate loaded")]
+    #[error("no certificate loaded yet")]
     NoCertificate,
     #[error("no upstream has answered yet")]
     NoUpstreamAnswer,
@@ -560,11 +560,13 @@ impl Stats {
     /// Ready when listening, with a certificate, and some upstream answered
     /// within `window`.
     pub fn readiness(&self, window: Duration) -> Result<(), NotReady> {
-        if !self.listening.load(Ordering::Relaxed) {
-            return Err(NotReady::NotListening);
-        }
+        // The certificate first: with --acme, the first order runs before
+        // dotgate listens, and that is what an operator should read.
         if !self.certificate_loaded.load(Ordering::Relaxed) {
             return Err(NotReady::NoCertificate);
+        }
+        if !self.listening.load(Ordering::Relaxed) {
+            return Err(NotReady::NotListening);
         }
         let last = self.last_upstream_answer_ms.load(Ordering::Relaxed);
         if last == 0 {
@@ -648,10 +650,10 @@ mod tests {
     fn readiness_needs_listening_a_certificate_and_a_recent_answer() {
         let stats = Stats::new().unwrap();
         let window = Duration::from_secs(30);
-        assert_eq!(stats.readiness(window), Err(NotReady::NotListening));
-        stats.set_listening();
         assert_eq!(stats.readiness(window), Err(NotReady::NoCertificate));
         stats.set_certificate_loaded();
+        assert_eq!(stats.readiness(window), Err(NotReady::NotListening));
+        stats.set_listening();
         assert_eq!(stats.readiness(window), Err(NotReady::NoUpstreamAnswer));
         stats.note_upstream_answer();
         assert_eq!(stats.readiness(window), Ok(()));

@@ -536,6 +536,11 @@ async fn failure_logs_the_reason_keeps_the_old_certificate_and_retries() {
     let ready = http_get(none.metrics, "/readyz").await.unwrap();
     assert_eq!(ready.status, 503, "{}", ready.body);
     assert!(
+        ready.body.contains("no certificate loaded yet"),
+        "/readyz says what it waits for: {}",
+        ready.body
+    );
+    assert!(
         value(
             &none.scrape().await,
             "dotgate_acme_orders_total{result=\"failure\"}"
