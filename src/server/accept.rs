@@ -423,8 +423,13 @@ async fn handle(
     let stats = &shared.stats;
     let _open = stats.open_connection();
     let _ = tcp.set_nodelay(true);
-    // dotgate's address on this connection, for PROXY headers upstream.
-    let local = tcp.local_addr().unwrap_or(peer);
+    // dotgate's address on this connection, for PROXY headers upstream
+    // (read only when they are sent).
+    let local = if shared.tell_upstream.proxy_protocol {
+        tcp.local_addr().unwrap_or(peer)
+    } else {
+        peer
+    };
     // Best effort: without it the kernel's autotuning holds the default.
     let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(CLIENT_SEND_BUFFER);
     let deadline = tokio::time::Instant::now() + shared.timeouts.handshake;
