@@ -15,10 +15,10 @@ use rustls::ServerConfig;
 use rustls_pki_types::PrivateKeyDer;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::http::accept_bounded;
 use crate::tls::identity::provider;
 
 /// RFC 8737 §6.2.
@@ -94,26 +94,9 @@ pub fn server_config(certs: &Certs) -> Result<Arc<ServerConfig>, AlpnError> {
 /// Serves `certs` on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, config: Arc<ServerConfig>, shutdown: CancellationToken) {
     let acceptor = TlsAcceptor::from(config);
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::debug!(error = %e, "TLS-ALPN-01 accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            continue;
-        };
+    accept_bounded(listener, MAX_CONNECTIONS, "TLS-ALPN-01", shutdown, move |tcp, peer| {
         let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
+        async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(mut stream)) => {
                     let name = stream.get_ref().1.server_name().unwrap_or("").to_string();
@@ -123,6 +106,7 @@ pub async fn serve(listener: TcpListener, config: Arc<ServerConfig>, shutdown: C
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS-ALPN-01 handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS-ALPN-01 handshake timed out"),
             }
-        });
-    }
+        }
+    })
+    .await;
 }

@@ -13,8 +13,9 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::http::accept_bounded;
 
 const PREFIX: &str = "/.well-known/acme-challenge/";
 /// Validation requests come from a few CA vantage points at a time; the
@@ -50,39 +51,29 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Serves `tokens` on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, tokens: Tokens, shutdown: CancellationToken) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::debug!(error = %e, "HTTP-01 accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+    accept_bounded(
+        listener,
+        MAX_CONNECTIONS,
+        "HTTP-01",
+        shutdown,
+        move |tcp, peer| {
+            let tokens = tokens.clone();
+            async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let answer = respond(&tokens, &req);
+                    async move { Ok::<_, Infallible>(answer) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(TokioIo::new(tcp), service);
+                if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+                    tracing::debug!(%peer, error = %e, "HTTP-01 connection ended");
+                }
             }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            continue;
-        };
-        let tokens = tokens.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let service = hyper::service::service_fn(move |req| {
-                let answer = respond(&tokens, &req);
-                async move { Ok::<_, Infallible>(answer) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(tcp), service);
-            if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
-                tracing::debug!(%peer, error = %e, "HTTP-01 connection ended");
-            }
-        });
-    }
+        },
+    )
+    .await;
 }
 
 fn respond(tokens: &Tokens, req: &Request<Incoming>) -> Response<Full<Bytes>> {

@@ -234,7 +234,7 @@ impl AcmeSettings {
                     return Err(SettingsError::DnsIncomplete);
                 };
                 Challenge::Dns01 {
-                    server: parse_server(server)
+                    server: super::parse_addr(server.trim(), 53)
                         .ok_or_else(|| SettingsError::BadDnsServer(server.clone()))?,
                     tsig_key: key.clone(),
                 }
@@ -263,21 +263,6 @@ impl AcmeSettings {
     pub fn key_path(&self) -> PathBuf {
         self.dir.join(KEY_FILE)
     }
-}
-
-/// `IP` or `IP:PORT` (IPv6 with a port in brackets), port 53 by default.
-fn parse_server(s: &str) -> Option<SocketAddr> {
-    let s = s.trim();
-    if let Ok(addr) = s.parse::<SocketAddr>() {
-        return Some(addr);
-    }
-    let ip = s
-        .strip_prefix('[')
-        .and_then(|r| r.strip_suffix(']'))
-        .unwrap_or(s);
-    ip.parse::<std::net::IpAddr>()
-        .ok()
-        .map(|ip| SocketAddr::new(ip, 53))
 }
 
 /// A DNS name as ACME orders carry it: lower case, no trailing dot, an

@@ -513,7 +513,7 @@ pub fn parse_upstream(s: &str) -> Result<UpstreamSpec, ConfigError> {
 }
 
 /// `IP` or `IP:PORT` (IPv6 with a port in brackets), `port` by default.
-fn parse_addr(s: &str, port: u16) -> Option<SocketAddr> {
+pub(crate) fn parse_addr(s: &str, port: u16) -> Option<SocketAddr> {
     if let Ok(addr) = s.parse::<SocketAddr>() {
         return Some(addr);
     }

@@ -7,9 +7,12 @@
 //! scraper never touches the DoT path. Every connection has a header-read
 //! timeout and their number is capped, so an open metrics port cannot be
 //! used to pile up tasks. It stops accepting with the server's shutdown
-//! token, and lets a request being answered finish.
+//! token, and lets a request being answered finish. That bounded accept
+//! loop, [`accept_bounded`], also runs the ACME challenge responders.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +21,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -46,7 +49,58 @@ pub async fn serve(listener: TcpListener, endpoint: Endpoint, shutdown: Cancella
         tracing::info!(listen = %local, "serving /metrics, /healthz and /readyz");
     }
     let endpoint = Arc::new(endpoint);
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let stop = shutdown.clone();
+    accept_bounded(
+        listener,
+        MAX_CONNECTIONS,
+        "metrics",
+        shutdown,
+        move |tcp, peer| {
+            let endpoint = endpoint.clone();
+            let shutdown = stop.clone();
+            async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let endpoint = endpoint.clone();
+                    async move { Ok::<_, Infallible>(respond(&endpoint, &req)) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(TokioIo::new(tcp), service);
+                tokio::pin!(conn);
+                let result = tokio::select! {
+                    result = conn.as_mut() => result,
+                    _ = shutdown.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "metrics connection ended");
+                }
+            }
+        },
+    )
+    .await;
+}
+
+/// The accept loop of a small side listener (this endpoint, the ACME
+/// challenge responders): until `shutdown`, each connection runs `handle`
+/// in a task of its own, at most `max` at once; more are closed at accept,
+/// so an open port cannot pile up tasks. A failed accept (out of
+/// descriptors and the like) pauses 50 ms rather than spin. `what` names
+/// the listener in debug logs.
+pub async fn accept_bounded<F, Fut>(
+    listener: TcpListener,
+    max: usize,
+    what: &'static str,
+    shutdown: CancellationToken,
+    handle: F,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(max));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -55,39 +109,19 @@ pub async fn serve(listener: TcpListener, endpoint: Endpoint, shutdown: Cancella
         let (tcp, peer) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
-                tracing::debug!(error = %e, "metrics accept failed");
-                // Out of descriptors and the like: do not spin.
+                tracing::debug!(error = %e, "{what} accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "too many metrics connections: closed");
+            tracing::debug!(%peer, "too many {what} connections: closed");
             continue;
         };
-        let endpoint = endpoint.clone();
-        let shutdown = shutdown.clone();
+        let connection = handle(tcp, peer);
         tokio::spawn(async move {
             let _slot = slot;
-            let service = hyper::service::service_fn(move |req| {
-                let endpoint = endpoint.clone();
-                async move { Ok::<_, Infallible>(respond(&endpoint, &req)) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(tcp), service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                result = conn.as_mut() => result,
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "metrics connection ended");
-            }
+            connection.await;
         });
     }
 }
