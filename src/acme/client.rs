@@ -21,8 +21,6 @@ use hyper_util::rt::TokioIo;
 use instant_acme::{BodyWrapper, BytesResponse, HttpClient};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -35,13 +33,8 @@ const MAX_BODY: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot read --acme-ca {path}: {source}")]
-    ReadCa {
-        path: String,
-        source: rustls_pki_types::pem::Error,
-    },
-    #[error("--acme-ca {0} holds no usable certificate")]
-    EmptyCa(String),
+    #[error("--acme-ca: {0}")]
+    Ca(#[from] crate::tls::client::TrustError),
     #[error("no trust anchors: the system has no CA certificates (install ca-certificates) and no --acme-ca was given")]
     NoRoots,
     #[error("TLS configuration: {0}")]
@@ -90,17 +83,10 @@ impl HttpsClient {
         let native = rustls_native_certs::load_native_certs();
         roots.add_parsable_certificates(native.certs);
         if let Some(path) = extra_ca {
-            let shown = path.display().to_string();
-            let certs = CertificateDer::pem_file_iter(path)
-                .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-                .map_err(|source| ClientError::ReadCa {
-                    path: shown.clone(),
-                    source,
-                })?;
-            let (added, _) = roots.add_parsable_certificates(certs);
-            if added == 0 {
-                return Err(ClientError::EmptyCa(shown));
-            }
+            // The same reading and checks as `--ca` and `--upstream-ca`.
+            roots
+                .roots
+                .extend(crate::tls::client::roots_from_file(path)?.roots);
         }
         if roots.is_empty() {
             return Err(ClientError::NoRoots);
