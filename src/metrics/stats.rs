@@ -86,6 +86,12 @@ pub struct Stats {
     pub handshake_closed_early: IntCounter,
     /// A TLS protocol error (bad ClientHello, no common version or suite...).
     pub handshake_errors: IntCounter,
+    /// The client closed, reset or sent a certificate alert right after
+    /// our certificate (it likely does not trust it).
+    pub handshake_certificate_rejected: IntCounter,
+    /// Connections failed for a TLS handshake message that held over
+    /// 68 KiB of records before it was complete.
+    pub tls_handshake_too_large: IntCounter,
     pub handshakes_tls12: IntCounter,
     pub handshakes_tls13: IntCounter,
     pub handshakes_resumed: IntCounter,
@@ -253,6 +259,8 @@ impl Synthesized {
 pub enum HandshakeFailure {
     Timeout,
     ClosedEarly,
+    /// Closed, reset or alerted right after our certificate.
+    CertificateRejected,
     Error,
 }
 
@@ -349,6 +357,12 @@ impl Stats {
             handshake_timeouts: handshake_failures.with_label_values(&["timeout"]),
             handshake_closed_early: handshake_failures.with_label_values(&["closed_early"]),
             handshake_errors: handshake_failures.with_label_values(&["error"]),
+            handshake_certificate_rejected: handshake_failures
+                .with_label_values(&["certificate_rejected"]),
+            tls_handshake_too_large: r.counter(
+                "dotgate_tls_handshake_too_large_total",
+                "Connections failed (decode_error sent) for a TLS handshake message held over 68 KiB before it was complete.",
+            )?,
             handshakes_tls12: handshakes.with_label_values(&["ok", "1.2"]),
             handshakes_tls13: handshakes.with_label_values(&["ok", "1.3"]),
             handshakes_resumed: r.counter(
@@ -455,6 +469,7 @@ impl Stats {
         match why {
             HandshakeFailure::Timeout => &self.handshake_timeouts,
             HandshakeFailure::ClosedEarly => &self.handshake_closed_early,
+            HandshakeFailure::CertificateRejected => &self.handshake_certificate_rejected,
             HandshakeFailure::Error => &self.handshake_errors,
         }
         .inc();

@@ -475,7 +475,13 @@ async fn handle(
         _ = shutdown.cancelled() => return,
         // Boxed: the handshake's state lives only as long as the handshake,
         // not in the connection's task for its whole life.
-        result = Box::pin(handshake::accept_tls(tcp, &configs, &shared.client_ids, remaining)) => result,
+        result = Box::pin(handshake::accept_tls(
+            tcp,
+            &configs,
+            &shared.client_ids,
+            remaining,
+            shared.timeouts.read,
+        )) => result,
     };
     let (tls, hello) = match handshake {
         Ok(accepted) => accepted,
@@ -487,7 +493,20 @@ async fn handle(
                 HandshakeError::ClosedEarly => {
                     stats.count_handshake_failure(HandshakeFailure::ClosedEarly)
                 }
-                HandshakeError::Tls(_) => stats.count_handshake_failure(HandshakeFailure::Error),
+                HandshakeError::CertificateRejected(_) => {
+                    stats.count_handshake_failure(HandshakeFailure::CertificateRejected);
+                    // What an operator must see: a client that does not
+                    // trust the certificate fails with no error of its own
+                    // to read.
+                    tracing::warn!(%client, error = %e, "certificate probably not trusted by the client");
+                    return;
+                }
+                HandshakeError::Tls(ref error) => {
+                    if error.too_large() {
+                        stats.tls_handshake_too_large.inc();
+                    }
+                    stats.count_handshake_failure(HandshakeFailure::Error)
+                }
             }
             tracing::debug!(%client, error = %e, "connection refused");
             return;

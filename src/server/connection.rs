@@ -49,6 +49,7 @@ use crate::proto::message_reader::{MessageReader, ReadLimits};
 use crate::server::client::Client;
 use crate::server::client_ids::ClientIds;
 use crate::server::respond;
+use crate::tls::server_stream::{TlsFailure, LINGER};
 use crate::upstream::Pool;
 
 /// What every connection shares: the upstream, the counters, the settings.
@@ -131,6 +132,17 @@ where
                         break CloseReason::Client;
                     }
                     Err(FrameError::ReadTimeout) => break CloseReason::ReadTimeout,
+                    // Part of a TLS record held past the read timeout.
+                    Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                        break CloseReason::ReadTimeout;
+                    }
+                    Err(FrameError::Io(e))
+                        if TlsFailure::of(&e) == Some(&TlsFailure::HandshakeTooLarge) =>
+                    {
+                        shared.stats.tls_handshake_too_large.inc();
+                        tracing::debug!(%client, error = %e, "closing connection");
+                        break CloseReason::Error;
+                    }
                     Err(e) => {
                         tracing::debug!(%client, error = %e, "closing connection");
                         break CloseReason::Error;
@@ -164,7 +176,9 @@ where
                     .write(&mut stream, write_timeout, &shared.stats)
                     .await?;
             }
-            with_timeout(write_timeout, stream.shutdown()).await
+            // The close lingers (see `server_stream::LINGER`) on top of
+            // the time the client may take to read our last bytes.
+            with_timeout(write_timeout + LINGER, stream.shutdown()).await
         };
         if let Err(e) = finished.await {
             tracing::debug!(%client, error = %e, "closing connection");

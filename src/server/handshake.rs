@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use crate::server::client_ids::{ClientIds, Judgement, REFUSAL_ALERT};
-use crate::tls::server_stream::{self, Refused, ServerStream};
+use crate::tls::server_stream::{self, AcceptError, Refused, ServerStream};
 use crate::tls::ServerConfigs;
 
 /// The first byte of every TLS connection: a handshake record.
@@ -24,8 +24,12 @@ pub enum HandshakeError {
     Timeout,
     #[error("no listed client ID in the TLS server name {0:?}: handshake refused")]
     NoClientId(Option<String>),
+    /// The client closed, reset or sent a certificate alert right after
+    /// our certificate: it most likely does not trust it.
     #[error("handshake failed: {0}")]
-    Tls(std::io::Error),
+    CertificateRejected(AcceptError),
+    #[error("handshake failed: {0}")]
+    Tls(AcceptError),
 }
 
 /// What the ClientHello told of the client.
@@ -49,10 +53,14 @@ pub async fn accept_tls(
     configs: &ServerConfigs,
     ids: &ClientIds,
     limit: Duration,
+    read_timeout: Duration,
 ) -> Result<(Box<ServerStream>, Hello), HandshakeError> {
     let handshake = async {
         let mut first = [0u8; 1];
-        let peeked = tcp.peek(&mut first).await.map_err(HandshakeError::Tls)?;
+        let peeked = tcp
+            .peek(&mut first)
+            .await
+            .map_err(|e| HandshakeError::Tls(AcceptError::Io(e)))?;
         if peeked == 0 {
             return Err(HandshakeError::ClosedEarly);
         }
@@ -60,7 +68,7 @@ pub async fn accept_tls(
             return Err(HandshakeError::Plaintext(first[0]));
         }
         let mut refused_name = None;
-        let accepted = server_stream::accept(tcp, |hello| {
+        let accepted = server_stream::accept(tcp, read_timeout, |hello| {
             let server_name = hello.server_name();
             match ids.judge(server_name) {
                 Judgement::Admit(id) => Ok((
@@ -81,6 +89,10 @@ pub async fn accept_tls(
             Ok((tls, hello)) => Ok((Box::new(tls), hello)),
             Err(_) if refused_name.is_some() => {
                 Err(HandshakeError::NoClientId(refused_name.flatten()))
+            }
+            Err(AcceptError::ClosedEarly) => Err(HandshakeError::ClosedEarly),
+            Err(e @ AcceptError::CertificateRejected(_)) => {
+                Err(HandshakeError::CertificateRejected(e))
             }
             Err(e) => Err(HandshakeError::Tls(e)),
         }

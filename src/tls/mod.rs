@@ -17,6 +17,7 @@
 pub mod chain;
 pub mod client;
 pub mod identity;
+pub mod records;
 pub mod reload;
 pub mod server_stream;
 pub mod tickets;

@@ -6,29 +6,52 @@
 //! largest single part of an idle DoT connection. Here the socket is read
 //! into one scratch buffer per thread, and a connection keeps only what it
 //! could not finish with: the part of a record that has not all arrived,
-//! decrypted bytes its reader has not taken yet, and encrypted bytes the
-//! socket has not taken yet. Between messages all three are empty and hold
-//! no memory.
+//! the records of a handshake message that has not all arrived, decrypted
+//! bytes its reader has not taken yet, and encrypted bytes the socket has
+//! not taken yet. Between messages all of them are empty and hold no memory.
 //!
 //! [`accept`] runs the handshake: it reads the ClientHello first, through a
 //! throwaway [`Acceptor`], to pick the configuration (ALPN, see
 //! [`super::ServerConfigs::for_client`]), then hands the same bytes to the real
 //! connection. [`ServerStream`] then reads and writes like any stream.
+//!
+//! Invariants (each one a defect once found under attack):
+//! * rustls is given one record at a time ([`records::next`]), so that what
+//!   it holds (`incoming[..held]`, a handshake message being reassembled in
+//!   place) and what it has not seen are always known; what it holds is
+//!   capped at [`records::MAX_HELD`], like rustls' own buffered reader;
+//! * one state machine, [`ServerStream::pump`], drives rustls for reading,
+//!   writing and closing;
+//! * after the first TLS error the stream is failed: rustls is never given
+//!   input again (its buffers would no longer match it), the fatal alert it
+//!   queued is sent, or one is provoked where it queued none
+//!   ([`records::Provoke`]); reads and writes fail, shutdown only flushes;
+//! * a close sends close_notify and FIN, then reads and discards what the
+//!   client still sends until it closes or [`LINGER`] passes, so the kernel
+//!   never answers unread bytes with a reset that would destroy replies
+//!   the client has not read yet ("lingering close", as HTTP servers do).
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
-
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use rustls::server::{Acceptor, ClientHello, UnbufferedServerConnection};
 use rustls::unbuffered::{
     ConnectionState, EncodeError, EncodeTlsData, EncryptError, InsufficientSizeError, ReadTraffic,
 };
-use rustls::{AlertDescription, CommonState, ServerConfig};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use rustls::{
+    AlertDescription, CommonState, Error as RustlsError, HandshakeKind, InvalidMessage,
+    PeerMisbehaved, ProtocolVersion, ServerConfig,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
+
+use super::records::{self, Next, Provoke, HEADER_LEN, MAX_HELD};
 
 /// How much one read from a socket may take: two of the largest records,
 /// so that a burst of queries is decrypted in one go.
@@ -38,6 +61,18 @@ const SCRATCH: usize = 2 * (5 + 16 * 1024 + 256);
 /// socket: a few batches of replies.
 const OUTGOING_HIGH: usize = 64 * 1024;
 
+/// How long a closed connection keeps reading (and discarding) what the
+/// client still sends, waiting for its FIN: long enough for a client to
+/// read our close_notify and close (a round trip or two), short enough that
+/// a client that never closes costs little. Apache's lingering close waits
+/// 2 s as well.
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// A bound on the steps of one [`ServerStream::pump`]: each step takes
+/// bytes, yields output or changes state, and one record takes a handful;
+/// this only guards against a rustls that stops making progress.
+const MAX_STEPS: usize = 1 << 20;
+
 thread_local! {
     /// Where each worker thread reads sockets into: the bytes are decrypted
     /// (or copied to the connection, for an incomplete record) before the
@@ -45,13 +80,94 @@ thread_local! {
     static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
 }
 
-/// One server-side TLS connection after its handshake.
-pub struct ServerStream {
-    tcp: TcpStream,
+/// Why a TLS connection failed. Carried inside the `io::Error`s the stream
+/// returns (kind `InvalidData`), for the caller to count.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TlsFailure {
+    /// rustls refused what the peer sent.
+    #[error("TLS error: {0}")]
+    Protocol(RustlsError),
+    /// A handshake message held more than [`MAX_HELD`] bytes of records
+    /// before it was complete.
+    #[error("a TLS handshake message held over {MAX_HELD} bytes before it was complete")]
+    HandshakeTooLarge,
+    /// rustls reached a state this stream does not handle.
+    #[error("TLS: {0}")]
+    Internal(&'static str),
+}
+
+impl TlsFailure {
+    /// The failure an `io::Error` from this stream carries, if it is one.
+    pub fn of(e: &io::Error) -> Option<&TlsFailure> {
+        e.get_ref()?.downcast_ref::<Failed>().map(|f| &f.cause)
+    }
+}
+
+/// A failed stream's record: why, and whether the peer was sent a fatal
+/// alert.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{cause}{}", if *.alert_sent { "" } else { " (no alert sent)" })]
+struct Failed {
+    cause: TlsFailure,
+    alert_sent: bool,
+}
+
+impl Failed {
+    fn io(&self) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, self.clone())
+    }
+}
+
+/// How far a close has gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Close {
+    Open,
+    /// close_notify is queued (or the stream failed and will send no more).
+    Queued,
+    /// FIN sent; reading and discarding until the peer's FIN or [`LINGER`].
+    Lingering,
+    Done,
+}
+
+/// What [`ServerStream::pump`] does once rustls has taken every whole record.
+#[derive(Clone, Copy)]
+enum Then<'a> {
+    Read,
+    Encrypt(&'a [u8]),
+    CloseNotify,
+}
+
+/// What rustls stopped on, for the pump's loop.
+enum Step {
+    /// Call rustls again on the same bytes.
+    Again,
+    /// rustls took all it was given: give it the next record, or finish.
+    Took,
+    /// Finished (the `Then` is done, or the connection is closed).
+    Done,
+}
+
+/// Where a failed pump stood in its buffer, to provoke an alert from there.
+struct Stuck {
+    cause: TlsFailure,
+    /// Where rustls' view of the buffer started.
+    origin: usize,
+    /// How to make rustls send an alert it did not queue: the end of the
+    /// bytes to keep of its view, and the record to add after them.
+    provoke: Option<(usize, Provoke)>,
+}
+
+/// One server-side TLS connection after its handshake, over a TCP socket
+/// (or, in tests and the fuzzer, any byte stream).
+pub struct ServerStream<S = TcpStream> {
+    tcp: S,
     conn: UnbufferedServerConnection,
-    /// Received bytes not processed yet: the start of a record that has not
-    /// all arrived.
+    /// Received bytes: `incoming[..held]` are records rustls has processed
+    /// but not released (a handshake message being reassembled in place,
+    /// which its offsets point into); the rest is the start of a record
+    /// that has not all arrived.
     incoming: Vec<u8>,
+    held: usize,
     /// Decrypted bytes the reader has not taken: `plain[plain_at..]`.
     plain: Vec<u8>,
     plain_at: usize,
@@ -62,8 +178,13 @@ pub struct ServerStream {
     peer_closed: bool,
     /// The socket reached its end (FIN).
     eof: bool,
-    /// close_notify is queued.
-    closing: bool,
+    close: Close,
+    failed: Option<Failed>,
+    /// While part of a record is held: when it must be complete (the read
+    /// timeout). While lingering: when to stop. Boxed and only then, so an
+    /// idle stream holds no timer.
+    timer: Option<Pin<Box<Sleep>>>,
+    read_timeout: Duration,
 }
 
 /// A client refused on its ClientHello, before anything was sent to it:
@@ -72,92 +193,211 @@ pub struct ServerStream {
 #[error("refused on the ClientHello ({0:?} sent)")]
 pub struct Refused(pub AlertDescription);
 
+/// Why a handshake did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    #[error(transparent)]
+    Refused(Refused),
+    /// The client closed, or sent a certificate alert, right after the
+    /// server's certificate: the classic sign of a client that does not
+    /// trust it (systemd-resolved closes without an alert).
+    #[error(
+        "the client {0} after our certificate: it probably does not trust it (try `dotgate check`)"
+    )]
+    CertificateRejected(String),
+    #[error("closed during the handshake")]
+    ClosedEarly,
+    #[error(transparent)]
+    Io(io::Error),
+}
+
+impl AcceptError {
+    /// The handshake failed for a handshake message over [`MAX_HELD`].
+    pub fn too_large(&self) -> bool {
+        matches!(self, AcceptError::Io(e) if TlsFailure::of(e) == Some(&TlsFailure::HandshakeTooLarge))
+    }
+}
+
+impl From<io::Error> for AcceptError {
+    fn from(e: io::Error) -> Self {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            AcceptError::ClosedEarly
+        } else {
+            AcceptError::Io(e)
+        }
+    }
+}
+
 /// Runs the server side of a TLS handshake on `tcp`. `choose` sees the
 /// ClientHello first and picks the configuration (see
 /// [`super::ServerConfigs::for_client`]) and what the caller wants to keep of the
 /// hello, or refuses the client: it then gets a fatal alert and the error
-/// is a [`Refused`] (kind `PermissionDenied`). The caller bounds it in time.
-pub async fn accept<T>(
-    mut tcp: TcpStream,
+/// is [`AcceptError::Refused`]. `read_timeout` bounds, after the
+/// handshake, how long part of a record may wait for the rest. The caller
+/// bounds the handshake in time; a failed one sends its alert and FIN and
+/// lingers (within that bound) before it returns.
+pub async fn accept<S, T>(
+    tcp: S,
+    read_timeout: Duration,
     choose: impl FnOnce(&ClientHello<'_>) -> Result<(Arc<ServerConfig>, T), Refused>,
-) -> io::Result<(ServerStream, T)> {
-    // The ClientHello, read through a throwaway acceptor; its bytes are kept
-    // to be processed again by the real connection.
-    let mut acceptor = Acceptor::default();
-    let mut hello = Vec::new();
-    let (config, kept) = loop {
-        let at = hello.len();
-        hello.resize(at + 4096, 0);
-        let n = tcp.read(&mut hello[at..]).await?;
-        hello.truncate(at + n);
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        let mut fresh = &hello[at..];
-        while !fresh.is_empty() {
-            acceptor.read_tls(&mut fresh)?;
-        }
-        match acceptor.accept() {
-            Ok(Some(accepted)) => match choose(&accepted.client_hello()) {
-                Ok(chosen) => break chosen,
-                Err(refused) => {
-                    // A plaintext alert record, as before any ServerHello:
-                    // TLS 1.2 record version, level fatal, the description.
-                    let alert = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, u8::from(refused.0)];
-                    let _ = tcp.try_write(&alert);
-                    return Err(io::Error::new(io::ErrorKind::PermissionDenied, refused));
-                }
-            },
-            Ok(None) => continue,
-            Err((e, mut alert)) => {
-                let mut bytes = Vec::new();
-                let _ = alert.write(&mut bytes);
-                let _ = tcp.try_write(&bytes);
-                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
-            }
+) -> Result<(ServerStream<S>, T), AcceptError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (tcp, hello, config, kept) = match read_hello(tcp, choose).await? {
+        HelloRead::Chosen(tcp, hello, config, kept) => (tcp, hello, config, kept),
+        HelloRead::Refuse(mut tcp, alert, error) => {
+            let _ = tcp.write_all(&alert).await;
+            let _ = tcp.shutdown().await;
+            linger(&mut tcp).await;
+            return Err(error);
         }
     };
-    drop(acceptor);
     let conn = UnbufferedServerConnection::new(config).map_err(io::Error::other)?;
     let mut stream = ServerStream {
         tcp,
         conn,
         incoming: hello,
+        held: 0,
         plain: Vec::new(),
         plain_at: 0,
         outgoing: Vec::new(),
         out_at: 0,
         peer_closed: false,
         eof: false,
-        closing: false,
+        close: Close::Open,
+        failed: None,
+        timer: None,
+        read_timeout,
     };
-    let mut processed = stream.process_incoming();
-    loop {
-        if let Err(e) = processed {
-            // The alert rustls queued for the error, if any, best effort.
-            let _ = stream.process(&mut []);
-            let _ = stream.tcp.try_write(&stream.outgoing[stream.out_at..]);
-            return Err(e);
-        }
-        std::future::poll_fn(|cx| stream.poll_send(cx)).await?;
-        if !stream.conn.is_handshaking() {
+    match stream.handshake().await {
+        Ok(()) => {
             // The ClientHello's read room is not kept for the connection's life.
             stream.incoming.shrink_to_fit();
-            return Ok((stream, kept));
+            Ok((stream, kept))
         }
-        if stream.peer_closed {
-            return Err(io::ErrorKind::UnexpectedEof.into());
+        Err(e) => {
+            // The alert (if any) and FIN, then the client's last bytes
+            // read, so no reset destroys the alert.
+            let _ = stream.shutdown().await;
+            Err(e)
         }
-        // More of the client's flight is needed.
-        processed = match std::future::poll_fn(|cx| stream.poll_receive(cx)).await {
-            Ok(true) => Ok(()),
-            Ok(false) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Err(e) => Err(e),
-        };
     }
 }
 
-impl ServerStream {
+/// What the ClientHello led to.
+enum HelloRead<S, T> {
+    /// The hello's bytes (for the real connection to process again), the
+    /// configuration and what `choose` kept.
+    Chosen(S, Vec<u8>, Arc<ServerConfig>, T),
+    /// Refused before any keys exist: the plaintext alert to send.
+    Refuse(S, Vec<u8>, AcceptError),
+}
+
+/// Reads the ClientHello through a throwaway [`Acceptor`], keeping its
+/// bytes for the real connection to process again. `accept()` follows each
+/// `read_tls`, so the acceptor knows a handshake message is being joined
+/// and takes one of up to 64 KiB (without it, a hello over two full
+/// records was refused as "message buffer full").
+async fn read_hello<S: AsyncRead + Unpin, T>(
+    mut tcp: S,
+    choose: impl FnOnce(&ClientHello<'_>) -> Result<(Arc<ServerConfig>, T), Refused>,
+) -> Result<HelloRead<S, T>, AcceptError> {
+    let mut acceptor = Acceptor::default();
+    let mut hello = Vec::new();
+    loop {
+        let at = hello.len();
+        hello.resize(at + 16 * 1024, 0);
+        let n = tcp.read(&mut hello[at..]).await?;
+        hello.truncate(at + n);
+        if n == 0 {
+            return Err(AcceptError::ClosedEarly);
+        }
+        let mut fresh = &hello[at..];
+        while !fresh.is_empty() {
+            if acceptor.read_tls(&mut fresh).is_err() {
+                // Over the acceptor's 64 KiB for a ClientHello.
+                let alert = records::plaintext_alert(AlertDescription::DecodeError).to_vec();
+                let failed = Failed {
+                    cause: TlsFailure::HandshakeTooLarge,
+                    alert_sent: true,
+                };
+                return Ok(HelloRead::Refuse(tcp, alert, AcceptError::Io(failed.io())));
+            }
+            match acceptor.accept() {
+                Ok(None) => {}
+                Ok(Some(accepted)) => {
+                    return Ok(match choose(&accepted.client_hello()) {
+                        Ok((config, kept)) => HelloRead::Chosen(tcp, hello, config, kept),
+                        Err(refused) => {
+                            let alert = records::plaintext_alert(refused.0).to_vec();
+                            HelloRead::Refuse(tcp, alert, AcceptError::Refused(refused))
+                        }
+                    });
+                }
+                Err((error, mut alert)) => {
+                    let mut bytes = Vec::new();
+                    let _ = alert.write(&mut bytes);
+                    if bytes.is_empty() {
+                        // rustls queued none (a first message that is not
+                        // a ClientHello, say): the one the RFC names.
+                        bytes = records::plaintext_alert(hello_alert(&error)).to_vec();
+                    }
+                    let failed = Failed {
+                        cause: TlsFailure::Protocol(error),
+                        alert_sent: true,
+                    };
+                    return Ok(HelloRead::Refuse(tcp, bytes, AcceptError::Io(failed.io())));
+                }
+            }
+        }
+    }
+}
+
+/// The plaintext alert for a ClientHello rustls refused without one.
+fn hello_alert(error: &RustlsError) -> AlertDescription {
+    match error {
+        RustlsError::InvalidMessage(_) => AlertDescription::DecodeError,
+        _ => AlertDescription::UnexpectedMessage,
+    }
+}
+
+/// After a refusal's alert and FIN: reads and discards what the client
+/// still sends until it closes, for at most [`LINGER`], so that closing
+/// with unread bytes does not answer the client with a reset that could
+/// destroy the alert before it is read.
+async fn linger<S: AsyncRead + Unpin>(tcp: &mut S) {
+    let mut sink = [0u8; 2048];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n) = tcp.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// The certificate alert a client sent, if that is why `e` ended the
+/// handshake.
+fn certificate_alert(e: &io::Error) -> Option<AlertDescription> {
+    match TlsFailure::of(e)? {
+        TlsFailure::Protocol(RustlsError::AlertReceived(alert)) => match alert {
+            AlertDescription::BadCertificate
+            | AlertDescription::UnsupportedCertificate
+            | AlertDescription::CertificateRevoked
+            | AlertDescription::CertificateExpired
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::UnknownCA
+            // A signature in the chain (or ours) that does not verify.
+            | AlertDescription::DecryptError => Some(*alert),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> ServerStream<S> {
     /// The negotiated TLS session (version, resumption, ALPN).
     pub fn session(&self) -> &CommonState {
         &self.conn
@@ -169,61 +409,349 @@ impl ServerStream {
         self.incoming.capacity() + self.plain.capacity() + self.outgoing.capacity()
     }
 
-    /// Processes the TLS records at the start of `bytes`: handshake
-    /// messages answered into `outgoing`, application data decrypted into
-    /// `plain`. Returns how many bytes were used; the rest is the start of
-    /// a record that has not all arrived.
-    fn process(&mut self, bytes: &mut [u8]) -> io::Result<usize> {
-        let mut used = 0;
+    /// The handshake after the ClientHello: flights out, the client's in,
+    /// until rustls says it is done.
+    async fn handshake(&mut self) -> Result<(), AcceptError> {
+        let mut processed = self.pump(Then::Read);
+        // Flights sent, and whether the client sent anything since the last.
+        let mut flights = 0u32;
+        let mut heard = true;
         loop {
-            let status = self.conn.process_tls_records(&mut bytes[used..]);
+            if let Err(e) = processed {
+                return Err(match certificate_alert(&e) {
+                    Some(alert) if self.sent_certificate(flights) => {
+                        AcceptError::CertificateRejected(format!("sent the alert {alert:?}"))
+                    }
+                    _ => e.into(),
+                });
+            }
+            if self.out_at < self.outgoing.len() {
+                std::future::poll_fn(|cx| self.poll_send(cx)).await?;
+                flights += 1;
+                heard = false;
+            }
+            if !self.conn.is_handshaking() {
+                return Ok(());
+            }
+            if self.peer_closed {
+                return Err(AcceptError::ClosedEarly);
+            }
+            // More of the client's flight is needed.
+            let after_certificate = !heard && self.sent_certificate(flights);
+            processed = match std::future::poll_fn(|cx| self.poll_receive(cx)).await {
+                Ok(true) => {
+                    heard = true;
+                    Ok(())
+                }
+                Ok(false) if after_certificate => {
+                    return Err(AcceptError::CertificateRejected(
+                        "closed the connection".into(),
+                    ))
+                }
+                Ok(false) => return Err(AcceptError::ClosedEarly),
+                Err(e) if after_certificate && e.kind() == io::ErrorKind::ConnectionReset => {
+                    return Err(AcceptError::CertificateRejected(
+                        "reset the connection".into(),
+                    ))
+                }
+                Err(e) => Err(e),
+            };
+        }
+    }
+
+    /// Whether the flights sent so far included the certificate (a full
+    /// handshake's first flight, or its second after a HelloRetryRequest).
+    fn sent_certificate(&self, flights: u32) -> bool {
+        match self.conn.handshake_kind() {
+            Some(HandshakeKind::Full) => flights >= 1,
+            Some(HandshakeKind::FullWithHelloRetryRequest) => flights >= 2,
+            _ => false,
+        }
+    }
+
+    /// Drives rustls over what `incoming` holds, then does `then`; the
+    /// stream fails at the first error (see [`ServerStream::fail`]).
+    fn pump(&mut self, then: Then<'_>) -> io::Result<()> {
+        if let Some(failed) = &self.failed {
+            return Err(failed.io());
+        }
+        let mut incoming = std::mem::take(&mut self.incoming);
+        match self.run(&mut incoming, then) {
+            Ok(left) => {
+                incoming.drain(..left);
+                // No memory kept once nothing is left.
+                self.incoming = if incoming.is_empty() {
+                    Vec::new()
+                } else {
+                    incoming
+                };
+                Ok(())
+            }
+            Err(stuck) => Err(self.fail(&incoming, stuck)),
+        }
+    }
+
+    /// [`ServerStream::pump`] over bytes just read into `scratch`, when
+    /// `incoming` is empty (the usual case: whole records, processed in
+    /// place); only what is left is copied.
+    fn pump_scratch(&mut self, scratch: &mut [u8]) -> io::Result<()> {
+        debug_assert!(self.incoming.is_empty() && self.held == 0);
+        if let Some(failed) = &self.failed {
+            return Err(failed.io());
+        }
+        match self.run(scratch, Then::Read) {
+            Ok(left) => {
+                self.incoming.extend_from_slice(&scratch[left..]);
+                Ok(())
+            }
+            Err(stuck) => Err(self.fail(scratch, stuck)),
+        }
+    }
+
+    /// The state machine: gives rustls one record of `buf` at a time
+    /// (`buf[..self.held]` being what it already holds), handles every
+    /// state it returns, and once it has taken every whole record does
+    /// `then`. Returns where what is left starts (`buf[left..]`: what rustls
+    /// holds, then the start of a record).
+    fn run(&mut self, buf: &mut [u8], then: Then<'_>) -> Result<usize, Stuck> {
+        // rustls' view is `buf[origin..end]`: `origin` moves past what it
+        // releases, `end` past each record it is given.
+        let mut origin = 0;
+        let mut end = self.held;
+        let mut took = true;
+        for _ in 0..MAX_STEPS {
+            if took && !self.peer_closed {
+                match records::next(&buf[end..]) {
+                    Next::Record(len) => end += len,
+                    // Refused by rustls on its header, with its alert.
+                    Next::BadHeader => end += HEADER_LEN,
+                    Next::Partial => {}
+                }
+            }
+            // Whether a whole record waits after this one.
+            let more_after = !matches!(records::next(&buf[end..]), Next::Partial);
+            let record = origin + self.held;
+            let status = self.conn.process_tls_records(&mut buf[origin..end]);
             let discard = status.discard;
-            let state = status
-                .state
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-            let more = match state {
+            let state = match status.state {
+                Ok(state) => state,
+                Err(error) => {
+                    let provoke = self.provocation(&error, origin, record, end, discard);
+                    return Err(Stuck {
+                        cause: TlsFailure::Protocol(error),
+                        origin: origin + discard,
+                        provoke,
+                    });
+                }
+            };
+            let more = more_after && !self.peer_closed;
+            let step = match state {
                 ConnectionState::ReadTraffic(mut traffic) => {
-                    keep_plaintext(&mut self.plain, &mut traffic)?;
-                    true
+                    keep_plaintext(&mut self.plain, &mut traffic)
+                        .map_err(|cause| Stuck::without_alert(cause, origin + discard))?;
+                    Step::Again
                 }
                 ConnectionState::EncodeTlsData(mut data) => {
-                    encode_into(&mut self.outgoing, &mut data)?;
-                    true
+                    encode_into(&mut self.outgoing, &mut data)
+                        .map_err(|cause| Stuck::without_alert(cause, origin + discard))?;
+                    Step::Again
                 }
                 ConnectionState::TransmitTlsData(transmit) => {
                     // The bytes wait in `outgoing` until the next send.
                     transmit.done();
-                    true
+                    Step::Again
                 }
                 ConnectionState::PeerClosed => {
                     self.peer_closed = true;
-                    true
+                    Step::Again
                 }
                 ConnectionState::Closed => {
                     self.peer_closed = true;
-                    false
+                    if !matches!(then, Then::Read) {
+                        return Err(Stuck::without_alert(
+                            TlsFailure::Internal("the TLS connection is closed"),
+                            origin + discard,
+                        ));
+                    }
+                    Step::Done
                 }
-                // Nothing more to do with these bytes.
-                ConnectionState::BlockedHandshake | ConnectionState::WriteTraffic(_) => false,
+                ConnectionState::BlockedHandshake | ConnectionState::WriteTraffic(_) if more => {
+                    Step::Took
+                }
+                ConnectionState::BlockedHandshake => {
+                    check_held(origin + discard, end)?;
+                    if !matches!(then, Then::Read) {
+                        return Err(Stuck::without_alert(
+                            TlsFailure::Internal("write before the handshake finished"),
+                            origin + discard,
+                        ));
+                    }
+                    Step::Done
+                }
+                ConnectionState::WriteTraffic(mut traffic) => {
+                    check_held(origin + discard, end)?;
+                    let data = match then {
+                        Then::Read => None,
+                        Then::Encrypt(data) => Some(data),
+                        Then::CloseNotify => {
+                            self.close = Close::Queued;
+                            None
+                        }
+                    };
+                    if !matches!(then, Then::Read) {
+                        encrypt_into(&mut self.outgoing, &mut traffic, data)
+                            .map_err(|cause| Stuck::without_alert(cause, origin + discard))?;
+                    }
+                    Step::Done
+                }
                 // Early data is never enabled, and future states are unknown.
                 _ => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "unexpected TLS state",
+                    return Err(Stuck::without_alert(
+                        TlsFailure::Internal("unexpected TLS state"),
+                        origin + discard,
                     ))
                 }
             };
-            used += discard;
-            if !more {
-                return Ok(used);
+            origin += discard;
+            match step {
+                Step::Again => took = false,
+                Step::Took => {
+                    self.held = end - origin;
+                    took = true;
+                }
+                Step::Done => {
+                    if self.peer_closed {
+                        // rustls reads nothing after close_notify.
+                        self.held = 0;
+                        return Ok(buf.len());
+                    }
+                    self.held = end - origin;
+                    return Ok(origin);
+                }
             }
+        }
+        Err(Stuck::without_alert(
+            TlsFailure::Internal("TLS made no progress"),
+            origin,
+        ))
+    }
+
+    /// Where rustls fails without an alert of its own, how to make it send
+    /// the one the RFC names: the bytes of `buf` to keep (up to where
+    /// rustls' view of them ends) and the record to add.
+    fn provocation(
+        &self,
+        error: &RustlsError,
+        origin: usize,
+        record: usize,
+        end: usize,
+        discard: usize,
+    ) -> Option<(usize, Provoke)> {
+        match error {
+            // rustls refused the record at `record` before taking it (it
+            // was decrypted, so it cannot be given again).
+            RustlsError::PeerMisbehaved(
+                PeerMisbehaved::MessageInterleavedWithHandshakeMessage
+                | PeerMisbehaved::IllegalTlsInnerPlaintext
+                | PeerMisbehaved::TooManyEmptyFragments,
+            ) if discard == 0 => {
+                let provoke = if record == origin {
+                    Provoke::UnexpectedMessage {
+                        tls13_handshake: self.conn.is_handshaking()
+                            && self.conn.protocol_version() == Some(ProtocolVersion::TLSv1_3),
+                    }
+                } else {
+                    // Mid-message, rustls refuses any non-handshake record
+                    // without an alert; a bad header still gets one.
+                    Provoke::DecodeError
+                };
+                Some((record, provoke))
+            }
+            // Taken, then refused on its announced length.
+            RustlsError::InvalidMessage(InvalidMessage::HandshakePayloadTooLarge) => {
+                Some((end, Provoke::DecodeError))
+            }
+            _ => None,
         }
     }
 
+    /// Ends the stream at its first error: the fatal alert rustls queued
+    /// goes to `outgoing` (or one is provoked where it queued none), and
+    /// from now on rustls is never given input again, reads and writes
+    /// fail, and shutdown only flushes. `buf` is the buffer rustls failed
+    /// on.
+    fn fail(&mut self, buf: &[u8], stuck: Stuck) -> io::Error {
+        let mut alert_sent = self.drain_queued();
+        if !alert_sent && self.close == Close::Open {
+            if let Some((keep, provoke)) = stuck.provoke {
+                let mut view = buf[stuck.origin..keep].to_vec();
+                view.extend_from_slice(provoke.bytes());
+                let status = self.conn.process_tls_records(&mut view);
+                if let Ok(ConnectionState::EncodeTlsData(mut data)) = status.state {
+                    alert_sent = encode_into(&mut self.outgoing, &mut data).is_ok();
+                }
+                alert_sent |= self.drain_queued();
+            }
+        }
+        self.incoming = Vec::new();
+        self.held = 0;
+        self.plain = Vec::new();
+        self.plain_at = 0;
+        self.timer = None;
+        let failed = Failed {
+            cause: stuck.cause,
+            alert_sent,
+        };
+        let error = failed.io();
+        self.failed = Some(failed);
+        error
+    }
+
+    /// Encodes what rustls has queued to send (a fatal alert, after an
+    /// error) into `outgoing`. rustls is called only while it has something
+    /// queued: it then returns before it looks at its input, so the empty
+    /// buffer given is never read. Returns whether anything was queued.
+    fn drain_queued(&mut self) -> bool {
+        let before = self.outgoing.len();
+        for _ in 0..64 {
+            if !self.conn.wants_write() {
+                break;
+            }
+            let status = self.conn.process_tls_records(&mut []);
+            match status.state {
+                Ok(ConnectionState::EncodeTlsData(mut data)) => {
+                    if encode_into(&mut self.outgoing, &mut data).is_err() {
+                        break;
+                    }
+                }
+                Ok(ConnectionState::ReadTraffic(mut traffic)) => {
+                    // Decrypted before the failure: never handed out.
+                    while traffic.next_record().is_some() {}
+                }
+                _ => break,
+            }
+        }
+        self.outgoing.len() > before
+    }
+
     /// Reads what the socket has into the thread's scratch buffer and
-    /// processes it. `Ready(Ok(false))` at the socket's end.
+    /// processes it. `Ready(Ok(false))` at the socket's end. Part of a
+    /// record held longer than the read timeout ends the stream
+    /// (`TimedOut`): a record once begun must finish, like a DNS message.
     fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
-        SCRATCH_BUF.with(|scratch| {
+        if let Some(failed) = &self.failed {
+            return Poll::Ready(Err(failed.io()));
+        }
+        if let Some(timer) = self.timer.as_mut() {
+            if timer.as_mut().poll(cx).is_ready() {
+                self.timer = None;
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "a TLS record was not complete within the read timeout",
+                )));
+            }
+        }
+        let received = SCRATCH_BUF.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             let mut buf = ReadBuf::new(&mut scratch[..]);
             ready!(Pin::new(&mut self.tcp).poll_read(cx, &mut buf))?;
@@ -233,29 +761,21 @@ impl ServerStream {
                 return Poll::Ready(Ok(false));
             }
             if self.incoming.is_empty() {
-                // The usual case: whole records, processed in place.
-                let used = self.process(&mut scratch[..n])?;
-                self.incoming.extend_from_slice(&scratch[used..n]);
+                self.pump_scratch(&mut scratch[..n])?;
             } else {
                 self.incoming.extend_from_slice(&scratch[..n]);
-                self.process_incoming()?;
+                self.pump(Then::Read)?;
             }
             Poll::Ready(Ok(true))
-        })
-    }
-
-    /// Processes what `incoming` holds, keeping only the start of a record
-    /// that has not all arrived, and no memory once nothing is left.
-    fn process_incoming(&mut self) -> io::Result<()> {
-        let mut incoming = std::mem::take(&mut self.incoming);
-        let used = self.process(&mut incoming);
-        incoming.drain(..used.as_ref().copied().unwrap_or(0));
-        self.incoming = if incoming.is_empty() {
-            Vec::new()
-        } else {
-            incoming
-        };
-        used.map(|_| ())
+        });
+        if let Poll::Ready(Ok(true)) = received {
+            if self.incoming.is_empty() {
+                self.timer = None;
+            } else if self.timer.is_none() {
+                self.timer = Some(Box::pin(tokio::time::sleep(self.read_timeout)));
+            }
+        }
+        received
     }
 
     /// Writes `outgoing` to the socket until all is sent.
@@ -273,61 +793,99 @@ impl ServerStream {
         Poll::Ready(Ok(()))
     }
 
-    /// Encrypts into `outgoing`: application data, or close_notify when
-    /// `data` is `None`.
-    fn encrypt(&mut self, data: Option<&[u8]>) -> io::Result<()> {
-        // Whatever rustls wants to send first (a key update, say) goes
-        // first; then the connection is ready for application data.
-        let mut incoming = std::mem::take(&mut self.incoming);
-        let result = loop {
-            let status = self.conn.process_tls_records(&mut incoming);
-            // Nothing is consumed from an incomplete record.
-            debug_assert_eq!(status.discard, 0);
-            let state = match status.state {
-                Ok(state) => state,
-                Err(e) => break Err(io::Error::new(io::ErrorKind::InvalidData, e)),
-            };
-            match state {
-                ConnectionState::EncodeTlsData(mut data) => {
-                    if let Err(e) = encode_into(&mut self.outgoing, &mut data) {
-                        break Err(e);
+    /// The close: close_notify (unless failed: then only the alert already
+    /// queued), everything sent, FIN, then a lingering read until the
+    /// client's FIN or [`LINGER`].
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            match self.close {
+                Close::Open => {
+                    if self.failed.is_none() {
+                        // On an error the stream is failed, with its alert
+                        // queued: the close goes on without close_notify.
+                        let _ = self.pump(Then::CloseNotify);
                     }
+                    self.close = Close::Queued;
                 }
-                ConnectionState::TransmitTlsData(transmit) => transmit.done(),
-                ConnectionState::WriteTraffic(mut traffic) => {
-                    let estimate = data.map_or(64, |d| d.len() + 64 * (1 + d.len() / 16_384));
-                    break grow_into(&mut self.outgoing, estimate, |spare| {
-                        let encrypted = match data {
-                            Some(data) => traffic.encrypt(data, spare),
-                            None => traffic.queue_close_notify(spare),
-                        };
-                        match encrypted {
-                            Ok(n) => Ok(n),
-                            Err(EncryptError::InsufficientSize(InsufficientSizeError {
-                                required_size,
-                            })) => Err(Some(required_size)),
-                            Err(_) => Err(None),
-                        }
-                    })
-                    .map(|_| ());
+                Close::Queued => {
+                    ready!(self.poll_send(cx))?;
+                    ready!(Pin::new(&mut self.tcp).poll_shutdown(cx))?;
+                    self.incoming = Vec::new();
+                    self.held = 0;
+                    self.plain = Vec::new();
+                    self.plain_at = 0;
+                    self.timer = Some(Box::pin(tokio::time::sleep(LINGER)));
+                    self.close = Close::Lingering;
                 }
-                ConnectionState::ReadTraffic(mut traffic) => {
-                    // Decrypted data not collected yet: keep it for the reader.
-                    if let Err(e) = keep_plaintext(&mut self.plain, &mut traffic) {
-                        break Err(e);
-                    }
+                Close::Lingering => {
+                    ready!(self.poll_linger(cx));
+                    self.timer = None;
+                    self.close = Close::Done;
                 }
-                ConnectionState::PeerClosed => self.peer_closed = true,
-                _ => {
-                    break Err(io::Error::new(
-                        io::ErrorKind::BrokenPipe,
-                        "the TLS connection is closed",
-                    ))
-                }
+                Close::Done => return Poll::Ready(Ok(())),
             }
-        };
-        self.incoming = incoming;
-        result
+        }
+    }
+
+    /// Reads and discards until the client's FIN, an error, or the linger
+    /// timer.
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.eof {
+            return Poll::Ready(());
+        }
+        if let Some(timer) = self.timer.as_mut() {
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+        }
+        // A bounded number of reads per wake-up, so that a client that
+        // floods cannot hold the thread.
+        for _ in 0..64 {
+            let read = SCRATCH_BUF.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                let mut buf = ReadBuf::new(&mut scratch[..]);
+                match Pin::new(&mut self.tcp).poll_read(cx, &mut buf) {
+                    Poll::Ready(Ok(())) => Poll::Ready(buf.filled().len()),
+                    Poll::Ready(Err(_)) => Poll::Ready(0),
+                    Poll::Pending => Poll::Pending,
+                }
+            });
+            match read {
+                Poll::Ready(0) => {
+                    self.eof = true;
+                    return Poll::Ready(());
+                }
+                Poll::Ready(_) => {}
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// Fails when rustls holds more than [`MAX_HELD`] bytes for a handshake
+/// message (`buf[origin..end]`, all of it processed).
+fn check_held(origin: usize, end: usize) -> Result<(), Stuck> {
+    if end - origin > MAX_HELD {
+        return Err(Stuck {
+            cause: TlsFailure::HandshakeTooLarge,
+            origin,
+            // rustls has processed all it holds: the provoking record
+            // goes right after it.
+            provoke: Some((end, Provoke::DecodeError)),
+        });
+    }
+    Ok(())
+}
+
+impl Stuck {
+    fn without_alert(cause: TlsFailure, origin: usize) -> Self {
+        Stuck {
+            cause,
+            origin,
+            provoke: None,
+        }
     }
 }
 
@@ -337,9 +895,9 @@ impl ServerStream {
 fn keep_plaintext<Data>(
     plain: &mut Vec<u8>,
     traffic: &mut ReadTraffic<'_, '_, Data>,
-) -> io::Result<()> {
+) -> Result<(), TlsFailure> {
     while let Some(record) = traffic.next_record() {
-        let record = record.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let record = record.map_err(TlsFailure::Protocol)?;
         plain.extend_from_slice(record.payload);
     }
     Ok(())
@@ -349,7 +907,7 @@ fn keep_plaintext<Data>(
 fn encode_into<Data>(
     outgoing: &mut Vec<u8>,
     data: &mut EncodeTlsData<'_, Data>,
-) -> io::Result<usize> {
+) -> Result<usize, TlsFailure> {
     grow_into(outgoing, 1024, |spare| match data.encode(spare) {
         Ok(n) => Ok(n),
         Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
@@ -359,13 +917,35 @@ fn encode_into<Data>(
     })
 }
 
+/// Appends `data` encrypted, or close_notify for `None`, to `outgoing`.
+fn encrypt_into<Data>(
+    outgoing: &mut Vec<u8>,
+    traffic: &mut rustls::unbuffered::WriteTraffic<'_, Data>,
+    data: Option<&[u8]>,
+) -> Result<usize, TlsFailure> {
+    let estimate = data.map_or(64, |d| d.len() + 64 * (1 + d.len() / 16_384));
+    grow_into(outgoing, estimate, |spare| {
+        let encrypted = match data {
+            Some(data) => traffic.encrypt(data, spare),
+            None => traffic.queue_close_notify(spare),
+        };
+        match encrypted {
+            Ok(n) => Ok(n),
+            Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
+                Err(Some(required_size))
+            }
+            Err(_) => Err(None),
+        }
+    })
+}
+
 /// Appends to `buf` what `fill` writes into spare room, growing the room to
 /// what `fill` says it needs (`Err(Some(n))`) and retrying once.
 fn grow_into(
     buf: &mut Vec<u8>,
     estimate: usize,
     mut fill: impl FnMut(&mut [u8]) -> Result<usize, Option<usize>>,
-) -> io::Result<usize> {
+) -> Result<usize, TlsFailure> {
     let start = buf.len();
     let mut room = estimate;
     for _ in 0..2 {
@@ -380,10 +960,10 @@ fn grow_into(
         }
     }
     buf.truncate(start);
-    Err(io::Error::other("TLS could not encode its output"))
+    Err(TlsFailure::Internal("TLS could not encode its output"))
 }
 
-impl AsyncRead for ServerStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ServerStream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -401,6 +981,9 @@ impl AsyncRead for ServerStream {
                     this.plain_at = 0;
                 }
                 return Poll::Ready(Ok(()));
+            }
+            if let Some(failed) = &this.failed {
+                return Poll::Ready(Err(failed.io()));
             }
             if this.peer_closed {
                 return Poll::Ready(Ok(()));
@@ -421,17 +1004,20 @@ impl AsyncRead for ServerStream {
     }
 }
 
-impl AsyncWrite for ServerStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ServerStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.close != Close::Open && this.failed.is_none() {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
         if this.outgoing.len() - this.out_at >= OUTGOING_HIGH {
             ready!(this.poll_send(cx))?;
         }
-        this.encrypt(Some(data))?;
+        this.pump(Then::Encrypt(data))?;
         // Sent now if the socket takes it; otherwise by the next flush.
         if let Poll::Ready(Err(e)) = this.poll_send(cx) {
             return Poll::Ready(Err(e));
@@ -444,13 +1030,7 @@ impl AsyncWrite for ServerStream {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.closing {
-            this.closing = true;
-            this.encrypt(None)?;
-        }
-        ready!(this.poll_send(cx))?;
-        Pin::new(&mut this.tcp).poll_shutdown(cx)
+        self.get_mut().poll_close(cx)
     }
 }
 
@@ -493,7 +1073,9 @@ mod tests {
         listener: TcpListener,
     ) -> (Vec<usize>, io::Result<()>, Option<rustls::ProtocolVersion>) {
         let (tcp, _) = listener.accept().await.unwrap();
-        let (mut stream, ()) = accept(tcp, serve_all).await.unwrap();
+        let (mut stream, ()) = accept(tcp, Duration::from_secs(10), serve_all)
+            .await
+            .unwrap();
         let version = stream.session().protocol_version();
         let mut held = Vec::new();
         let end = loop {
@@ -599,7 +1181,9 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
-            accept(tcp, serve_all).await.map(|_| ())
+            accept(tcp, Duration::from_secs(10), serve_all)
+                .await
+                .map(|_| ())
         });
         let mut tcp = TcpStream::connect(addr).await.unwrap();
         tcp.write_all(&[0x16, 3, 1, 0, 5, 1, 2, 3, 4, 5, 6, 7, 8])
@@ -644,9 +1228,11 @@ mod suite_tests {
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
-            let (mut stream, ()) = accept(tcp, |h| Ok((configs.for_client(h), ())))
-                .await
-                .unwrap();
+            let (mut stream, ()) = accept(tcp, std::time::Duration::from_secs(10), |h| {
+                Ok((configs.for_client(h), ()))
+            })
+            .await
+            .unwrap();
             let suite = stream.session().negotiated_cipher_suite().unwrap().suite();
             // Wait for the client's close.
             let _ = stream.read(&mut [0; 16]).await;

@@ -28,3 +28,4 @@ mod process;
 mod proxy;
 mod replicas;
 mod tls;
+mod tls_attack;

@@ -182,8 +182,9 @@ async fn counters_move_by_the_events_that_happened() {
         .expect("plaintext connection closed");
     assert!(matches!(read, Ok(0) | Err(_)), "plaintext got {read:?}");
 
-    // The close is counted once the connection task ends: poll briefly.
-    let deadline = Instant::now() + Duration::from_secs(3);
+    // The close is counted once the connection task ends, after it has
+    // lingered for the client's FIN (2 s at most): poll until then.
+    let deadline = Instant::now() + Duration::from_secs(10);
     let after = loop {
         let after = scrape(metrics).await;
         let closed = "dotgate_connections_closed_total{reason=\"idle\"}";
