@@ -105,6 +105,7 @@ where
     tokio::pin!(idle);
 
     let mut write_failed = false;
+    let mut tls_failed = false;
     let reason = loop {
         tokio::select! {
             biased;
@@ -136,11 +137,13 @@ where
                     Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
                         break CloseReason::ReadTimeout;
                     }
-                    Err(FrameError::Io(e))
-                        if TlsFailure::of(&e) == Some(&TlsFailure::HandshakeTooLarge) =>
-                    {
-                        shared.stats.tls_handshake_too_large.inc();
+                    Err(FrameError::Io(e)) if TlsFailure::of(&e).is_some() => {
+                        if TlsFailure::of(&e) == Some(&TlsFailure::HandshakeTooLarge) {
+                            shared.stats.tls_handshake_too_large.inc();
+                        }
                         tracing::debug!(%client, error = %e, "closing connection");
+                        // A fatal alert is queued: nothing may follow it.
+                        tls_failed = true;
                         break CloseReason::Error;
                     }
                     Err(e) => {
@@ -168,6 +171,11 @@ where
     drop(reader);
 
     let mut reason = reason;
+    if tls_failed {
+        // The queries in flight go unanswered: after a fatal alert the
+        // stream sends nothing more but what is queued.
+        in_flight.cancel();
+    }
     if !write_failed {
         let finished = async {
             while let Some(reply) = in_flight.next().await {
@@ -177,7 +185,8 @@ where
                     .await?;
             }
             // The close lingers (see `server_stream::LINGER`) on top of
-            // the time the client may take to read our last bytes.
+            // the time the client may take to read our last bytes; a
+            // failed stream sends its alert then.
             with_timeout(write_timeout + LINGER, stream.shutdown()).await
         };
         if let Err(e) = finished.await {
@@ -254,6 +263,11 @@ impl<F: Future> InFlight<F> {
 
     /// Gives the set back; only called with nothing in flight.
     fn release(&mut self) {
+        self.set = None;
+    }
+
+    /// Drops the queries in flight: their replies can no longer be sent.
+    fn cancel(&mut self) {
         self.set = None;
     }
 }

@@ -179,7 +179,8 @@ pub struct ServerStream<S = TcpStream> {
     /// The socket reached its end (FIN).
     eof: bool,
     close: Close,
-    failed: Option<Failed>,
+    /// Boxed: a rustls error is large, and most streams never fail.
+    failed: Option<Box<Failed>>,
     /// While part of a record is held: when it must be complete (the read
     /// timeout). While lingering: when to stop. Boxed and only then, so an
     /// idle stream holds no timer.
@@ -703,7 +704,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerStream<S> {
             alert_sent,
         };
         let error = failed.io();
-        self.failed = Some(failed);
+        self.failed = Some(Box::new(failed));
         error
     }
 

@@ -360,6 +360,34 @@ async fn a_record_that_does_not_decrypt_gets_bad_record_mac() {
     attacker.finish().await.assert_fatal(BAD_RECORD_MAC);
 }
 
+/// A query to a slow upstream, then a record that does not decrypt: the
+/// fatal alert is the last thing the client gets. The reply was once
+/// encrypted and sent after it (or, later, the alert lost behind it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_sent_after_a_fatal_alert() {
+    let (up, server, _metrics) = serve(&[]).await;
+    let mut attacker = Attacker::connect(server.addr, &server.pki).await;
+    let slow = frame(&encode(&query(2, "delay-500.attack.test.", RecordType::A)));
+    assert!(attacker.send(APPLICATION_DATA, &slow, 0).await);
+    // In flight once the upstream has it.
+    let deadline = Instant::now() + WAIT;
+    while !up
+        .received()
+        .iter()
+        .any(|r| r.name == "delay-500.attack.test.")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the query never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut garbage = vec![APPLICATION_DATA, 3, 3, 0, 40];
+    garbage.extend((0..40u8).map(|i| i.wrapping_mul(37)));
+    attacker.tcp.write_all(&garbage).await.unwrap();
+    attacker.finish().await.assert_fatal(BAD_RECORD_MAC);
+}
+
 /// A record whose inner plaintext is all zeros (no content type): rustls
 /// refuses it without an alert; RFC 8446 §5.4 names `unexpected_message`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
