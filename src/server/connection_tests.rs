@@ -561,6 +561,67 @@ async fn each_message_restarts_the_idle_timer() {
     assert_eq!(client.reason().await, CloseReason::Idle);
 }
 
+/// A message dotgate answers itself, with no upstream and no timer: a
+/// header with no question (FORMERR), framed. The idle tests use it so that
+/// nothing but the paused clock decides when things happen.
+fn local_query(id: u16) -> Vec<u8> {
+    let mut framed = vec![0, 12];
+    framed.extend_from_slice(&id.to_be_bytes());
+    framed.extend_from_slice(&[0; 10]);
+    framed
+}
+
+/// Idle timeout T: a query whose first byte arrives just before T and the
+/// rest just after it is answered, not cut (the read timeout governs a
+/// message once begun); the idle timer then counts from that reply.
+#[tokio::test(start_paused = true)]
+async fn a_message_begun_before_the_idle_deadline_is_answered() {
+    let up = Upstream::start().await;
+    // Under BOUND, which bounds each wait of the client's.
+    let idle = Duration::from_secs(2);
+    let settings = Settings {
+        idle,
+        ..Settings::default()
+    };
+    let mut client = Client::open(shared(&up, settings).await, CancellationToken::new());
+    let framed = local_query(0x0808);
+    tokio::time::sleep(idle - Duration::from_millis(1)).await;
+    client.send_raw(&framed[..1]).await;
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    // Before the fix the server has closed by now: the write may fail, the
+    // read below then sees the close instead of the reply.
+    let _ = client.wr.write_all(&framed[1..]).await;
+    let reply = client.reply().await;
+    let replied = Instant::now();
+    assert_eq!(reply.metadata.id, 0x0808);
+    assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
+    client.eof().await;
+    assert_eq!(replied.elapsed(), idle, "idle counts from the reply");
+    assert_eq!(client.reason().await, CloseReason::Idle);
+}
+
+/// A message begun just before the idle deadline and never finished is
+/// closed by the read timeout, counted from its first byte, not by the idle
+/// timer.
+#[tokio::test(start_paused = true)]
+async fn a_message_begun_before_the_idle_deadline_is_bounded_by_the_read_timeout() {
+    let up = Upstream::start().await;
+    let idle = Duration::from_secs(2);
+    let read = Duration::from_secs(1);
+    let settings = Settings {
+        idle,
+        read,
+        ..Settings::default()
+    };
+    let mut client = Client::open(shared(&up, settings).await, CancellationToken::new());
+    tokio::time::sleep(idle - Duration::from_millis(1)).await;
+    client.send_raw(&local_query(1)[..3]).await;
+    let begun = Instant::now();
+    client.eof().await;
+    assert_eq!(begun.elapsed(), read, "closed at the read timeout");
+    assert_eq!(client.reason().await, CloseReason::ReadTimeout);
+}
+
 // ---------- the in-flight limit (R16) ----------
 
 /// max_inflight 2 and three slow queries: all three get replies, at most two
