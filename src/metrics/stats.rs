@@ -68,6 +68,8 @@ pub struct Stats {
     /// A TLS server name without a listed client ID (`--client-id`,
     /// `--client-ids`): the handshake was refused.
     pub refused_client_id: IntCounter,
+    /// `--acme` has no certificate yet: closed at accept.
+    pub refused_no_certificate: IntCounter,
     /// Failed accepts on a DoT listener (out of file descriptors, mostly);
     /// each one is followed by a pause, see `server::AcceptErrors`.
     pub accept_errors: IntCounter,
@@ -331,6 +333,7 @@ impl Stats {
             refused_proxy_untrusted: refused.with_label_values(&["proxy_untrusted"]),
             refused_not_allowed: refused.with_label_values(&["not_allowed"]),
             refused_client_id: refused.with_label_values(&["client_id"]),
+            refused_no_certificate: refused.with_label_values(&["no_certificate"]),
             accept_errors: r.counter(
                 "dotgate_accept_errors_total",
                 "Failed accepts on a DoT listener (e.g. out of file descriptors), each followed by a pause.",
@@ -591,6 +594,7 @@ impl Stats {
             refused_proxy_untrusted = self.refused_proxy_untrusted.get(),
             refused_not_allowed = self.refused_not_allowed.get(),
             refused_client_id = self.refused_client_id.get(),
+            refused_no_certificate = self.refused_no_certificate.get(),
             accept_errors = self.accept_errors.get(),
             handshake_failures = self.handshake_failures.get(),
             queries = self.queries.get(),
