@@ -225,7 +225,7 @@ async fn a_dribbled_message_is_closed_at_the_read_timeout() {
 
 /// Raises this process's soft limit on open files to its hard limit (the
 /// dotgate it starts inherits it), and checks that `needed` fit.
-fn raise_nofile(needed: u64) {
+fn raise_nofile(needed: libc::rlim_t) {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -237,7 +237,7 @@ fn raise_nofile(needed: u64) {
         assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
     }
     assert!(
-        limit.rlim_cur as u64 >= needed,
+        limit.rlim_cur >= needed,
         "this test needs {needed} open files; the hard limit is {}",
         limit.rlim_cur
     );
@@ -272,7 +272,7 @@ async fn announced_lengths_cost_no_memory_until_the_bytes_come() {
     // Many, so that the process's own noise (an allocator arena, a thread
     // stack touched) is a small share per connection.
     const CONNECTIONS: usize = 800;
-    raise_nofile(2 * CONNECTIONS as u64 + 200);
+    raise_nofile(2 * CONNECTIONS as libc::rlim_t + 200);
     let up = Upstream::start().await;
     let server = Process::start(
         up.addr,
