@@ -175,7 +175,9 @@ async fn round_robin_spreads_queries_evenly() {
     )
     .await;
     ask_1000(&server, "rr").await;
-    let counts: Vec<usize> = ups.iter().map(udp_queries).collect();
+    // Distinct names: on a loaded machine a reply can miss the resend delay
+    // and the query goes out twice, to the same upstream (seen: 1007).
+    let counts: Vec<usize> = ups.iter().map(udp_names).collect();
     assert_eq!(counts.iter().sum::<usize>(), 1000, "{counts:?}");
     for n in &counts {
         assert!((300..=367).contains(n), "uneven split: {counts:?}");
