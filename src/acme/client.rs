@@ -4,8 +4,8 @@
 //!
 //! One connection per request: an order is a few dozen requests spread over
 //! seconds to minutes, so a pool would save nothing worth its code. Every
-//! request, body included, is bounded by [`REQUEST_TIMEOUT`] and
-//! [`MAX_BODY`], so a stuck or hostile server cannot hold the renewal task.
+//! request, body included, is bounded by `REQUEST_TIMEOUT` and
+//! `MAX_BODY`, so a stuck or hostile server cannot hold the renewal task.
 
 use std::future::Future;
 use std::path::Path;

@@ -30,7 +30,7 @@ pub struct AcmeArgs {
     pub acme_email: Option<String>,
 
     /// ACME directory URL. Let's Encrypt's staging directory,
-    /// https://acme-staging-v02.api.letsencrypt.org/directory, is for trials.
+    /// <https://acme-staging-v02.api.letsencrypt.org/directory>, is for trials.
     #[arg(long, env = "DOTGATE_ACME_DIRECTORY", value_name = "URL", default_value = LETS_ENCRYPT)]
     pub acme_directory: String,
 

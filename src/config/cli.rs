@@ -104,7 +104,7 @@ pub struct ServeArgs {
     #[arg(long, env = "DOTGATE_BOOTSTRAP", value_name = "IP[:PORT]")]
     pub bootstrap: Option<String>,
 
-    /// Close a connection after this long with nothing in flight and nothing received.
+    /// Close a connection after this long with nothing in flight and no message begun.
     #[arg(long, env = "DOTGATE_IDLE_TIMEOUT", default_value = "30s")]
     pub idle_timeout: Duration,
 

@@ -68,15 +68,16 @@ pub enum CertSource {
 /// The five named timeouts. Each exists for a reason given on its field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
-    /// Idle time, counted only while nothing is in flight. Longer than every
+    /// Idle time, counted only while nothing is in flight and no message has
+    /// begun (from the latest reply, or the start). Longer than every
     /// known client's own (Android 20 s, stubby and resolved 10 s) so that the
     /// client, not the server, closes first (R13).
     pub idle: Duration,
     /// Accept to finished handshake, including the first byte. Keeps slow or
     /// silent peers from holding connection slots.
     pub handshake: Duration,
-    /// First byte of a message to its last. The idle timer restarts with
-    /// every message and pauses while queries are in flight, so without this
+    /// First byte of a message to its last. The idle timer stops once a
+    /// message begins and pauses while queries are in flight, so without this
     /// a peer could hold a partial message (and its buffer) for ever.
     pub read: Duration,
     /// Per query: after this the client gets SERVFAIL (R11). Android has no

@@ -6,6 +6,8 @@
 //! typed metrics and builds the text then, so scrapes pay for the
 //! allocations and queries never do.
 
+use std::sync::{Arc, Mutex, PoisonError};
+
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
@@ -58,6 +60,26 @@ impl<'a> Registrar<'a> {
         Ok(family)
     }
 
+    /// As [`Self::gauge_vec`], for a family whose series change in steps of
+    /// more than one call (one child added, another removed): scrapes
+    /// collect it only while holding `step`, which the writer holds for the
+    /// whole step, so a scrape sees the family before or after a step,
+    /// never halfway.
+    pub(super) fn gauge_vec_stepped<T: Send + 'static>(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        step: Arc<Mutex<T>>,
+    ) -> Result<IntGaugeVec, prometheus::Error> {
+        let family = IntGaugeVec::new(Opts::new(name, help), labels)?;
+        self.registry.register(Box::new(Stepped {
+            family: InDeclaredOrder(family.clone()),
+            step,
+        }))?;
+        Ok(family)
+    }
+
     pub(super) fn histogram(
         &self,
         name: &str,
@@ -103,6 +125,25 @@ impl<C: Collector> Collector for InDeclaredOrder<C> {
             }
         }
         families
+    }
+}
+
+/// A family collected under its writer's lock (see
+/// [`Registrar::gauge_vec_stepped`]).
+struct Stepped<C, T> {
+    family: C,
+    step: Arc<Mutex<T>>,
+}
+
+impl<C: Collector, T: Send + 'static> Collector for Stepped<C, T> {
+    fn desc(&self) -> Vec<&Desc> {
+        self.family.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        // A writer that panicked left the family as it was: still readable.
+        let _step = self.step.lock().unwrap_or_else(PoisonError::into_inner);
+        self.family.collect()
     }
 }
 

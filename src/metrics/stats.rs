@@ -20,7 +20,7 @@
 //! in [`Stats::log_summary`] (and in the README's metric list).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
@@ -68,6 +68,8 @@ pub struct Stats {
     /// A TLS server name without a listed client ID (`--client-id`,
     /// `--client-ids`): the handshake was refused.
     pub refused_client_id: IntCounter,
+    /// `--acme` has no certificate yet: closed at accept.
+    pub refused_no_certificate: IntCounter,
     /// Failed accepts on a DoT listener (out of file descriptors, mostly);
     /// each one is followed by a pause, see `server::AcceptErrors`.
     pub accept_errors: IntCounter,
@@ -138,8 +140,9 @@ pub struct Stats {
     /// The served certificate's not-after (UNIX seconds), under its subject.
     certificate_not_after: IntGaugeVec,
     /// The subject of `certificate_not_after`'s one child, if any; held
-    /// while the child is replaced.
-    certificate_subject: Mutex<Option<String>>,
+    /// while the child is replaced, and by a scrape while it collects the
+    /// family, so that a scrape never sees two series (or none).
+    certificate_subject: Arc<Mutex<Option<String>>>,
     /// Milliseconds since the UNIX epoch of the last upstream answer; 0 for
     /// never. For `/readyz`.
     last_upstream_answer_ms: AtomicU64,
@@ -322,6 +325,7 @@ impl Stats {
             "Replies dotgate made itself instead of relaying the upstream, by RCODE and cause.",
             &["rcode", "cause"],
         )?;
+        let certificate_subject = Arc::new(Mutex::new(None));
         Ok(Stats {
             connections_accepted: r.counter(
                 "dotgate_connections_accepted_total",
@@ -339,6 +343,7 @@ impl Stats {
             refused_proxy_untrusted: refused.with_label_values(&["proxy_untrusted"]),
             refused_not_allowed: refused.with_label_values(&["not_allowed"]),
             refused_client_id: refused.with_label_values(&["client_id"]),
+            refused_no_certificate: refused.with_label_values(&["no_certificate"]),
             accept_errors: r.counter(
                 "dotgate_accept_errors_total",
                 "Failed accepts on a DoT listener (e.g. out of file descriptors), each followed by a pause.",
@@ -432,12 +437,13 @@ impl Stats {
                 "From a query read to its reply written to the client.",
                 &LATENCY_BUCKETS,
             )?,
-            certificate_not_after: r.gauge_vec(
+            certificate_not_after: r.gauge_vec_stepped(
                 "dotgate_certificate_not_after_timestamp_seconds",
                 "End of validity of the served certificate, in UNIX seconds.",
                 &["subject"],
+                certificate_subject.clone(),
             )?,
-            certificate_subject: Mutex::new(None),
+            certificate_subject,
             last_upstream_answer_ms: AtomicU64::new(0),
             certificate_loaded: AtomicBool::new(false),
             listening: AtomicBool::new(false),
@@ -606,6 +612,7 @@ impl Stats {
             refused_proxy_untrusted = self.refused_proxy_untrusted.get(),
             refused_not_allowed = self.refused_not_allowed.get(),
             refused_client_id = self.refused_client_id.get(),
+            refused_no_certificate = self.refused_no_certificate.get(),
             accept_errors = self.accept_errors.get(),
             handshake_failures = self.handshake_failures.get(),
             queries = self.queries.get(),
@@ -712,6 +719,47 @@ mod tests {
             })
             .collect();
         assert_eq!(series, [("CN=b.test".to_string(), 3.0)]);
+    }
+
+    /// Scrapes while another thread swaps the certificate back and forth
+    /// (reloads): no scrape ever sees two certificate series, or none once
+    /// one was set. Bounded by count on both sides.
+    #[test]
+    fn a_scrape_during_a_reload_sees_one_certificate_series() {
+        const SCRAPES: usize = 3000;
+        let stats = Arc::new(Stats::new().unwrap());
+        stats.set_certificate("CN=a.test", 1);
+        let done = Arc::new(AtomicBool::new(false));
+        let reloader = {
+            let (stats, done) = (stats.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut n: i64 = 0;
+                while !done.load(Ordering::Relaxed) && n < 100_000_000 {
+                    let subject = if n % 2 == 0 { "CN=b.test" } else { "CN=a.test" };
+                    stats.set_certificate(subject, n);
+                    n += 1;
+                }
+            })
+        };
+        let mut seen = Vec::new();
+        for _ in 0..SCRAPES {
+            let families = stats.registry().gather();
+            let series = families
+                .iter()
+                .find(|f| f.name() == "dotgate_certificate_not_after_timestamp_seconds")
+                .map_or(0, |f| f.get_metric().len());
+            if series != 1 {
+                seen.push(series);
+            }
+        }
+        done.store(true, Ordering::Relaxed);
+        reloader.join().unwrap();
+        assert!(
+            seen.is_empty(),
+            "{} of {SCRAPES} scrapes saw other than one series: {:?}",
+            seen.len(),
+            &seen[..seen.len().min(10)]
+        );
     }
 
     #[test]

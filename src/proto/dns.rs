@@ -536,7 +536,7 @@ pub enum ReplyError {
 /// byte for byte, and a reply that needs no change is not changed at all.
 /// The fast path is an OPT record at the end of the message (the common
 /// case), whose options are rewritten in place; anything else that needs a
-/// change takes the [`reencode`] slow path.
+/// change takes the `reencode` slow path.
 pub fn client_reply(
     mut reply: Vec<u8>,
     query: &QueryInfo,

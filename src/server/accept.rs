@@ -111,7 +111,10 @@ pub async fn run_with_metrics(
     }
     // --acme: a certificate in --acme-dir before the files are loaded below.
     if let Some(acme) = &config.acme {
-        if !crate::acme::prepare(acme, &stats, &shutdown).await? {
+        // Meanwhile connections are closed at once rather than left in the
+        // backlog, where no timeout runs.
+        let prepare = crate::acme::prepare(acme, &stats, &shutdown);
+        if !super::no_cert::refuse_until(&listeners, &stats, prepare).await? {
             return Ok(());
         }
     }
@@ -249,14 +252,14 @@ const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(1);
 
 /// The accept loop's error pacing: the current pause, and when it last
 /// warned and how many errors it has not reported yet.
-struct AcceptErrors {
+pub(super) struct AcceptErrors {
     backoff: Duration,
     warned: Option<tokio::time::Instant>,
     unreported: u64,
 }
 
 impl AcceptErrors {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             backoff: ACCEPT_BACKOFF_START,
             warned: None,
@@ -264,13 +267,13 @@ impl AcceptErrors {
         }
     }
 
-    fn succeeded(&mut self) {
+    pub(super) fn succeeded(&mut self) {
         self.backoff = ACCEPT_BACKOFF_START;
     }
 
     /// Counts and (at most once per [`ACCEPT_WARN_EVERY`]) logs one failed
     /// accept; returns how long to pause before the next attempt.
-    fn failed(&mut self, error: &std::io::Error, stats: &Stats) -> Duration {
+    pub(super) fn failed(&mut self, error: &std::io::Error, stats: &Stats) -> Duration {
         stats.accept_errors.inc();
         self.unreported += 1;
         let now = tokio::time::Instant::now();

@@ -25,8 +25,9 @@
 //! * while a batch of replies is being written, nothing is read: a client
 //!   that stops reading stops being read, and is closed once it has not
 //!   taken our bytes for its idle timeout;
-//! * the idle timer runs only while nothing is in flight, and counts from
-//!   the latest reply (or the start) (R13);
+//! * the idle timer runs only while nothing is in flight and no message has
+//!   begun arriving (the read timeout bounds a message once begun), and
+//!   counts from the latest reply (or the start) (R13);
 //! * on every way out (idle, client close, shutdown, retirement) reading
 //!   stops first, the replies in flight are written, and then close_notify
 //!   and FIN are sent (R7, R15).
@@ -162,7 +163,14 @@ where
                     break CloseReason::Retired;
                 }
             }
-            _ = &mut idle, if in_flight.is_empty() => break CloseReason::Idle,
+            // A message begun when the deadline passed is the read
+            // timeout's to bound (the reader enforces it), not the idle
+            // timer's: the timer stays off until that message is answered.
+            _ = &mut idle, if in_flight.is_empty() && !reader.has_partial() => {
+                if !reader.has_partial() {
+                    break CloseReason::Idle;
+                }
+            }
         }
     };
     // Replies still in flight tell keepalive-aware clients not to reuse this

@@ -2,7 +2,8 @@
 //! connection caps, [`per_ip`] admission, PROXY trust) -> [`handshake`]
 //! (plaintext refusal, TLS) -> [`connection`] (framing, in-flight limit,
 //! idle, one writer) -> [`respond`] (the reply to each query); [`shutdown`]
-//! turns signals into the drain.
+//! turns signals into the drain; [`no_cert`] closes connections at once
+//! while `--acme` waits for its first certificate.
 
 pub mod accept;
 pub mod client;
@@ -11,6 +12,7 @@ pub mod connection;
 #[cfg(test)]
 mod connection_tests;
 pub mod handshake;
+pub mod no_cert;
 pub mod per_ip;
 pub mod respond;
 pub mod shutdown;

@@ -5,7 +5,7 @@
 //! ALPN `dot` and ones that offer no ALPN. rustls refuses a client whose
 //! ALPN list shares nothing with the server's, so a client offering only
 //! other protocols gets the second kind and still receives DNS (R5). Each
-//! kind comes in two orders of cipher suites (see [`SuiteOrder`]).
+//! kind comes in two orders of cipher suites (see `SuiteOrder`).
 //!
 //! All configurations share one [`CurrentCert`] (which the reloader swaps),
 //! one session-ticket encrypter and one session cache, so that a session
@@ -188,7 +188,7 @@ impl ServerConfigs {
 
     /// Chooses the configuration for a client: ALPN `dot` when the client
     /// offers it or offers nothing, no ALPN when it offers only others; the
-    /// suite order of [`SuiteOrder::for_client`].
+    /// suite order of `SuiteOrder::for_client`.
     pub fn for_client(&self, hello: &ClientHello<'_>) -> Arc<ServerConfig> {
         let offers_others_only = hello
             .alpn()

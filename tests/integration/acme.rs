@@ -249,6 +249,20 @@ impl AcmeDotgate {
     /// Starts dotgate toward `up`, its ACME directory `dir`, with the
     /// `--acme*` flags in `acme`. Returns at once: use [`Self::wait_log`].
     pub fn spawn(pebble: &Pebble, up: &Upstream, dir: &Path, acme: &[&str], log: &str) -> Self {
+        let ca = pebble.pki.ca.display().to_string();
+        let mut flags = vec!["--acme-ca", &ca];
+        flags.extend_from_slice(acme);
+        Self::spawn_toward(&pebble.directory(), up, dir, &flags, log)
+    }
+
+    /// As [`Self::spawn`], toward the ACME directory URL `directory`.
+    pub fn spawn_toward(
+        directory: &str,
+        up: &Upstream,
+        dir: &Path,
+        acme: &[&str],
+        log: &str,
+    ) -> Self {
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let log = dir.parent().expect("a parent").join(log);
@@ -256,9 +270,7 @@ impl AcmeDotgate {
             .args(["serve", "--listen", &addr.to_string()])
             .args(["--upstream", &up.addr.to_string()])
             .args(["--metrics-listen", &metrics.to_string()])
-            .args(["--acme-directory", &pebble.directory()])
-            .arg("--acme-ca")
-            .arg(&pebble.pki.ca)
+            .args(["--acme-directory", directory])
             .arg("--acme-dir")
             .arg(dir)
             .args(acme)
@@ -595,6 +607,72 @@ async fn failure_logs_the_reason_keeps_the_old_certificate_and_retries() {
     let mut client = stuck.client(&root).await;
     ask(&mut client, 1, "stuck.acme.test.").await;
     assert_eq!(leaf(&client), old, "the previous certificate is served");
+}
+
+/// `--acme` with nothing stored while the ACME server never answers: the
+/// DoT port is bound, yet a client that connects is closed at once (counted
+/// as `no_certificate`) instead of waiting in the listen backlog with no
+/// timeout running, and `/readyz` says why. Needs no pebble: the "ACME
+/// server" is a loopback listener that never accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_the_first_certificate_dot_connections_are_closed_at_once() {
+    let up = Upstream::start().await;
+    let work = TempDir::new();
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let directory = format!("https://{}/directory", silent.local_addr().unwrap());
+    let http = format!("127.0.0.1:{}", free_port());
+    let dotgate = AcmeDotgate::spawn_toward(
+        &directory,
+        &up,
+        &work.path().join("acme"),
+        &["--acme", NAME, "--acme-http-listen", &http],
+        "waiting.log",
+    );
+    // dotgate is up and waiting for its certificate.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(ready) = http_get(dotgate.metrics, "/readyz").await {
+            assert_eq!(ready.status, 503, "{}", ready.body);
+            assert!(
+                ready.body.contains("no certificate loaded yet"),
+                "/readyz says why: {}",
+                ready.body
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no /readyz within 20 s:\n{}",
+            dotgate.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for attempt in 0..3 {
+        let mut tcp =
+            tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(dotgate.addr))
+                .await
+                .expect("connect in time")
+                .expect("the DoT port is bound");
+        // A ClientHello's first bytes: a client that has begun its
+        // handshake is not left waiting either.
+        let _ = tcp.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05]).await;
+        let mut buf = [0u8; 64];
+        // Closed or reset: both end the client's wait. A client in the
+        // backlog would see nothing at all.
+        let ended = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await;
+        assert!(
+            matches!(ended, Ok(Ok(0)) | Ok(Err(_))),
+            "connection {attempt}: not closed within 10 s ({ended:?}):\n{}",
+            dotgate.logs()
+        );
+    }
+    assert!(
+        value(
+            &dotgate.scrape().await,
+            "dotgate_connections_refused_total{reason=\"no_certificate\"}"
+        ) >= 3.0
+    );
+    drop(silent);
 }
 
 /// `--check-config` with `--acme`: a directory that cannot be written and a

@@ -154,10 +154,11 @@ fn keepalives(msg: &[u8]) -> Vec<Vec<u8>> {
 }
 
 /// A DoT upstream that is a second dotgate with `--idle-timeout 1s` (it
-/// answers the keepalive request with 10, i.e. 1 s): after one query and
-/// 1.5 s of silence, the next query is answered at once, on a new
-/// connection; the first one was closed by dotgate's side, before the
-/// upstream's idle close, so no query was ever sent on a dying connection.
+/// answers the keepalive request with 10, i.e. 1 s): after one query, the
+/// idle connection is closed by dotgate's side, before the upstream's idle
+/// close (waited for as an event); the next query is answered on a new
+/// connection and sent once, so no query was ever sent on a dying
+/// connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dot_upstream_keepalive_closes_idle_connections_first() {
     let backend = Upstream::start().await;
@@ -182,20 +183,13 @@ async fn dot_upstream_keepalive_closes_idle_connections_first() {
     assert_answer(&client.recv().await, 1, name, RecordType::A);
     assert_eq!(watch.connections(), 1);
 
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    // By now both sides' limits have passed; dotgate's came first (about
-    // 0.5 s after the reply, against the upstream's 1 s).
+    // dotgate's limit comes first (about 0.5 s after the reply, against
+    // the upstream's 1 s): the first close is dotgate's.
     assert_eq!(watch.wait_closed(1).await, [Closer::Dotgate]);
 
     let name = "second.dot-keepalive.test.";
-    let sent = Instant::now();
     client.send(&query(2, name, RecordType::A)).await;
     assert_answer(&client.recv().await, 2, name, RecordType::A);
-    assert!(
-        sent.elapsed() < Duration::from_millis(500),
-        "answered in {:?}",
-        sent.elapsed()
-    );
     assert_eq!(watch.connections(), 2, "a new connection for the second");
     assert_eq!(watch.closers()[1], None, "the second is still open");
     let asked: Vec<String> = backend.received().iter().map(|r| r.name.clone()).collect();

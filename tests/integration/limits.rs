@@ -21,7 +21,9 @@ async fn connection_over_the_cap_is_closed_at_once() {
         assert_answer(&client.recv().await, id, &name, RecordType::A);
     }
 
-    let started = Instant::now();
+    // "At once": closed well within the 10 s handshake timeout, which is
+    // what a connection that was admitted and then ignored would wait for
+    // (an event with a bound, not a wall-clock race).
     let third = tokio::time::timeout(
         Duration::from_secs(3),
         Client::try_connect(server.addr, &server.pki),
@@ -30,16 +32,11 @@ async fn connection_over_the_cap_is_closed_at_once() {
     .expect("the third connection must be closed, not left hanging");
     match third {
         Err(_) => {}
-        Ok(mut third) => match third.read(Duration::from_secs(2)).await {
+        Ok(mut third) => match third.read(Duration::from_secs(3)).await {
             Read::Eof | Read::Error(_) => {}
             other => panic!("the third connection should be closed, got {other:?}"),
         },
     }
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "refused at once, took {:?}",
-        started.elapsed()
-    );
 
     for (id, client) in [(11, &mut first), (12, &mut second)] {
         let name = format!("after.c{id}.cap.test.");
@@ -112,9 +109,9 @@ async fn inflight_cap_applies_backpressure_without_drops() {
 }
 
 /// Expects a connection attempt to be refused at once: either the handshake
-/// fails or the first read sees the connection closed.
+/// fails or the first read sees the connection closed, both well within the
+/// 10 s handshake timeout that an ignored connection would wait for.
 async fn assert_refused_at_once(server: &Server) {
-    let started = Instant::now();
     let attempt = tokio::time::timeout(
         Duration::from_secs(3),
         Client::try_connect(server.addr, &server.pki),
@@ -125,16 +122,11 @@ async fn assert_refused_at_once(server: &Server) {
         client
             .send(&query(99, "refused.test.", RecordType::A))
             .await;
-        match client.read(Duration::from_secs(2)).await {
+        match client.read(Duration::from_secs(3)).await {
             Read::Eof | Read::Error(_) => {}
             other => panic!("the connection should be refused, got {other:?}"),
         }
     }
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "refused at once, took {:?}",
-        started.elapsed()
-    );
 }
 
 /// R16: over --max-connections-per-ip, a new connection from the same
@@ -213,29 +205,42 @@ async fn retirement_after_max_queries_answers_what_is_in_flight() {
     assert_eq!(up.received().len(), 3);
 }
 
-/// R15: with --max-connection-age 1s, a query in flight when the age is
+/// R15: with --max-connection-age 2s, a query in flight when the age is
 /// reached is still answered, then the connection closes cleanly.
+///
+/// The query goes out at once and takes 3 s, so it is in flight when the
+/// age is reached however late (within 2 s) dotgate reads it; no sleep
+/// races the age. The order (reply, then close) and a lower bound are
+/// asserted, not a wall-clock window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retirement_at_max_age_answers_what_is_in_flight() {
     let up = Upstream::start().await;
     let server = Server::start(
         up.addr,
-        &["--max-connection-age", "1s", "--idle-timeout", "10s"],
+        &[
+            "--max-connection-age",
+            "2s",
+            "--idle-timeout",
+            "30s",
+            "--upstream-timeout",
+            "10s",
+        ],
     )
     .await;
     let mut client = server.client().await;
-    let opened = Instant::now();
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let name = "delay-800.age.test.";
+    let name = "delay-3000.age.test.";
+    let sent = Instant::now();
     client.send(&query(7, name, RecordType::A)).await;
     assert_answer(&client.recv().await, 7, name, RecordType::A);
-    match client.read(Duration::from_secs(3)).await {
+    match client.read(Duration::from_secs(10)).await {
         Read::Eof => {}
         other => panic!("expected a clean close after the reply, got {other:?}"),
     }
-    let lived = opened.elapsed();
+    // Not retired before the reply (which took 3 s), nor left open for the
+    // 30 s idle timeout (the read above is bounded by 10 s).
     assert!(
-        lived >= Duration::from_millis(1400) && lived < Duration::from_secs(4),
-        "closed after {lived:?}: not before the reply, not much later"
+        sent.elapsed() >= Duration::from_secs(3),
+        "{:?}",
+        sent.elapsed()
     );
 }

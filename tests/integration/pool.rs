@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::harness::{
     ask_all, assert_answer, assert_reply_header, encode, frame, query, Process, Server, REPLY_WAIT,
 };
+use crate::metrics::{metrics_addr, scrape, value};
 use crate::upstream::{Transport, Upstream};
 
 /// Health-check interval of these tests: short, so that they are fast.
@@ -55,13 +56,15 @@ fn udp_names(up: &Upstream) -> usize {
 
 /// First-available: all traffic on the first upstream; when it dies with 20
 /// queries in flight, each of them is still answered (failover to the
-/// second), and within about one health interval new queries go straight to
-/// the second; when it comes back, traffic returns to it.
+/// second), and once the health checks mark it down new queries go
+/// straight to the second (no failover counted); when it comes back,
+/// traffic returns to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_available_fails_over_and_comes_back() {
     let mut a = Upstream::start().await;
     let b = Upstream::start().await;
     let b_entry = b.addr.to_string();
+    let metrics = metrics_addr();
     let server = Server::start(
         a.addr,
         &[
@@ -71,6 +74,8 @@ async fn first_available_fails_over_and_comes_back() {
             "1s",
             "--health-check-interval",
             INTERVAL,
+            "--metrics-listen",
+            &metrics.to_string(),
         ],
     )
     .await;
@@ -104,20 +109,27 @@ async fn first_available_fails_over_and_comes_back() {
     }
     assert_eq!(udp_names(&b), 20, "the 20 in flight were retried on B");
 
-    // Within about one health interval (plus the probe's own timeout), new
-    // queries go straight to B without waiting on A.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once the health checks mark A down (waited for, bounded), new queries
+    // go straight to B: none of them tries A first and fails over. Counted
+    // by dotgate itself, not judged by how fast the answers come.
+    let up_a = format!("dotgate_upstream_up{{upstream=\"{}\"}}", a.addr);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while value(&scrape(metrics).await, &up_a) != 0.0 {
+        assert!(Instant::now() < deadline, "A never marked down");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let failovers = || async { value(&scrape(metrics).await, "dotgate_upstream_failovers_total") };
+    let before = failovers().await;
     for i in 0..5u16 {
         let name = format!("after-stop{i}.first.test.");
-        let sent = Instant::now();
         client.send(&query(200 + i, &name, RecordType::A)).await;
         assert_answer(&client.recv().await, 200 + i, &name, RecordType::A);
-        assert!(
-            sent.elapsed() < Duration::from_millis(250),
-            "answered in {:?}: still trying the dead upstream",
-            sent.elapsed()
-        );
     }
+    assert_eq!(
+        failovers().await,
+        before,
+        "a query still tried the dead upstream first"
+    );
 
     // Back: within a few intervals traffic returns to A.
     a.restart().await;
@@ -163,7 +175,9 @@ async fn round_robin_spreads_queries_evenly() {
     )
     .await;
     ask_1000(&server, "rr").await;
-    let counts: Vec<usize> = ups.iter().map(udp_queries).collect();
+    // Distinct names: on a loaded machine a reply can miss the resend delay
+    // and the query goes out twice, to the same upstream (seen: 1007).
+    let counts: Vec<usize> = ups.iter().map(udp_names).collect();
     assert_eq!(counts.iter().sum::<usize>(), 1000, "{counts:?}");
     for n in &counts {
         assert!((300..=367).contains(n), "uneven split: {counts:?}");
@@ -264,16 +278,12 @@ async fn all_upstreams_down_still_get_queries() {
         assert_reply_header(&reply, id, &name, RecordType::A, ResponseCode::ServFail);
     }
     b.restart().await;
+    // Answered (within the 1 s upstream timeout, or it would be SERVFAIL)
+    // while no probe runs for 60 s: sent although B was marked down.
     for id in 5..8u16 {
         let name = format!("q{id}.back.test.");
-        let sent = Instant::now();
         client.send(&query(id, &name, RecordType::A)).await;
         assert_answer(&client.recv().await, id, &name, RecordType::A);
-        assert!(
-            sent.elapsed() < Duration::from_millis(1500),
-            "{:?}",
-            sent.elapsed()
-        );
     }
 }
 
@@ -301,7 +311,6 @@ async fn tcp_upstream_reset_with_50_in_flight_answers_all() {
     for (i, name) in names.iter().enumerate() {
         batch.extend(frame(&encode(&query(i as u16, name, RecordType::A))));
     }
-    let sent = Instant::now();
     client.send_raw(&batch).await;
     up.wait_for_queries(50, REPLY_WAIT).await;
     assert!(
@@ -318,11 +327,8 @@ async fn tcp_upstream_reset_with_50_in_flight_answers_all() {
         answered[index] = true;
         assert_answer(&reply, reply.metadata.id, &names[index], RecordType::A);
     }
-    assert!(
-        sent.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        sent.elapsed()
-    );
+    // Each answered (a query lost in the reset would be SERVFAIL at the 3 s
+    // upstream timeout), and resent exactly once.
     assert_eq!(up.count(Transport::Udp), 0, "tcp:// never uses UDP");
     assert_eq!(up.count(Transport::Tcp), 100, "each query sent twice");
 }
@@ -370,13 +376,8 @@ async fn dot_upstream_pipelines_over_one_verified_connection() {
     let names: Vec<String> = (0..12)
         .map(|i| format!("delay-200.d{i}.dot.test."))
         .collect();
-    let sent = Instant::now();
     ask_all(&mut client, &names, 0).await;
-    assert!(
-        sent.elapsed() < Duration::from_millis(1500),
-        "{:?}",
-        sent.elapsed()
-    );
+    // Pipelined: the backend had them at once (a count, not a duration).
     assert!(
         backend.max_outstanding() >= 10,
         "pipelined: {} at once",

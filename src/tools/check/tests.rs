@@ -911,6 +911,91 @@ async fn a_short_idle_timeout_warns_as_soon_as_the_server_closes() {
     assert!(took < Duration::from_secs(2), "{took:?}");
 }
 
+/// A DoT server that answers the first query, sends a stray message
+/// (another ID) `stray_after` later, answers what comes next, and closes
+/// the connection `close_after` after its first answer: a server whose
+/// idle timeout is shorter than the check's wait.
+async fn stray_then_close(pki: &Pki, stray_after: Duration, close_after: Duration) -> SocketAddr {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::PrivateKeyDer;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(pki.path("cert.pem"))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(pki.path("key.pem")).unwrap();
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"dot".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = acceptor.accept(tcp).await.unwrap();
+        // The answer to the query read from `tls`, framed; `None` at its end.
+        async fn answer<S: tokio::io::AsyncRead + Unpin>(tls: &mut S) -> Option<Vec<u8>> {
+            let mut len = [0u8; 2];
+            tls.read_exact(&mut len).await.ok()?;
+            let mut query = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            tls.read_exact(&mut query).await.ok()?;
+            let query = Message::from_vec(&query).ok()?;
+            let name = query.queries.first()?.name().to_ascii();
+            let mut answer = reply(&name, ResponseCode::NoError, &["192.0.2.1"]);
+            answer.metadata.id = query.metadata.id;
+            let body = bytes(&answer);
+            let mut out = u16::try_from(body.len()).ok()?.to_be_bytes().to_vec();
+            out.extend_from_slice(&body);
+            Some(out)
+        }
+        let first = answer(&mut tls).await.unwrap();
+        tls.write_all(&first).await.unwrap();
+        tls.flush().await.unwrap();
+        let answered = Instant::now();
+        tokio::time::sleep(stray_after).await;
+        // The same answer again: an ID no query is waiting for now.
+        let _ = tls.write_all(&first).await;
+        let _ = tls.flush().await;
+        let _ = tokio::time::timeout_at(answered + close_after, async {
+            while let Some(out) = answer(&mut tls).await {
+                if tls.write_all(&out).await.is_err() || tls.flush().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        let _ = tls.shutdown().await;
+    });
+    addr
+}
+
+/// A stray message during the idle wait does not end it: a server that
+/// sends one 100 ms into the wait and closes 1 s in is reported as closing
+/// (WARN), not as staying open (PASS), for a 2 s wait.
+#[tokio::test]
+async fn a_stray_message_does_not_end_the_idle_wait() {
+    let pki = Pki::new();
+    let addr = stray_then_close(&pki, Duration::from_millis(100), Duration::from_secs(1)).await;
+    let ctx = Ctx {
+        budget: Budget::new(FULL_BUDGET),
+        addr,
+        name: ServerName::try_from("dns.test").unwrap(),
+        run: probes::random_label(),
+    };
+    let c = within("idle", idle_check_for(&ctx, Duration::from_secs(2)))
+        .await
+        .expect("a verdict");
+    assert_eq!((c.id, c.status), ("idle", Status::Warn), "{}", shown(&c));
+    assert!(
+        c.reason
+            .starts_with("the server closed the connection after "),
+        "{}",
+        shown(&c)
+    );
+}
+
 /// Version and suite names, and the TLS line, from real handshakes pinned
 /// to each version.
 #[tokio::test]
