@@ -20,7 +20,7 @@
 //!   it holds (`incoming[..held]`, a handshake message being reassembled in
 //!   place) and what it has not seen are always known; what it holds is
 //!   capped at [`records::MAX_HELD`], like rustls' own buffered reader;
-//! * one state machine, [`ServerStream::pump`], drives rustls for reading,
+//! * one state machine, `ServerStream::pump`, drives rustls for reading,
 //!   writing and closing;
 //! * after the first TLS error the stream is failed: rustls is never given
 //!   input again (its buffers would no longer match it), the fatal alert it
