@@ -669,7 +669,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerStream<S> {
                 Some((record, provoke))
             }
             // Taken, then refused on its announced length.
-            RustlsError::InvalidMessage(InvalidMessage::HandshakePayloadTooLarge) => {
+            RustlsError::InvalidMessage(InvalidMessage::HandshakePayloadTooLarge)
+                if discard == 0 =>
+            {
                 Some((end, Provoke::DecodeError))
             }
             _ => None,

@@ -36,15 +36,17 @@ const APPLICATION_DATA: u8 = 23;
 /// How long a test waits for the server's answer to an attack.
 const WAIT: Duration = Duration::from_secs(10);
 
-/// One direction's record protection (TLS 1.3, AES-128-GCM).
+/// One direction's record protection: AES-128-GCM, as TLS 1.3 or TLS 1.2
+/// frames it.
 struct Keys {
     key: LessSafeKey,
     iv: [u8; 12],
     seq: u64,
+    tls12: bool,
 }
 
 impl Keys {
-    fn new(seq: u64, secrets: ConnectionTrafficSecrets) -> Keys {
+    fn new(seq: u64, secrets: ConnectionTrafficSecrets, tls12: bool) -> Keys {
         let ConnectionTrafficSecrets::Aes128Gcm { key, iv } = secrets else {
             panic!("the attacker offers AES-128-GCM only");
         };
@@ -52,27 +54,56 @@ impl Keys {
             key: LessSafeKey::new(UnboundKey::new(&AES_128_GCM, key.as_ref()).unwrap()),
             iv: iv.as_ref().try_into().unwrap(),
             seq,
+            tls12,
         }
     }
 
-    fn nonce(&mut self) -> Nonce {
+    /// The next nonce: the IV xor the sequence number (TLS 1.3, and
+    /// rustls' TLS 1.2 GCM, whose explicit part is the last 8 bytes).
+    fn nonce(&mut self) -> [u8; 12] {
         let mut nonce = self.iv;
         for (n, s) in nonce[4..].iter_mut().zip(self.seq.to_be_bytes()) {
             *n ^= s;
         }
         self.seq += 1;
-        Nonce::assume_unique_for_key(nonce)
+        nonce
     }
 
-    /// A TLS 1.3 record: `payload` of content type `typ`, with `padding`
-    /// zero bytes after the type (RFC 8446 §5.4).
+    /// TLS 1.2's additional data: sequence number, type, version, length.
+    fn aad12(seq: u64, typ: u8, len: usize) -> [u8; 13] {
+        let mut aad = [0u8; 13];
+        aad[..8].copy_from_slice(&seq.to_be_bytes());
+        aad[8..11].copy_from_slice(&[typ, 3, 3]);
+        aad[11..].copy_from_slice(&(len as u16).to_be_bytes());
+        aad
+    }
+
+    /// A record: `payload` of content type `typ`, with (TLS 1.3 only)
+    /// `padding` zero bytes after the type (RFC 8446 §5.4).
     fn seal(&mut self, typ: u8, payload: &[u8], padding: usize) -> Vec<u8> {
+        if self.tls12 {
+            let seq = self.seq;
+            let nonce = self.nonce();
+            let mut body = payload.to_vec();
+            self.key
+                .seal_in_place_append_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::from(Self::aad12(seq, typ, payload.len())),
+                    &mut body,
+                )
+                .unwrap();
+            let len = 8 + body.len();
+            let mut record = vec![typ, 3, 3, (len >> 8) as u8, len as u8];
+            record.extend_from_slice(&nonce[4..]);
+            record.extend(body);
+            return record;
+        }
         let mut inner = payload.to_vec();
         inner.push(typ);
         inner.resize(inner.len() + padding, 0);
         let len = inner.len() + 16;
         let header = [APPLICATION_DATA, 3, 3, (len >> 8) as u8, len as u8];
-        let nonce = self.nonce();
+        let nonce = Nonce::assume_unique_for_key(self.nonce());
         self.key
             .seal_in_place_append_tag(nonce, Aad::from(header), &mut inner)
             .unwrap();
@@ -83,8 +114,25 @@ impl Keys {
 
     /// The content type and payload of a protected record.
     fn open(&mut self, header: &[u8], body: &[u8]) -> (u8, Vec<u8>) {
+        if self.tls12 {
+            let seq = self.seq;
+            self.seq += 1;
+            let mut nonce = self.iv;
+            nonce[4..].copy_from_slice(&body[..8]);
+            let mut sealed = body[8..].to_vec();
+            let aad = Self::aad12(seq, header[0], sealed.len() - 16);
+            let plain = self
+                .key
+                .open_in_place(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::from(aad),
+                    &mut sealed,
+                )
+                .expect("a record the server protected");
+            return (header[0], plain.to_vec());
+        }
         let mut body = body.to_vec();
-        let nonce = self.nonce();
+        let nonce = Nonce::assume_unique_for_key(self.nonce());
         let plain = self
             .key
             .open_in_place(nonce, Aad::from(header), &mut body)
@@ -152,13 +200,27 @@ impl Attacker {
     /// Handshakes with rustls, asks one query (so the session tickets
     /// before its answer are read), then takes the keys.
     async fn connect(addr: SocketAddr, pki: &Pki) -> Attacker {
+        Attacker::connect_with(addr, pki, false).await
+    }
+
+    /// As [`Attacker::connect`], over TLS 1.2 when `tls12`.
+    async fn connect_with(addr: SocketAddr, pki: &Pki, tls12: bool) -> Attacker {
         let mut provider = rustls::crypto::aws_lc_rs::default_provider();
-        provider
-            .cipher_suites
-            .retain(|s| s.suite() == rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+        provider.cipher_suites.retain(|s| {
+            [
+                rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
+                rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            ]
+            .contains(&s.suite())
+        });
+        let version = if tls12 {
+            &rustls::version::TLS12
+        } else {
+            &rustls::version::TLS13
+        };
         let mut config: ClientConfig =
-            (*pki.client_config_with(provider, &[&rustls::version::TLS13], &[b"dot"], true))
-                .clone();
+            (*pki.client_config_with(provider, &[version], &[b"dot"], true)).clone();
         config.enable_secret_extraction = true;
         let tcp = TcpStream::connect(addr).await.unwrap();
         tcp.set_nodelay(true).unwrap();
@@ -188,8 +250,8 @@ impl Attacker {
         let secrets = conn.dangerous_extract_secrets().expect("secrets");
         Attacker {
             tcp,
-            tx: Keys::new(secrets.tx.0, secrets.tx.1),
-            rx: Keys::new(secrets.rx.0, secrets.rx.1),
+            tx: Keys::new(secrets.tx.0, secrets.tx.1, tls12),
+            rx: Keys::new(secrets.rx.0, secrets.rx.1, tls12),
         }
     }
 
@@ -228,7 +290,9 @@ impl Attacker {
                 break;
             }
             let (header, body) = (&bytes[at..at + 5], &bytes[at + 5..at + 5 + len]);
-            records.push(if header[0] == APPLICATION_DATA {
+            // TLS 1.3 protects every record as application data; TLS 1.2
+            // protects them all under their own types, after the handshake.
+            records.push(if header[0] == APPLICATION_DATA || self.rx.tls12 {
                 self.rx.open(header, body)
             } else {
                 (header[0], body.to_vec())
@@ -280,6 +344,28 @@ async fn a_handshake_message_that_never_completes_is_refused_at_its_limit() {
         .send(&query(2, "after.attack.test.", RecordType::A))
         .await;
     assert_answer(&client.recv().await, 2, "after.attack.test.", RecordType::A);
+}
+
+/// The same in TLS 1.2, with the fragments of a renegotiation ClientHello
+/// (records are not padded there: one byte of message per 30 bytes sent,
+/// 1.9 MB held per connection once): refused at the same limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls12_renegotiation_hello_that_never_completes_is_refused_at_its_limit() {
+    let (_up, server, metrics) = serve(&[]).await;
+    let mut attacker = Attacker::connect_with(server.addr, &server.pki, true).await;
+    assert!(attacker.send(HANDSHAKE, &[1, 0x00, 0xff, 0xff], 0).await);
+    let mut fragments = Vec::new();
+    for _ in 0..4000 {
+        fragments.extend(attacker.tx.seal(HANDSHAKE, &[3], 0));
+    }
+    attacker
+        .tcp
+        .write_all(&fragments)
+        .await
+        .expect("the server must not reset while it lingers");
+    attacker.finish().await.assert_fatal(DECODE_ERROR);
+    let scrape = scrape(metrics).await;
+    assert_eq!(value(&scrape, "dotgate_tls_handshake_too_large_total"), 1.0);
 }
 
 /// The same flood from 50 connections at once against the real binary: its
