@@ -188,7 +188,7 @@ def seeds():
         msg, rdlen = big_query_parts(total, True, other_net if client_sent else b"")
         q[f"ecs-big-{total}-opt{'-client-subnet' if client_sent else ''}"] = dns_query(
             upstream_ecs=ecs("192.0.2.77"), grow=rdlen, msg=msg)
-    for total in (65513, 65509, 65500):
+    for total in (65524, 65520, 65513, 65509, 65500):
         msg, rdlen = big_query_parts(total, False)
         q[f"ecs-big-{total}-no-opt"] = dns_query(upstream_ecs=ecs("192.0.2.77"), grow=rdlen, msg=msg)
 
