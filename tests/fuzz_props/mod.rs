@@ -7,7 +7,9 @@
 //!
 //! The checks look at the output bytes with their own small DNS walker
 //! ([`walk`]) rather than with dotgate's private helpers, so that a bug in
-//! those helpers cannot hide itself.
+//! those helpers cannot hide itself; client subnet options are also read
+//! with hickory-proto's decoder, and what dotgate's should hold is worked
+//! out here from RFC 7871 ([`Ecs::expected`]).
 
 #![allow(dead_code)]
 
