@@ -9,6 +9,7 @@ bytes are not written out: their big record's RDATA comes from the
 seed file stays small.
 """
 
+import ipaddress
 import os
 import struct
 import sys
@@ -61,27 +62,52 @@ COOKIE = option(10, bytes(range(1, 9)))
 NSID = option(3, b"upstream")
 
 
+def ecs_option(family, prefix, addr):
+    """A client subnet option (RFC 7871) as a client might send it."""
+    return option(8, u16(family) + bytes([prefix, 0]) + addr)
+
+
+def ecs(client, v4=24, v6=56):
+    """The `--upstream-ecs` part of a dns_query input: flag bits and the 18
+    bytes (prefixes, address) that follow the fixed fields. `client` is an
+    IPv4 or IPv6 address in text; "mapped:" before an IPv4 one makes it an
+    IPv4-mapped IPv6 client."""
+    mapped = client.startswith("mapped:")
+    client = client.removeprefix("mapped:")
+    if ":" in client:
+        flags, addr = 4 | 8, ipaddress.IPv6Address(client).packed
+    else:
+        flags, addr = 4 | (8 | 16 if mapped else 0), ipaddress.IPv4Address(client).packed
+    return flags, bytes([v4, v6]) + addr.ljust(16, b"\0")
+
+
 def dns_query(uid=0x4242, leg_keepalive=False, leg_padding=False, timeout=300,
-              rcode=2, grow=0, msg=b""):
+              rcode=2, grow=0, msg=b"", upstream_ecs=None):
     flags = int(leg_keepalive) | int(leg_padding) << 1
-    return u16(uid) + bytes([flags]) + u16(timeout) + u16(rcode) + u16(grow) + msg
+    ecs_bytes = b""
+    if upstream_ecs is not None:
+        ecs_flags, ecs_bytes = upstream_ecs
+        flags |= ecs_flags
+    return u16(uid) + bytes([flags]) + u16(timeout) + u16(rcode) + u16(grow) + ecs_bytes + msg
 
 
 def dns_reply(query_opt=False, keepalive=False, padding=False, retiring=False,
-              own_question=True, cookie=False, idle=30, client_id=0x1234,
-              grow=0, reply=b""):
+              own_question=True, cookie=False, upstream_ecs=False, client_ecs=False,
+              idle=30, client_id=0x1234, grow=0, reply=b""):
     flags = (int(query_opt) | int(keepalive) << 1 | int(padding) << 2
-             | int(retiring) << 3 | int(own_question) << 4 | int(cookie) << 5)
+             | int(retiring) << 3 | int(own_question) << 4 | int(cookie) << 5
+             | int(upstream_ecs) << 6 | int(client_ecs) << 7)
     return bytes([flags, idle]) + u16(client_id) + u16(grow) + reply
 
 
-def big_query_parts(total, with_opt):
+def big_query_parts(total, with_opt, options=None):
     """A query of `total` bytes once grown: question, an authority NULL
-    record filling the rest (zeros from growth); with an OPT before it in
-    the additional section when `with_opt`."""
+    record filling the rest (zeros from growth); with an OPT (carrying
+    `options`, by default a cookie) before it in the additional section
+    when `with_opt`."""
     q = question()
     if with_opt:
-        o = opt(option(10, bytes(8)))
+        o = opt(option(10, bytes(8)) if options is None else options)
         head = header(5, 0x0100, ns=0, ar=2) + q + o + rr_head(b"\0", 10, 0)
     else:
         head = header(5, 0x0100, ns=1) + q + rr_head(b"\0", 10, 0)
@@ -132,6 +158,39 @@ def seeds():
         msg, rdlen = big_query_parts(total, True)
         # The OPT comes before the big record, which growth completes.
         q[f"big-{total}-opt"] = dns_query(grow=rdlen, msg=msg)
+
+    # --upstream-ecs: dotgate's client subnet replaces the client's.
+    other_net = ecs_option(1, 24, bytes([198, 51, 100]))
+    q["ecs-v4-no-opt"] = dns_query(upstream_ecs=ecs("192.0.2.77"), msg=header(17, 0x0100) + question())
+    q["ecs-v4-20-replaces-client"] = dns_query(
+        upstream_ecs=ecs("192.0.2.77", v4=20),
+        msg=header(18, 0x0100, ar=1) + question() + opt(COOKIE + other_net))
+    q["ecs-v6-56-two-client-subnets-keepalive-padding"] = dns_query(
+        leg_keepalive=True, leg_padding=True, upstream_ecs=ecs("2001:db8:1234:5678:9abc::1", v6=53),
+        msg=header(19, 0x0100, ar=1) + question()
+        + opt(other_net + option(11) + ecs_option(2, 48, bytes.fromhex("20010db8ffff")) + option(12, bytes(8))))
+    q["ecs-v4-mapped"] = dns_query(
+        upstream_ecs=ecs("mapped:203.0.113.9", v4=31, v6=64),
+        msg=header(20, 0x0100, ar=1) + question() + opt())
+    q["ecs-prefix-0"] = dns_query(upstream_ecs=ecs("192.0.2.77", v4=0), msg=header(21, 0x0100, ar=1) + question() + opt(other_net))
+    q["ecs-v6-128"] = dns_query(upstream_ecs=ecs("2001:db8::ffff:1", v6=128), msg=header(22, 0x0100) + question())
+    q["ecs-client-malformed-subnet"] = dns_query(
+        upstream_ecs=ecs("192.0.2.77"),
+        msg=header(23, 0x0100, ar=1) + question() + opt(option(8, b"\0\x07\x18\0abc")))
+    q["ecs-no-room-for-opt"] = dns_query(
+        upstream_ecs=ecs("192.0.2.77"), msg=header(24, 0x0100, ar=1) + question()
+        + rr(PTR12, 250, b"\x0bhmac-sha256\0" + bytes(16)))
+    q["ecs-off-client-subnet-kept"] = dns_query(msg=header(25, 0x0100, ar=1) + question() + opt(other_net + COOKIE))
+    # Near 65535 bytes: room for dotgate's subnet (11 bytes for a /24) in
+    # the UDP form but not with the stream form's keepalive request, or in
+    # neither; the client's own dropped all the same.
+    for total, client_sent in ((65524, True), (65522, False), (65520, True), (65513, False), (65535, True)):
+        msg, rdlen = big_query_parts(total, True, other_net if client_sent else b"")
+        q[f"ecs-big-{total}-opt{'-client-subnet' if client_sent else ''}"] = dns_query(
+            upstream_ecs=ecs("192.0.2.77"), grow=rdlen, msg=msg)
+    for total in (65524, 65520, 65513, 65509, 65500):
+        msg, rdlen = big_query_parts(total, False)
+        q[f"ecs-big-{total}-no-opt"] = dns_query(upstream_ecs=ecs("192.0.2.77"), grow=rdlen, msg=msg)
 
     # --- dns_reply -------------------------------------------------------
     r = s["dns_reply"]
@@ -196,6 +255,34 @@ def seeds():
             query_opt=query_opt, keepalive=query_opt, padding=query_opt,
             grow=rdlen, reply=head[:-2] + u16(rdlen))
 
+    # --upstream-ecs: the upstream's client subnet is stripped when the
+    # client sent none, at the end of the reply (in place) or before
+    # another record (re-encoded), with or without options of the leg's.
+    echo = ecs_option(1, 24, bytes([192, 0, 2]))
+    r["ecs-strip-tail"] = dns_reply(
+        query_opt=True, keepalive=True, upstream_ecs=True,
+        reply=header(13, 0x8180, an=1, ar=1) + question() + A + opt(NSID + echo))
+    r["ecs-strip-tail-leg-empty"] = dns_reply(
+        query_opt=True, upstream_ecs=True,
+        reply=header(13, 0x8180, an=1, ar=1) + question() + A + opt(echo))
+    r["ecs-strip-middle"] = dns_reply(
+        query_opt=True, padding=True, upstream_ecs=True,
+        reply=header(14, 0x8180, an=1, ar=2) + question() + A + opt(echo + NSID) + rr(PTR12, 1, bytes([192, 0, 2, 2])))
+    r["ecs-strip-middle-leg-empty"] = dns_reply(
+        query_opt=True, upstream_ecs=True,
+        reply=header(14, 0x8180, an=1, ar=2) + question() + A + opt(echo) + rr(PTR12, 1, bytes([192, 0, 2, 2])))
+    r["ecs-strip-two-opts"] = dns_reply(
+        query_opt=True, upstream_ecs=True,
+        reply=header(15, 0x8180, an=1, ar=2) + question() + A + opt(echo) + opt(echo))
+    r["ecs-strip-client-no-opt"] = dns_reply(
+        upstream_ecs=True, reply=header(15, 0x8180, an=1, ar=1) + question() + A + opt(echo))
+    r["ecs-client-sent-kept"] = dns_reply(
+        query_opt=True, upstream_ecs=True, client_ecs=True, padding=True,
+        reply=header(16, 0x8180, an=1, ar=1) + question() + A + opt(echo))
+    r["ecs-off-kept-middle"] = dns_reply(
+        query_opt=True, keepalive=True,
+        reply=header(16, 0x8180, an=1, ar=2) + question() + A + opt(echo) + rr(PTR12, 1, bytes([192, 0, 2, 2])))
+
     # --- framing ---------------------------------------------------------
     f = s["framing"]
     m1 = header(1, 0x0100) + question()
@@ -213,6 +300,16 @@ def seeds():
     f["compact-max-frames"] = bytes([0x82, 130, 0]) + u16(65535) + b"\x04" + u16(12) + b"\x05" + u16(4096) + b"\x06"
     f["compact-grow-then-short"] = bytes([0x81, 255]) + u16(5000) + b"\x01" + u16(70) + b"\x02" + u16(3) + b"\x03"
     f["compact-truncated-prefix"] = bytes([0x80]) + u16(300) + b"\x01" + b"\x01"
+    # The shared message budget (first byte: bit 3 three readers, bits
+    # 4-6 budget past the least in 8 KiB steps): two 64 KiB messages at
+    # once do not fit, so readers wait for each other; a small message
+    # between, a stream cut inside a large one (its reader holds budget as
+    # it ends), Pendings that drop a waiting read.
+    f["budget-two-readers-wait"] = bytes([0x82, 200, 0]) + u16(65535) + b"\x01" + u16(65535) + b"\x02"
+    f["budget-three-readers-pending"] = (bytes([0x80 | 0x08 | 0x10 | 3, 0, 140, 5])
+                                        + u16(65535) + b"\x01" + u16(12) + b"\x02"
+                                        + u16(30000) + b"\x03" + u16(65535) + b"\x04")
+    f["budget-truncated-holding"] = bytes([0x82, 150, 0]) + u16(65535) + b"\x01" + u16(60000) + b"\x02" + b"\xff\xff"
 
     # --- proxy -----------------------------------------------------------
     p = s["proxy"]

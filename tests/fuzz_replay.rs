@@ -139,3 +139,19 @@ fn dns_reply_corpus() {
 fn proxy_corpus() {
     replay_target("proxy");
 }
+
+/// The budget seeds reach what they are for: readers that wait for the
+/// shared message budget (a property of the seeds, not of dotgate; without
+/// it the budget properties could pass without ever being exercised).
+#[test]
+fn framing_budget_seeds_reach_the_wait() {
+    for (path, data) in corpus("framing") {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("seed-budget-") {
+            assert!(
+                fuzz_props::framing_budget_waits(&data) > 0,
+                "{name}: no reader waited for budget"
+            );
+        }
+    }
+}
