@@ -139,3 +139,8 @@ fn dns_reply_corpus() {
 fn proxy_corpus() {
     replay_target("proxy");
 }
+
+#[test]
+fn tls_stream_corpus() {
+    replay_target("tls_stream");
+}

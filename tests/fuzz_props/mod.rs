@@ -25,6 +25,8 @@ use dotgate::proto::message_reader::{MessageReader, ReadLimits};
 use dotgate::proto::proxy_header::{self as proxy, ProxyError};
 use tokio::io::{AsyncRead, ReadBuf};
 
+pub mod tls_stream;
+
 /// A property check over one fuzz input; panics on a violation.
 pub type Check = fn(&[u8]);
 
@@ -34,6 +36,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("dns_query", dns_query),
     ("dns_reply", dns_reply),
     ("proxy", proxy),
+    ("tls_stream", tls_stream::tls_stream),
 ];
 
 const MAX_MESSAGE: usize = u16::MAX as usize;
