@@ -277,6 +277,10 @@ def tls_stream_seeds():
     t["tls12-handshake-flood"] = (bytes([tls12]) + deliver(255)
                                   + inject(0, bytes([0x16, 3, 3, 0, 4, 0x10, 0, 0xff, 0xff]))
                                   + flood(9, 30000, bytes([0x16, 3, 3, 0, 1, 0])) + deliver_all)
+    # A ClientHello of 65535 bytes in one-byte fragments, before the real
+    # one: refused once the hello's records pass 64 KiB.
+    t["hello-in-fragments"] = (bytes([tls13]) + inject(0, bytes([0x16, 3, 1, 0, 4, 1, 0, 0xff, 0xff]))
+                               + flood(9, 65535, bytes([0x16, 3, 1, 0, 1, 0])) + deliver_all)
     t["tls13-partial-record-times-out"] = (bytes([tls13]) + deliver_all + write(20)
                                            + deliver_all + write(20) + deliver(10)
                                            + advance(200))
