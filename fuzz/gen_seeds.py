@@ -285,6 +285,7 @@ def tls_stream_seeds():
                                            + deliver_all + write(20) + deliver(10)
                                            + advance(200))
     t["garbage-hello"] = bytes([tls13]) + inject(0, bytes([0x16, 3, 1, 0, 5, 1, 2, 3, 4, 5]))
+    t["close-notify-mid-handshake"] = bytes([tls13]) + close + deliver_all
     t["fin-mid-hello"] = bytes([tls13]) + deliver(10) + fin
     return {"tls_stream": t}
 

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use dotgate::config::{TlsSettings, TlsVersion};
 use dotgate::tls::client::{tls_config, Trust};
+use dotgate::tls::identity::{self_signed, Identity};
 use dotgate::tls::records::{MAX_HELD, MAX_RECORD};
 use dotgate::tls::server_stream::{accept, AcceptError, ServerStream, TlsFailure, LINGER};
 use dotgate::tls::ServerConfigs;
@@ -55,18 +56,19 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 const POLLS: usize = 1024;
 const FLOOD_MAX: usize = 1 << 20;
 
-fn server_configs() -> &'static ServerConfigs {
-    static CONFIGS: OnceLock<ServerConfigs> = OnceLock::new();
-    CONFIGS.get_or_init(|| {
-        let identity = dotgate::tls::identity::self_signed("dns.test").unwrap();
-        let (min_version, name, ticket_key_file) = (TlsVersion::Tls12, None, None);
-        let settings = TlsSettings {
-            min_version,
-            name,
-            ticket_key_file,
-        };
-        ServerConfigs::new(&identity, &settings).unwrap()
-    })
+/// The server's configurations: one identity for every run, the rest
+/// (session cache, ticket keys) made anew, so that no run leaves state
+/// behind (libFuzzer then runs a leak check after each run, 10x slower).
+fn server_configs() -> ServerConfigs {
+    static IDENTITY: OnceLock<Identity> = OnceLock::new();
+    let identity = IDENTITY.get_or_init(|| self_signed("dns.test").unwrap());
+    let (min_version, name, ticket_key_file) = (TlsVersion::Tls12, None, None);
+    let settings = TlsSettings {
+        min_version,
+        name,
+        ticket_key_file,
+    };
+    ServerConfigs::new(identity, &settings).unwrap()
 }
 
 /// TLS 1.3 and 1.2 clients, without resumption so that runs are alike.
@@ -176,9 +178,9 @@ fn check_held(stream: &ServerStream<Probe>) {
 
 /// The server: the handshake, an echo of whole messages, the close.
 async fn serve(probe: Probe) -> End {
-    let watch = probe.1.clone();
+    let (watch, configs) = (probe.1.clone(), server_configs());
     let mut stream = match accept(probe, READ_TIMEOUT, |hello| {
-        Ok((server_configs().for_client(hello), ()))
+        Ok((configs.for_client(hello), ()))
     })
     .await
     {
@@ -234,6 +236,8 @@ struct Harness {
     /// The client sent close_notify or FIN, or only FIN.
     closed: bool,
     fin: bool,
+    /// The exchange was disturbed: bytes changed or lost, or a close
+    /// during the handshake.
     tainted: bool,
 }
 
@@ -340,6 +344,15 @@ impl Harness {
         }
     }
 
+    /// A close_notify during the handshake is a disturbance: a TLS 1.3
+    /// server answers it with decode_error (rustls: only close_notify
+    /// after the handshake is an orderly close).
+    fn close_notify(&mut self) {
+        self.tainted |= self.client.is_handshaking();
+        self.client.send_close_notify();
+        self.closed = true;
+    }
+
     /// The client's FIN: bytes not delivered are lost.
     fn fin(&mut self) {
         self.tainted |= !self.to_server.is_empty();
@@ -427,10 +440,7 @@ async fn program(mut data: &[u8]) {
                 }
             }
             1 => drop(h.client.refresh_traffic_keys()),
-            2 => {
-                h.client.send_close_notify();
-                h.closed = true;
-            }
+            2 => h.close_notify(),
             3 => h.fin(),
             4 => {
                 let [b] = take::<1>(&mut data);
@@ -487,8 +497,7 @@ fn take_bytes<'a>(data: &mut &'a [u8], n: usize) -> &'a [u8] {
 async fn finish(mut h: Harness) {
     h.deliver_all();
     if !h.closed {
-        h.client.send_close_notify();
-        h.closed = true;
+        h.close_notify();
         h.pump_client();
         h.deliver_all();
     }
