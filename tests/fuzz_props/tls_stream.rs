@@ -348,6 +348,9 @@ impl Harness {
     /// fatal alert sent, and a second one (on a receive error, after a
     /// mutated hello) trips its debug assertion.
     fn close_notify(&mut self) {
+        if self.closed {
+            return;
+        }
         if self.client.is_handshaking() {
             self.tainted = true;
             self.to_server.extend_from_slice(&[0x15, 3, 3, 0, 2, 1, 0]);
