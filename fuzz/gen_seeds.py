@@ -344,8 +344,51 @@ def seeds():
     return s
 
 
+def tls_stream_seeds():
+    """Programs for the tls_stream target (layout: tls_stream in
+    tests/fuzz_props/tls_stream.rs): a flags byte (bit 0 TLS 1.2, bits 1-3
+    the socket buffer, 1 KiB << n), then operations."""
+    tls13, tls12, tiny = 4 << 1, 1 | 4 << 1, 0
+    write = lambda n: bytes([0]) + u16(n)
+    key_update, close, fin, deliver_all = b"\1", b"\2", b"\3", b"\5"
+    deliver = lambda b: bytes([4, b])
+    flip = lambda pos, bit: bytes([6]) + u16(pos) + bytes([bit])
+    inject = lambda pos, data: bytes([9]) + u16(pos) + bytes([len(data)]) + data
+    flood = lambda pos, reps, pattern: (bytes([10]) + u16(pos) + bytes([len(pattern) - 1])
+                                        + u16(reps) + pattern)
+    advance = lambda b: bytes([11, b])
+    echo = deliver_all + write(20) + write(300) + deliver_all + deliver_all + close + deliver_all
+    t = {}
+    t["tls13-echo"] = bytes([tls13]) + echo
+    t["tls12-echo"] = bytes([tls12]) + echo
+    t["tls13-key-update"] = (bytes([tls13]) + deliver_all + write(20) + deliver_all + key_update
+                             + write(30) + deliver_all + key_update + write(1) + deliver_all)
+    t["tls13-chunked"] = (bytes([tiny]) + deliver(0) * 7 + deliver(3) + deliver(140)
+                          + deliver_all + write(40000) + write(12) + deliver(127) * 3
+                          + deliver(200) * 4 + advance(20) + deliver_all)
+    t["tls12-chunked"] = bytes([tls12 & ~(7 << 1)]) + t["tls13-chunked"][1:]
+    t["tls13-flipped-record"] = (bytes([tls13]) + deliver_all + write(20) + deliver_all
+                                 + write(20) + flip(10, 3) + deliver_all)
+    # A ClientKeyExchange announcing 65535 bytes, then one-byte fragments:
+    # the server must refuse it once it holds MAX_HELD bytes.
+    t["tls12-handshake-flood"] = (bytes([tls12]) + deliver(255)
+                                  + inject(0, bytes([0x16, 3, 3, 0, 4, 0x10, 0, 0xff, 0xff]))
+                                  + flood(9, 30000, bytes([0x16, 3, 3, 0, 1, 0])) + deliver_all)
+    # A ClientHello of 65535 bytes in one-byte fragments, before the real
+    # one: refused once the hello's records pass 64 KiB.
+    t["hello-in-fragments"] = (bytes([tls13]) + inject(0, bytes([0x16, 3, 1, 0, 4, 1, 0, 0xff, 0xff]))
+                               + flood(9, 65535, bytes([0x16, 3, 1, 0, 1, 0])) + deliver_all)
+    t["tls13-partial-record-times-out"] = (bytes([tls13]) + deliver_all + write(20)
+                                           + deliver_all + write(20) + deliver(10)
+                                           + advance(200))
+    t["garbage-hello"] = bytes([tls13]) + inject(0, bytes([0x16, 3, 1, 0, 5, 1, 2, 3, 4, 5]))
+    t["close-notify-mid-handshake"] = bytes([tls13]) + close + deliver_all
+    t["fin-mid-hello"] = bytes([tls13]) + deliver(10) + fin
+    return {"tls_stream": t}
+
+
 def main():
-    for target, files in seeds().items():
+    for target, files in {**seeds(), **tls_stream_seeds()}.items():
         d = os.path.join(CORPUS, target)
         os.makedirs(d, exist_ok=True)
         for fname, data in files.items():

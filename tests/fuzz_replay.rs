@@ -155,3 +155,8 @@ fn framing_budget_seeds_reach_the_wait() {
         }
     }
 }
+
+#[test]
+fn tls_stream_corpus() {
+    replay_target("tls_stream");
+}

@@ -29,6 +29,8 @@ use dotgate::proto::proxy_header::{self as proxy, ProxyError};
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
 use tokio::io::{AsyncRead, ReadBuf};
 
+pub mod tls_stream;
+
 /// A property check over one fuzz input; panics on a violation.
 pub type Check = fn(&[u8]);
 
@@ -38,6 +40,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("dns_query", dns_query),
     ("dns_reply", dns_reply),
     ("proxy", proxy),
+    ("tls_stream", tls_stream::tls_stream),
 ];
 
 const MAX_MESSAGE: usize = u16::MAX as usize;

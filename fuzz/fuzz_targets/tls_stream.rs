@@ -1,0 +1,9 @@
+//! Fuzz target `tls_stream`: the properties are in
+//! tests/fuzz_props/tls_stream.rs, shared with the stable replay of the
+//! corpora (tests/fuzz_replay.rs).
+#![no_main]
+
+#[path = "../../tests/fuzz_props/mod.rs"]
+mod props;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| props::tls_stream::tls_stream(data));
