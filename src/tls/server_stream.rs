@@ -44,8 +44,8 @@ use rustls::unbuffered::{
     ConnectionState, EncodeError, EncodeTlsData, EncryptError, InsufficientSizeError, ReadTraffic,
 };
 use rustls::{
-    AlertDescription, CommonState, Error as RustlsError, HandshakeKind, InvalidMessage,
-    PeerMisbehaved, ProtocolVersion, ServerConfig,
+    AlertDescription, CommonState, Error as RustlsError, HandshakeKind, PeerMisbehaved,
+    ProtocolVersion, ServerConfig,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -152,9 +152,18 @@ struct Stuck {
     cause: TlsFailure,
     /// Where rustls' view of the buffer started.
     origin: usize,
-    /// How to make rustls send an alert it did not queue: the end of the
-    /// bytes to keep of its view, and the record to add after them.
-    provoke: Option<(usize, Provoke)>,
+    /// How to send an alert where rustls queued none.
+    remedy: Option<Remedy>,
+}
+
+/// An alert for an error rustls queued none for.
+enum Remedy {
+    /// Hand rustls the bytes of its view up to the first field, then this
+    /// record: it refuses it with an alert of its own, under its keys.
+    Provoke(usize, Provoke),
+    /// Write this fatal alert as a plaintext record (the server has not
+    /// started encrypting).
+    Plaintext(AlertDescription),
 }
 
 /// One server-side TLS connection after its handshake, over a TCP socket
@@ -363,6 +372,18 @@ fn hello_alert(error: &RustlsError) -> AlertDescription {
     }
 }
 
+/// The alert for an error rustls queued none for, written in plaintext
+/// during a handshake: what RFC 8446 §6.2 names for the kind of error.
+fn plaintext_alert_for(error: &RustlsError) -> AlertDescription {
+    match error {
+        RustlsError::InvalidMessage(_) => AlertDescription::DecodeError,
+        RustlsError::InappropriateMessage { .. }
+        | RustlsError::InappropriateHandshakeMessage { .. }
+        | RustlsError::PeerMisbehaved(_) => AlertDescription::UnexpectedMessage,
+        _ => AlertDescription::HandshakeFailure,
+    }
+}
+
 /// After a refusal's alert and FIN: reads and discards what the client
 /// still sends until it closes, for at most [`LINGER`], so that closing
 /// with unread bytes does not answer the client with a reset that could
@@ -419,6 +440,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerStream<S> {
         let mut heard = true;
         loop {
             if let Err(e) = processed {
+                if let Some(TlsFailure::Protocol(RustlsError::AlertReceived(
+                    AlertDescription::CloseNotify,
+                ))) = TlsFailure::of(&e)
+                {
+                    return Err(AcceptError::ClosedEarly);
+                }
                 return Err(match certificate_alert(&e) {
                     Some(alert) if self.sent_certificate(flights) => {
                         AcceptError::CertificateRejected(format!("sent the alert {alert:?}"))
@@ -537,11 +564,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerStream<S> {
             let state = match status.state {
                 Ok(state) => state,
                 Err(error) => {
-                    let provoke = self.provocation(&error, origin, record, end, discard);
+                    let remedy = self.provocation(&error, origin, record, end, discard);
                     return Err(Stuck {
                         cause: TlsFailure::Protocol(error),
                         origin: origin + discard,
-                        provoke,
+                        remedy,
                     });
                 }
             };
@@ -637,9 +664,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerStream<S> {
         ))
     }
 
-    /// Where rustls fails without an alert of its own, how to make it send
-    /// the one the RFC names: the bytes of `buf` to keep (up to where
-    /// rustls' view of them ends) and the record to add.
+    /// Where rustls fails without an alert of its own, how to send one: the
+    /// one the RFC names where a record can make rustls send it, a
+    /// plaintext one while the server still writes in plaintext, and
+    /// otherwise `decode_error`, provoked. Never an answer to the peer's own
+    /// alert.
     fn provocation(
         &self,
         error: &RustlsError,
@@ -647,8 +676,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerStream<S> {
         record: usize,
         end: usize,
         discard: usize,
-    ) -> Option<(usize, Provoke)> {
+    ) -> Option<Remedy> {
         match error {
+            RustlsError::AlertReceived(_) => None,
             // rustls refused the record at `record` before taking it (it
             // was decrypted, so it cannot be given again).
             RustlsError::PeerMisbehaved(
@@ -666,16 +696,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerStream<S> {
                     // without an alert; a bad header still gets one.
                     Provoke::DecodeError
                 };
-                Some((record, provoke))
+                Some(Remedy::Provoke(record, provoke))
             }
-            // Taken, then refused on its announced length.
-            RustlsError::InvalidMessage(InvalidMessage::HandshakePayloadTooLarge)
-                if discard == 0 =>
-            {
-                Some((end, Provoke::DecodeError))
-            }
-            _ => None,
+            // Before a TLS 1.2 server's ChangeCipherSpec (or before any
+            // ServerHello) its records are plaintext: the alert can be
+            // written as such, and say what went wrong (a TLS 1.2 client
+            // with no signature scheme for the certificate's key, a key
+            // exchange that does not decode).
+            _ if self.writes_plaintext() => Some(Remedy::Plaintext(plaintext_alert_for(error))),
+            // Anything else: rustls has taken the bytes up to `end`, and
+            // refuses a bad header after them with `decode_error`, under
+            // whatever keys it writes with.
+            _ => Some(Remedy::Provoke(end, Provoke::DecodeError)),
         }
+    }
+
+    /// Whether the server still writes plaintext records: during a TLS 1.2
+    /// full handshake (it encrypts from its ChangeCipherSpec, the last
+    /// thing it sends), or before the version is chosen.
+    fn writes_plaintext(&self) -> bool {
+        self.conn.is_handshaking()
+            && match self.conn.protocol_version() {
+                None => true,
+                Some(ProtocolVersion::TLSv1_2) => {
+                    self.conn.handshake_kind() != Some(HandshakeKind::Resumed)
+                }
+                Some(_) => false,
+            }
     }
 
     /// Ends the stream at its first error: the fatal alert rustls queued
@@ -686,14 +733,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerStream<S> {
     fn fail(&mut self, buf: &[u8], stuck: Stuck) -> io::Error {
         let mut alert_sent = self.drain_queued();
         if !alert_sent && self.close == Close::Open {
-            if let Some((keep, provoke)) = stuck.provoke {
-                let mut view = buf[stuck.origin..keep].to_vec();
-                view.extend_from_slice(provoke.bytes());
-                let status = self.conn.process_tls_records(&mut view);
-                if let Ok(ConnectionState::EncodeTlsData(mut data)) = status.state {
-                    alert_sent = encode_into(&mut self.outgoing, &mut data).is_ok();
+            match stuck.remedy {
+                Some(Remedy::Provoke(keep, provoke)) => {
+                    let mut view = buf[stuck.origin..keep].to_vec();
+                    view.extend_from_slice(provoke.bytes());
+                    let status = self.conn.process_tls_records(&mut view);
+                    if let Ok(ConnectionState::EncodeTlsData(mut data)) = status.state {
+                        alert_sent = encode_into(&mut self.outgoing, &mut data).is_ok();
+                    }
+                    alert_sent |= self.drain_queued();
                 }
-                alert_sent |= self.drain_queued();
+                Some(Remedy::Plaintext(alert)) => {
+                    self.outgoing
+                        .extend_from_slice(&records::plaintext_alert(alert));
+                    alert_sent = true;
+                }
+                None => {}
             }
         }
         self.incoming = Vec::new();
@@ -876,7 +931,7 @@ fn check_held(origin: usize, end: usize) -> Result<(), Stuck> {
             origin,
             // rustls has processed all it holds: the provoking record
             // goes right after it.
-            provoke: Some((end, Provoke::DecodeError)),
+            remedy: Some(Remedy::Provoke(end, Provoke::DecodeError)),
         });
     }
     Ok(())
@@ -887,7 +942,7 @@ impl Stuck {
         Stuck {
             cause,
             origin,
-            provoke: None,
+            remedy: None,
         }
     }
 }
