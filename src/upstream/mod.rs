@@ -9,7 +9,8 @@
 //! through [`tcp`]), [`stream`] (pooled, pipelined TCP or TLS connections),
 //! [`dot`] (where a DoT upstream is and how it is verified), with
 //! [`connect`] opening the connections; [`reply`] is what one exchange gives,
-//! [`health`] keeps the up/down state and [`policy`] picks an upstream.
+//! [`ids`] hands out the random query IDs of both, [`health`] keeps the
+//! up/down state and [`policy`] picks an upstream.
 //!
 //! Failover: when another upstream is up, the first try gets only
 //! [`TRY_FRACTION`] of the upstream timeout; if it fails or times out, the
@@ -21,6 +22,7 @@
 mod connect;
 mod dot;
 mod health;
+mod ids;
 mod origin;
 mod per_client;
 mod policy;

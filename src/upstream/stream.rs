@@ -34,8 +34,6 @@
 //!   across an await; only opening a connection is serialized (by an async
 //!   gate), so a burst does not open one connection per query.
 
-use std::collections::hash_map::Entry;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -47,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::connect::{ConnectError, DialError};
 use super::dot::DotTarget;
+use super::ids::{Ids, Ticket};
 use super::reply::{classify, Reply, UpstreamError};
 use crate::metrics::stats::Stats;
 use crate::proto::dns::{self, QueryInfo};
@@ -93,7 +92,6 @@ pub enum Connector {
 }
 
 struct Waiter {
-    seq: u64,
     question: Box<[u8]>,
     tx: oneshot::Sender<Reply>,
     /// When the query was registered, to tell a stalled connection (nothing
@@ -103,7 +101,7 @@ struct Waiter {
 
 struct Pending {
     dead: bool,
-    waiters: HashMap<u16, Waiter>,
+    waiters: Ids<Waiter>,
     /// No new query may register: the upstream advertised keepalive 0, or
     /// the connection outlived its idle limit. It closes once `waiters` is
     /// empty.
@@ -142,7 +140,6 @@ struct Conn {
     /// or changed its idle limit, or retired.
     idle_changed: Notify,
     inflight: AtomicUsize,
-    next_seq: AtomicU64,
     /// Order of opening within the pool: a query resent after a lost
     /// connection only goes to a connection opened after the loss.
     generation: u64,
@@ -240,7 +237,7 @@ impl Conn {
             self.lost_at.store(next_generation, Ordering::Relaxed);
             pending.dead = true;
             self.dead.store(true, Ordering::Relaxed);
-            pending.waiters.drain().map(|(_, w)| w).collect()
+            pending.waiters.drain().collect()
         };
         drained.len()
     }
@@ -439,7 +436,7 @@ impl StreamPool {
         let conn = Arc::new(Conn {
             pending: Mutex::new(Pending {
                 dead: false,
-                waiters: HashMap::new(),
+                waiters: Ids::default(),
                 retiring: false,
                 idle_limit: None,
                 idle_since: Instant::now(),
@@ -451,7 +448,6 @@ impl StreamPool {
             keepalive_known: AtomicBool::new(false),
             idle_changed: Notify::new(),
             inflight: AtomicUsize::new(0),
-            next_seq: AtomicU64::new(0),
             generation: self.generations.fetch_add(1, Ordering::Relaxed),
             lost_at: AtomicU64::new(UNKNOWN),
         });
@@ -473,10 +469,9 @@ impl StreamPool {
 /// be closed by either side), takes no new query.
 async fn send(conn: &Arc<Conn>, mut out: Vec<u8>, question: &[u8]) -> Result<Reply, SendError> {
     let (tx, rx) = oneshot::channel();
-    let seq = conn.next_seq.fetch_add(1, Ordering::Relaxed);
-    let id = {
+    let ticket = {
         let mut pending = conn.pending();
-        if pending.dead || pending.waiters.len() >= usize::from(u16::MAX) {
+        if pending.dead {
             return Err(SendError::Lost);
         }
         if pending.idle_expired() {
@@ -485,23 +480,18 @@ async fn send(conn: &Arc<Conn>, mut out: Vec<u8>, question: &[u8]) -> Result<Rep
         if pending.retiring {
             return Err(SendError::Retired);
         }
-        loop {
-            let id: u16 = rand::random();
-            if let Entry::Vacant(slot) = pending.waiters.entry(id) {
-                slot.insert(Waiter {
-                    seq,
-                    question: question.into(),
-                    tx,
-                    sent: Instant::now(),
-                });
-                break id;
-            }
-        }
+        let waiter = Waiter {
+            question: question.into(),
+            tx,
+            sent: Instant::now(),
+        };
+        // Every ID in use: as if the connection were lost, tried elsewhere.
+        pending.waiters.insert(waiter).ok_or(SendError::Lost)?
     };
     conn.inflight.fetch_add(1, Ordering::Relaxed);
-    let _guard = WaiterGuard { conn, id, seq };
+    let _guard = WaiterGuard { conn, ticket };
     // The ID sits after the 2-byte length prefix.
-    dns::set_id(&mut out[2..], id);
+    dns::set_id(&mut out[2..], ticket.id);
     if conn.out.send(out).await.is_err() {
         return Err(SendError::Lost);
     }
@@ -512,20 +502,14 @@ async fn send(conn: &Arc<Conn>, mut out: Vec<u8>, question: &[u8]) -> Result<Rep
 /// the query is abandoned (timeout, client gone), never a later one.
 struct WaiterGuard<'a> {
     conn: &'a Conn,
-    id: u16,
-    seq: u64,
+    ticket: Ticket,
 }
 
 impl Drop for WaiterGuard<'_> {
     fn drop(&mut self) {
         self.conn.inflight.fetch_sub(1, Ordering::Relaxed);
         let mut pending = self.conn.pending();
-        let abandoned = match pending.waiters.get(&self.id) {
-            Some(w) if w.seq == self.seq => Some(w.sent),
-            _ => None,
-        };
-        if let Some(sent) = abandoned {
-            pending.waiters.remove(&self.id);
+        if let Some(Waiter { sent, .. }) = pending.waiters.remove_ticket(self.ticket) {
             // Nothing at all came back on this connection since the query
             // went out: it is stalled or black-holed, not just slow on a name.
             let stalled = pending.last_reply.is_none_or(|at| at < sent);
@@ -654,13 +638,13 @@ fn deliver(conn: &Conn, reply: &[u8], stats: &Stats) {
     let keepalive = dns::reply_keepalive(reply);
     let waiter = {
         let mut pending = conn.pending();
-        let Some(waiter) = pending.waiters.get(&id) else {
+        let Some(waiter) = pending.waiters.get(id) else {
             drop(pending);
             stats.mismatched_replies.inc();
             return;
         };
         let delivered = match classify(reply, &waiter.question) {
-            Some(result) => pending.waiters.remove(&id).map(|w| (w, result)),
+            Some(result) => pending.waiters.remove(id).map(|w| (w, result)),
             None => None,
         };
         if delivered.is_some() {

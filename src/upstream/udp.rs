@@ -15,8 +15,6 @@
 //! The pending map is behind a plain mutex, held only for a map operation and
 //! never across an await.
 
-use std::collections::hash_map::Entry;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,6 +24,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::ids::{Ids, Ticket};
 use super::origin::Origin;
 use super::reply::{classify, Reply, UpstreamError};
 use crate::metrics::stats::Stats;
@@ -59,8 +58,6 @@ const ERRORS_BEFORE_BACKOFF: u32 = 8;
 const MAX_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 struct Waiter {
-    /// Tells this waiter from a later one that reuses the same ID.
-    seq: u64,
     question: Question,
     tx: oneshot::Sender<Reply>,
 }
@@ -101,12 +98,13 @@ impl Question {
 
 struct Socket {
     sock: UdpSocket,
-    pending: Mutex<HashMap<u16, Waiter>>,
-    next_seq: AtomicU64,
+    pending: Mutex<Ids<Waiter>>,
+    /// Queries sent on this socket, to sample the round-trip time.
+    queries: AtomicU64,
 }
 
 impl Socket {
-    fn pending(&self) -> MutexGuard<'_, HashMap<u16, Waiter>> {
+    fn pending(&self) -> MutexGuard<'_, Ids<Waiter>> {
         // A panic while holding this lock cannot leave the map inconsistent
         // (every operation is a single insert or remove), so poisoning is
         // ignored rather than spread.
@@ -149,8 +147,8 @@ impl UdpTransport {
             sock.connect(upstream).await?;
             let socket = Arc::new(Socket {
                 sock,
-                pending: Mutex::new(HashMap::new()),
-                next_seq: AtomicU64::new(0),
+                pending: Mutex::new(Ids::default()),
+                queries: AtomicU64::new(0),
             });
             receivers.push(tokio::spawn(receive_loop(socket.clone(), stats.clone())));
             sockets.push(socket);
@@ -195,25 +193,14 @@ impl UdpTransport {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.sockets.len();
         let socket = &self.sockets[index];
         let (tx, rx) = oneshot::channel();
-        let seq = socket.next_seq.fetch_add(1, Ordering::Relaxed);
-        let id = {
-            let mut pending = socket.pending();
-            if pending.len() >= usize::from(u16::MAX) {
-                return Err(UpstreamError::Busy);
-            }
-            loop {
-                let id: u16 = rand::random();
-                if let Entry::Vacant(slot) = pending.entry(id) {
-                    slot.insert(Waiter {
-                        seq,
-                        question: Question::new(&msg[info.question.clone()]),
-                        tx,
-                    });
-                    break id;
-                }
-            }
+        let seq = socket.queries.fetch_add(1, Ordering::Relaxed);
+        let waiter = Waiter {
+            question: Question::new(&msg[info.question.clone()]),
+            tx,
         };
-        let _guard = PendingGuard { socket, id, seq };
+        let ticket = socket.pending().insert(waiter).ok_or(UpstreamError::Busy)?;
+        let _guard = PendingGuard { socket, ticket };
+        let id = ticket.id;
         let out = if origin.has_proxy() {
             // The header precedes every datagram (PROXY v2 over UDP).
             let mut out = Vec::with_capacity(proxy_header::v2_len(255) + msg.len() + 64);
@@ -277,16 +264,12 @@ impl Drop for UdpTransport {
 /// never a later waiter that reuses the ID.
 struct PendingGuard<'a> {
     socket: &'a Socket,
-    id: u16,
-    seq: u64,
+    ticket: Ticket,
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        let mut pending = self.socket.pending();
-        if pending.get(&self.id).is_some_and(|w| w.seq == self.seq) {
-            pending.remove(&self.id);
-        }
+        self.socket.pending().remove_ticket(self.ticket);
     }
 }
 
@@ -319,7 +302,7 @@ async fn receive_loop(socket: Arc<Socket>, stats: Arc<Stats>) {
         }
         let id = dns::id(reply);
         let mut pending = socket.pending();
-        let Some(waiter) = pending.get(&id) else {
+        let Some(waiter) = pending.get(id) else {
             drop(pending);
             stats.mismatched_replies.inc();
             tracing::debug!(id, "upstream reply with an ID not in use: ignored");
@@ -327,7 +310,7 @@ async fn receive_loop(socket: Arc<Socket>, stats: Arc<Stats>) {
         };
         match classify(reply, waiter.question.as_bytes()) {
             Some(result) => {
-                if let Some(waiter) = pending.remove(&id) {
+                if let Some(waiter) = pending.remove(id) {
                     drop(pending);
                     // The receiver may have given up (timeout): nothing to do.
                     let _ = waiter.tx.send(result);
