@@ -489,6 +489,10 @@ pub enum ReplyMatch {
     /// An error reply without a question section (some servers send FORMERR
     /// or REFUSED that way); its RCODE is kept, the question restored.
     ErrorWithoutQuestion(u8),
+    /// The right question, but records that run past the message or an OPT
+    /// record whose options do not parse: it cannot be passed on. Counted,
+    /// and ignored like a mismatch, so that a valid reply may still come.
+    Broken,
     /// Not a reply to this question: ignored (RFC 5452), the real one may
     /// still come.
     Mismatch,
@@ -511,11 +515,47 @@ pub fn match_reply(reply: &[u8], question: &[u8]) -> ReplyMatch {
             ReplyMatch::ErrorWithoutQuestion(rcode(reply))
         }
         1 => match question_end(reply) {
-            Some(end) if same_question(&reply[HEADER_LEN..end], question) => ReplyMatch::Answer,
+            Some(end) if same_question(&reply[HEADER_LEN..end], question) => {
+                if records_well_formed(reply, end) {
+                    ReplyMatch::Answer
+                } else {
+                    ReplyMatch::Broken
+                }
+            }
             _ => ReplyMatch::Mismatch,
         },
         _ => ReplyMatch::Mismatch,
     }
+}
+
+/// True when every record after the question (which ends at `question_end`)
+/// lies within the message and every OPT record's options parse: what
+/// [`client_reply`] needs to pass the reply on. One walk, no allocation.
+fn records_well_formed(reply: &[u8], question_end: usize) -> bool {
+    let Some(layout) = layout(reply, HEADER_LEN..question_end) else {
+        return false;
+    };
+    if layout.opts == 0 {
+        return true;
+    }
+    let before_additional = usize::from(count(reply, AN)) + usize::from(count(reply, NS));
+    let total = before_additional + usize::from(count(reply, AR));
+    let mut pos = question_end;
+    for index in 0..total {
+        let Some(span) = skip_record(reply, pos) else {
+            return false;
+        };
+        if index >= before_additional && span.rtype == TYPE_OPT {
+            let well_formed = rdlen_offset(reply, &span.range)
+                .and_then(|at| reply.get(at + 2..span.range.end))
+                .is_some_and(edns::options_well_formed);
+            if !well_formed {
+                return false;
+            }
+        }
+        pos = span.range.end;
+    }
+    true
 }
 
 /// Why an upstream reply cannot be passed on.
@@ -933,6 +973,30 @@ mod tests {
             .unwrap()
             .edns
             .is_some());
+    }
+
+    #[test]
+    fn a_reply_to_the_question_with_broken_records_is_told_apart() {
+        let q = query(7, "example.com", 1, true);
+        let question = &q[parse_query(&q).unwrap().question];
+        let good = answer(&q, true);
+        assert_eq!(match_reply(&good, question), ReplyMatch::Answer);
+        // The header claims one more answer than there is.
+        let mut missing = good.clone();
+        set_count(&mut missing, AN, count(&good, AN) + 1);
+        assert_eq!(match_reply(&missing, question), ReplyMatch::Broken);
+        // The last record cut short.
+        let cut = good[..good.len() - 1].to_vec();
+        assert_eq!(match_reply(&cut, question), ReplyMatch::Broken);
+        // An OPT option whose length runs past its RDATA.
+        let bad_option = with_options(good.clone(), &[(3, b"nsid")]);
+        let mut bad_option = bad_option;
+        let at = bad_option.len() - 4 - 2;
+        bad_option[at..at + 2].copy_from_slice(&9u16.to_be_bytes());
+        assert_eq!(match_reply(&bad_option, question), ReplyMatch::Broken);
+        assert!(
+            client_reply(bad_option, &parse_query(&q).unwrap(), KEEPALIVE_AND_PADDING).is_err()
+        );
     }
 
     #[test]

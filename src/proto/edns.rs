@@ -100,6 +100,11 @@ impl Iterator for Options<'_> {
     }
 }
 
+/// True when OPT RDATA is a sequence of whole options.
+pub fn options_well_formed(rdata: &[u8]) -> bool {
+    options(rdata).all(|option| option.is_ok())
+}
+
 /// What a client's OPT record asks of the TLS leg.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Request {

@@ -86,8 +86,22 @@ impl<T> Ids<T> {
     }
 
     /// The query waiting under `id`, whichever it is.
+    #[cfg(test)]
     pub fn get(&self, id: u16) -> Option<&T> {
         self.map.get(&id).map(|slot| &slot.value)
+    }
+
+    /// The query waiting under `id`, to note something about it.
+    pub fn get_mut(&mut self, id: u16) -> Option<&mut T> {
+        self.map.get_mut(&id).map(|slot| &mut slot.value)
+    }
+
+    /// The query of `ticket`, if it is still waiting.
+    pub fn get_ticket(&self, ticket: Ticket) -> Option<&T> {
+        self.map
+            .get(&ticket.id)
+            .filter(|slot| slot.seq == ticket.seq)
+            .map(|slot| &slot.value)
     }
 
     /// Removes the query waiting under `id` (its reply came).
@@ -156,6 +170,8 @@ mod tests {
             })
             .expect("every ID comes up within ten million draws");
         assert_eq!(ids.get(old.id), Some(&"new"));
+        assert_eq!(ids.get_ticket(old), None);
+        assert_eq!(ids.get_ticket(newer), Some(&"new"));
         assert_eq!(ids.remove_ticket(old), None, "the stale guard drops");
         assert_eq!(ids.remove_ticket(newer), Some("new"));
         assert!(ids.is_empty());

@@ -24,8 +24,10 @@
 //!   answered. Idleness, the timeout and retirement live under the
 //!   pending-map lock, so a query registers only on a connection that will
 //!   not be closed under it;
-//! * a connection that stops answering is not kept: when a query on it is
-//!   abandoned (its try timed out) and nothing at all came back on that
+//! * a reply to the question that is malformed is counted and passed over:
+//!   the query waits, until the end of its try, for a valid one;
+//! * a connection that stops answering is not kept: when a query on it
+//!   times out (its try's deadline; not a client that left) and nothing at all came back on that
 //!   connection since the query was sent, the connection is retired (no new
 //!   query; closed once its last one is answered or abandoned), so the next
 //!   query opens a fresh one; a write that does not complete within the
@@ -46,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 use super::connect::{ConnectError, DialError};
 use super::dot::DotTarget;
 use super::ids::{Ids, Ticket};
-use super::reply::{classify, Reply, UpstreamError};
+use super::reply::{classify, Reply, UpstreamError, Verdict};
 use crate::metrics::stats::Stats;
 use crate::proto::dns::{self, QueryInfo};
 use crate::proto::framing::FrameReader;
@@ -97,6 +99,9 @@ struct Waiter {
     /// When the query was registered, to tell a stalled connection (nothing
     /// answered since) from a slow name.
     sent: Instant,
+    /// A malformed reply to the question came: if no valid one follows
+    /// within the try, the query fails as a bad reply, not a timeout.
+    broken: bool,
 }
 
 struct Pending {
@@ -245,6 +250,8 @@ impl Conn {
 
 /// Why a query got no reply on a connection.
 enum SendError {
+    /// The try's deadline passed; `broken` when only malformed replies came.
+    Expired { broken: bool },
     /// The connection died with this query in flight: retryable elsewhere.
     Lost,
     /// The connection retired before the query was registered: it was never
@@ -328,15 +335,16 @@ impl StreamPool {
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sends one query and waits for its reply (no timeout here: the pool
-    /// bounds each try). A query whose connection dies is sent once more on
-    /// another connection; one whose connection retired before taking it
-    /// goes to another without counting as a loss.
+    /// Sends one query and waits for its reply until `deadline`, the end of
+    /// the try. A query whose connection dies is sent once more on another
+    /// connection; one whose connection retired before taking it goes to
+    /// another without counting as a loss.
     pub async fn exchange(
         &self,
         msg: &[u8],
         info: &QueryInfo,
         subnet: Option<&[u8]>,
+        deadline: tokio::time::Instant,
     ) -> Result<Reply, UpstreamError> {
         // Built once, and moved into the first try: a second try (rare)
         // builds its own copy.
@@ -352,8 +360,10 @@ impl StreamPool {
             let out = first
                 .take()
                 .unwrap_or_else(|| dns::stream_query(msg, info, subnet));
-            match send(&conn, out, question).await {
+            match send(&conn, out, question, deadline).await {
                 Ok(reply) => return Ok(reply),
+                Err(SendError::Expired { broken: true }) => return Err(UpstreamError::BadReply),
+                Err(SendError::Expired { broken: false }) => return Err(UpstreamError::Timeout),
                 Err(SendError::Retired) => {}
                 Err(SendError::Lost) if !lost => {
                     lost = true;
@@ -464,10 +474,15 @@ impl StreamPool {
     }
 }
 
-/// Registers a waiter under a fresh ID, queues the framed query and waits.
-/// A connection that is retiring, or idle past its limit (and so about to
-/// be closed by either side), takes no new query.
-async fn send(conn: &Arc<Conn>, mut out: Vec<u8>, question: &[u8]) -> Result<Reply, SendError> {
+/// Registers a waiter under a fresh ID, queues the framed query and waits
+/// until `deadline`. A connection that is retiring, or idle past its limit
+/// (and so about to be closed by either side), takes no new query.
+async fn send(
+    conn: &Arc<Conn>,
+    mut out: Vec<u8>,
+    question: &[u8],
+    deadline: tokio::time::Instant,
+) -> Result<Reply, SendError> {
     let (tx, rx) = oneshot::channel();
     let ticket = {
         let mut pending = conn.pending();
@@ -484,25 +499,49 @@ async fn send(conn: &Arc<Conn>, mut out: Vec<u8>, question: &[u8]) -> Result<Rep
             question: question.into(),
             tx,
             sent: Instant::now(),
+            broken: false,
         };
         // Every ID in use: as if the connection were lost, tried elsewhere.
         pending.waiters.insert(waiter).ok_or(SendError::Lost)?
     };
     conn.inflight.fetch_add(1, Ordering::Relaxed);
-    let _guard = WaiterGuard { conn, ticket };
+    let mut guard = WaiterGuard {
+        conn,
+        ticket,
+        timed_out: false,
+    };
     // The ID sits after the 2-byte length prefix.
     dns::set_id(&mut out[2..], ticket.id);
-    if conn.out.send(out).await.is_err() {
-        return Err(SendError::Lost);
+    let wait = async {
+        conn.out.send(out).await.map_err(|_| SendError::Lost)?;
+        rx.await.map_err(|_| SendError::Lost)
+    };
+    match tokio::time::timeout_at(deadline, wait).await {
+        Ok(result) => result,
+        Err(_) => {
+            guard.timed_out = true;
+            let broken = conn
+                .pending()
+                .waiters
+                .get_ticket(ticket)
+                .is_some_and(|w| w.broken);
+            Err(SendError::Expired { broken })
+        }
     }
-    rx.await.map_err(|_| SendError::Lost)
 }
 
 /// Counts a query in flight on its connection and removes its waiter when
-/// the query is abandoned (timeout, client gone), never a later one.
+/// the query is abandoned (its try timed out, its client left), never a
+/// later one. Only a timed-out try can retire a stalled connection: a client
+/// that leaves says nothing about the upstream, and a connection retired
+/// for it would be replaced by a new one (retiring ones do not count toward
+/// [`MAX_CONNECTIONS`]), so a client that pipelines and hangs up, again and
+/// again, would churn the connections every other client shares.
 struct WaiterGuard<'a> {
     conn: &'a Conn,
     ticket: Ticket,
+    /// Set when the try's deadline passed with the query still waiting.
+    timed_out: bool,
 }
 
 impl Drop for WaiterGuard<'_> {
@@ -513,7 +552,7 @@ impl Drop for WaiterGuard<'_> {
             // Nothing at all came back on this connection since the query
             // went out: it is stalled or black-holed, not just slow on a name.
             let stalled = pending.last_reply.is_none_or(|at| at < sent);
-            if stalled && !pending.retiring && !pending.dead {
+            if self.timed_out && stalled && !pending.retiring && !pending.dead {
                 tracing::debug!(
                     "no reply on an upstream connection since an abandoned query: retiring it"
                 );
@@ -638,14 +677,23 @@ fn deliver(conn: &Conn, reply: &[u8], stats: &Stats) {
     let keepalive = dns::reply_keepalive(reply);
     let waiter = {
         let mut pending = conn.pending();
-        let Some(waiter) = pending.waiters.get(id) else {
+        let Some(waiter) = pending.waiters.get_mut(id) else {
             drop(pending);
             stats.mismatched_replies.inc();
             return;
         };
         let delivered = match classify(reply, &waiter.question) {
-            Some(result) => pending.waiters.remove(id).map(|w| (w, result)),
-            None => None,
+            Verdict::Reply(result) => pending.waiters.remove(id).map(|w| (w, result)),
+            Verdict::Broken => {
+                // Not delivered: the query waits on for a valid reply. The
+                // connection is alive all the same.
+                waiter.broken = true;
+                pending.last_reply = Some(Instant::now());
+                drop(pending);
+                stats.upstream_bad_replies.inc();
+                return;
+            }
+            Verdict::Mismatch => None,
         };
         if delivered.is_some() {
             pending.last_reply = Some(Instant::now());

@@ -5,7 +5,9 @@
 //! is delivered only when it comes from the upstream's address (the socket is
 //! connected, so the kernel filters the source), carries an ID in use, and
 //! repeats the question that was sent (RFC 5452). Anything else is counted and
-//! ignored; the real reply may still arrive.
+//! ignored; the real reply may still arrive. So is a reply to the question
+//! that is malformed: the query waits on, until the end of its try, for a
+//! valid one.
 //!
 //! A datagram can be lost on the way. As stub resolvers do, a query with no
 //! reply after a short delay (four smoothed round-trip times, at least
@@ -26,7 +28,7 @@ use tokio::task::JoinHandle;
 
 use super::ids::{Ids, Ticket};
 use super::origin::Origin;
-use super::reply::{classify, Reply, UpstreamError};
+use super::reply::{classify, Reply, UpstreamError, Verdict};
 use crate::metrics::stats::Stats;
 use crate::proto::dns::{self, QueryInfo};
 use crate::proto::proxy_header;
@@ -60,6 +62,9 @@ const MAX_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 struct Waiter {
     question: Question,
     tx: oneshot::Sender<Reply>,
+    /// A malformed reply to the question came: if no valid one follows
+    /// within the try, the query fails as a bad reply, not a timeout.
+    broken: bool,
 }
 
 /// Question sections up to this long are kept in the waiter itself: a
@@ -182,13 +187,15 @@ impl UdpTransport {
         self.srtt_us.store(new, Ordering::Relaxed);
     }
 
-    /// Sends one query and waits for its matching reply (no timeout here: the
-    /// caller bounds the whole exchange).
+    /// Sends one query and waits for its matching reply until `deadline`,
+    /// the end of the try: [`UpstreamError::Timeout`] then, or
+    /// [`UpstreamError::BadReply`] when only malformed replies came.
     pub async fn exchange(
         &self,
         msg: &[u8],
         info: &QueryInfo,
         origin: &Origin,
+        deadline: tokio::time::Instant,
     ) -> Result<Reply, UpstreamError> {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.sockets.len();
         let socket = &self.sockets[index];
@@ -197,6 +204,7 @@ impl UdpTransport {
         let waiter = Waiter {
             question: Question::new(&msg[info.question.clone()]),
             tx,
+            broken: false,
         };
         let ticket = socket.pending().insert(waiter).ok_or(UpstreamError::Busy)?;
         let _guard = PendingGuard { socket, ticket };
@@ -214,16 +222,30 @@ impl UdpTransport {
         let sent = Instant::now();
         // The sender lives in the map until the reply or the guard removes it.
         let mut rx = rx;
-        let reply = tokio::select! {
-            reply = &mut rx => reply,
-            () = tokio::time::sleep(self.resend_delay()) => {
-                // Lost on the way, or just slow: either way, once more.
-                self.stats.upstream_udp_resends.inc();
-                send(socket, &out).await?;
-                rx.await
+        let wait = async {
+            tokio::select! {
+                reply = &mut rx => reply,
+                () = tokio::time::sleep(self.resend_delay()) => {
+                    // Lost on the way, or just slow: either way, once more.
+                    self.stats.upstream_udp_resends.inc();
+                    send(socket, &out).await?;
+                    rx.await
+                }
             }
+            .map_err(|_| UpstreamError::Closed)
         };
-        let reply = reply.map_err(|_| UpstreamError::Closed)?;
+        let Ok(reply) = tokio::time::timeout_at(deadline, wait).await else {
+            let broken = socket
+                .pending()
+                .get_ticket(ticket)
+                .is_some_and(|w| w.broken);
+            return Err(if broken {
+                UpstreamError::BadReply
+            } else {
+                UpstreamError::Timeout
+            });
+        };
+        let reply = reply?;
         if seq.is_multiple_of(RTT_SAMPLE) {
             self.sample_rtt(sent.elapsed());
         }
@@ -302,21 +324,27 @@ async fn receive_loop(socket: Arc<Socket>, stats: Arc<Stats>) {
         }
         let id = dns::id(reply);
         let mut pending = socket.pending();
-        let Some(waiter) = pending.get(id) else {
+        let Some(waiter) = pending.get_mut(id) else {
             drop(pending);
             stats.mismatched_replies.inc();
             tracing::debug!(id, "upstream reply with an ID not in use: ignored");
             continue;
         };
         match classify(reply, waiter.question.as_bytes()) {
-            Some(result) => {
+            Verdict::Reply(result) => {
                 if let Some(waiter) = pending.remove(id) {
                     drop(pending);
                     // The receiver may have given up (timeout): nothing to do.
                     let _ = waiter.tx.send(result);
                 }
             }
-            None => {
+            Verdict::Broken => {
+                waiter.broken = true;
+                drop(pending);
+                stats.upstream_bad_replies.inc();
+                tracing::debug!(id, "malformed upstream reply: waiting for a valid one");
+            }
+            Verdict::Mismatch => {
                 drop(pending);
                 stats.mismatched_replies.inc();
                 tracing::debug!(id, "upstream reply whose question does not match: ignored");
