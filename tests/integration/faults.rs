@@ -32,11 +32,11 @@ use tokio::task::JoinHandle;
 
 use crate::harness::ask_all;
 use crate::harness::{
-    assert_answer, assert_reply_header, encode, frame, parse, query, Client, Read, Server,
-    REPLY_WAIT,
+    assert_answer, assert_reply_header, encode, frame, parse, query, with_opt, Client, Read,
+    Server, REPLY_WAIT,
 };
 use crate::metrics::{metrics_addr, scrape, value};
-use crate::upstream::{lower_fqdn, ordinary_answer, Upstream};
+use crate::upstream::{lower_fqdn, ordinary_answer, raw_records, Upstream};
 
 const MISMATCHED: &str = "dotgate_upstream_mismatched_replies_total";
 const BAD_REPLY: &str =
@@ -665,6 +665,103 @@ async fn an_upstream_that_only_sends_broken_replies_is_failed_over() {
     assert_eq!(value(&text, "dotgate_upstream_failovers_total"), 5.0);
     // Two per datagram sent (resends included).
     assert!(value(&text, BAD_REPLIES) >= 10.0);
+}
+
+// ---------- a signed reply ----------
+
+/// A TSIG record (RFC 8945) for key `key.example.`, hmac-sha256, with a
+/// 32-byte MAC: what a resolver that signs its replies appends last.
+fn tsig_record(original_id: [u8; 2]) -> Vec<u8> {
+    let mut rdata = b"\x0bhmac-sha256\x00".to_vec();
+    rdata.extend_from_slice(&[0, 0, 0x65, 0x43, 0x21, 0x00, 1, 44, 0, 32]);
+    rdata.extend((0..32u8).map(|i| i.wrapping_mul(37) ^ 0x5c));
+    rdata.extend_from_slice(&original_id);
+    rdata.extend_from_slice(&[0, 0, 0, 0]);
+    let mut record = b"\x03key\x07example\x00".to_vec();
+    record.extend_from_slice(&[0, 250, 0, 255, 0, 0, 0, 0]);
+    record.extend_from_slice(&u16::try_from(rdata.len()).unwrap().to_be_bytes());
+    record.extend_from_slice(&rdata);
+    record
+}
+
+/// A signed answer to `query`, without OPT: the ID and question, one A
+/// record whose owner is written out in full (no compression pointer), then
+/// a TSIG record as the only additional record.
+fn signed_answer(query: &[u8]) -> Vec<u8> {
+    let end = question_end(query);
+    let mut out = query[..end].to_vec();
+    out[2] = 0x80 | (query[2] & 0x79);
+    out[3] = 0x80;
+    out[4..12].copy_from_slice(&[0, 1, 0, 1, 0, 0, 0, 1]);
+    out.extend_from_slice(&query[12..end - 4]);
+    out.extend_from_slice(&[0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 99]);
+    out.extend_from_slice(&tsig_record([query[0], query[1]]));
+    out
+}
+
+/// A TSIG-signed reply without OPT to a query that had one (and asks for
+/// padding and keepalive): the client's reply has dotgate's OPT record
+/// before the TSIG record, which is still the last record (RFC 8945) and
+/// byte for byte as the upstream sent it; ARCOUNT counts both; and every
+/// byte before them is the upstream's (only the ID is the client's), so a
+/// client holding the key digests what the upstream signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_reply_gets_its_opt_before_the_untouched_tsig() {
+    let up = Fake::udp(Arc::new(|q: &[u8]| vec![signed_answer(q)]), None).await;
+    let metrics = metrics_addr();
+    let server = udp_server(up.addr, metrics, "2s").await;
+    let mut client = server.client().await;
+    let name = "signed.tsig.test.";
+    let mut asked = with_opt(query(0x1234, name, RecordType::A));
+    if let Some(edns) = asked.edns.as_mut() {
+        let options = edns.options_mut();
+        options.insert(hickory_proto::rr::rdata::opt::EdnsOption::Unknown(
+            12,
+            Vec::new(),
+        ));
+        options.insert(hickory_proto::rr::rdata::opt::EdnsOption::Unknown(
+            11,
+            Vec::new(),
+        ));
+    }
+    client.send(&asked).await;
+    let reply = recv_bytes(&mut client).await;
+    let expected = signed_answer(&encode(&query(0, name, RecordType::A)));
+    let tsig = tsig_record([0, 0]);
+    let tsig_at = expected.len() - tsig.len();
+
+    assert_eq!(reply[..2], [0x12, 0x34], "the client's ID");
+    assert_eq!(reply[10..12], [0, 2], "ARCOUNT: the OPT and the TSIG");
+    let (records, end) = raw_records(&reply);
+    assert_eq!(end, reply.len());
+    let additional: Vec<u16> = records
+        .iter()
+        .filter(|r| r.additional)
+        .map(|r| r.rtype)
+        .collect();
+    assert_eq!(additional, [41, 250], "OPT, then TSIG last");
+    // The original ID field holds the upstream's own ID (dotgate's random
+    // one); every other byte is as signed.
+    let tsig_rdata = records.last().unwrap().rdata;
+    let original = &tsig_rdata[tsig_rdata.len() - 6..tsig_rdata.len() - 4];
+    assert_eq!(
+        reply[reply.len() - tsig.len()..],
+        tsig_record([original[0], original[1]]),
+        "the TSIG record as the upstream sent it"
+    );
+    assert_eq!(
+        reply[2..10],
+        expected[2..10],
+        "flags and the other counts as sent"
+    );
+    assert_eq!(
+        reply[12..tsig_at],
+        expected[12..tsig_at],
+        "question and answer untouched (no compression added)"
+    );
+    let parsed = parse(&reply);
+    assert_eq!(parsed.answers.len(), 1);
+    assert!(parsed.edns.is_some());
 }
 
 // ---------- 5: a TCP connection cut mid-reply ----------
