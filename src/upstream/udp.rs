@@ -1,7 +1,15 @@
-//! Shared UDP sockets toward one upstream, with unpredictable IDs (R21).
+//! Shared UDP sockets toward one upstream, with unpredictable IDs (R21) and
+//! source ports (RFC 5452 §9.2).
 //!
 //! Every query from every connection goes out on one of a few connected UDP
-//! sockets under a fresh random ID that is not in use on that socket. A reply
+//! sockets under a fresh random ID that is not in use on that socket. Each
+//! socket is bound to a port the kernel picks at random from its ephemeral
+//! range, and is replaced by a socket on a new port after
+//! [`ROTATE_AFTER_QUERIES`] queries or [`ROTATE_AFTER`], whichever comes
+//! first: a forger must guess the port as well as the ID, and a port learnt
+//! or guessed is soon of no use. A replaced socket takes no new query; it
+//! still receives the replies to its queries in flight, and closes once the
+//! last of them is answered or abandoned (each within its try). A reply
 //! is delivered only when it comes from the upstream's address (the socket is
 //! connected, so the kernel filters the source), carries an ID in use, and
 //! repeats the question that was sent (RFC 5452). Anything else is counted and
@@ -18,13 +26,13 @@
 //! never across an await.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tokio::sync::{oneshot, Notify};
+use tokio_util::sync::CancellationToken;
 
 use super::ids::{Ids, Ticket};
 use super::origin::Origin;
@@ -36,6 +44,15 @@ use crate::proto::proxy_header;
 /// Number of sockets per upstream: more source ports make spoofing harder and
 /// spread the receive work over tasks.
 const SOCKETS: usize = 4;
+
+/// Queries a socket carries before it is replaced by one on a new port. At
+/// 50,000 queries a second, about 50 new sockets a second over the four:
+/// a few system calls each, next to the queries' own.
+pub const ROTATE_AFTER_QUERIES: u64 = 1000;
+
+/// Longest a socket is used before it is replaced by one on a new port, so
+/// that a quiet upstream's ports change too.
+pub const ROTATE_AFTER: Duration = Duration::from_secs(10);
 
 /// Requested receive buffer per socket.
 const RECV_BUFFER: usize = 4 << 20;
@@ -104,11 +121,57 @@ impl Question {
 struct Socket {
     sock: UdpSocket,
     pending: Mutex<Ids<Waiter>>,
-    /// Queries sent on this socket, to sample the round-trip time.
+    /// Queries sent on this socket: to sample the round-trip time, and to
+    /// replace the socket after [`ROTATE_AFTER_QUERIES`].
     queries: AtomicU64,
+    /// When the socket was opened, to replace it after [`ROTATE_AFTER`].
+    opened: tokio::time::Instant,
+    /// Replaced: takes no new query, and closes once `pending` is empty.
+    retired: AtomicBool,
+    /// Wakes the receive task of a retired socket when its last query is
+    /// done.
+    drained: Notify,
 }
 
 impl Socket {
+    /// Opens a socket connected to `upstream`, on a port the kernel picks
+    /// (at random within its ephemeral range).
+    fn open(upstream: SocketAddr) -> std::io::Result<Self> {
+        let bind: SocketAddr = if upstream.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let sock = std::net::UdpSocket::bind(bind)?;
+        // Replies to a burst of queries arrive together; a larger receive
+        // buffer (capped by net.core.rmem_max) keeps them from being
+        // dropped before the receive task reads them.
+        let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(RECV_BUFFER);
+        sock.connect(upstream)?;
+        sock.set_nonblocking(true)?;
+        Ok(Self {
+            sock: UdpSocket::from_std(sock)?,
+            pending: Mutex::new(Ids::default()),
+            queries: AtomicU64::new(0),
+            opened: tokio::time::Instant::now(),
+            retired: AtomicBool::new(false),
+            drained: Notify::new(),
+        })
+    }
+
+    /// Due for replacement: enough queries, or old enough.
+    fn worn(&self, rotation: &Rotation) -> bool {
+        self.queries.load(Ordering::Relaxed) >= rotation.queries
+            || self.opened.elapsed() >= rotation.age
+    }
+
+    /// Wakes the receive task when the socket is retired and idle.
+    fn wake_if_drained(&self, pending: &Ids<Waiter>) {
+        if pending.is_empty() && self.retired.load(Ordering::Relaxed) {
+            self.drained.notify_one();
+        }
+    }
+
     fn pending(&self) -> MutexGuard<'_, Ids<Waiter>> {
         // A panic while holding this lock cannot leave the map inconsistent
         // (every operation is a single insert or remove), so poisoning is
@@ -117,10 +180,22 @@ impl Socket {
     }
 }
 
+/// When a socket is replaced.
+#[derive(Debug, Clone, Copy)]
+struct Rotation {
+    queries: u64,
+    age: Duration,
+}
+
 pub struct UdpTransport {
-    sockets: Vec<Arc<Socket>>,
+    upstream: SocketAddr,
+    /// The sockets taking new queries; each slot's socket is replaced in
+    /// place when worn.
+    slots: Vec<Mutex<Arc<Socket>>>,
     next: AtomicUsize,
-    receivers: Vec<JoinHandle<()>>,
+    rotation: Rotation,
+    /// Ends every receive task when the transport is dropped.
+    stop: CancellationToken,
     /// Smoothed round-trip time in microseconds (0: none measured yet).
     srtt_us: AtomicU32,
     /// The resend delay never exceeds this: half the try's timeout.
@@ -136,36 +211,71 @@ impl UdpTransport {
         stats: Arc<Stats>,
         try_timeout: Duration,
     ) -> std::io::Result<Self> {
-        let bind: SocketAddr = if upstream.is_ipv4() {
-            "0.0.0.0:0".parse().map_err(std::io::Error::other)?
-        } else {
-            "[::]:0".parse().map_err(std::io::Error::other)?
+        let rotation = Rotation {
+            queries: ROTATE_AFTER_QUERIES,
+            age: ROTATE_AFTER,
         };
-        let mut sockets = Vec::with_capacity(SOCKETS);
-        let mut receivers = Vec::with_capacity(SOCKETS);
+        Self::with_rotation(upstream, stats, try_timeout, rotation)
+    }
+
+    fn with_rotation(
+        upstream: SocketAddr,
+        stats: Arc<Stats>,
+        try_timeout: Duration,
+        rotation: Rotation,
+    ) -> std::io::Result<Self> {
+        let stop = CancellationToken::new();
+        let mut slots = Vec::with_capacity(SOCKETS);
         for _ in 0..SOCKETS {
-            let sock = UdpSocket::bind(bind).await?;
-            // Replies to a burst of queries arrive together; a larger receive
-            // buffer (capped by net.core.rmem_max) keeps them from being
-            // dropped before the receive task reads them.
-            let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(RECV_BUFFER);
-            sock.connect(upstream).await?;
-            let socket = Arc::new(Socket {
-                sock,
-                pending: Mutex::new(Ids::default()),
-                queries: AtomicU64::new(0),
-            });
-            receivers.push(tokio::spawn(receive_loop(socket.clone(), stats.clone())));
-            sockets.push(socket);
+            let socket = Arc::new(Socket::open(upstream)?);
+            tokio::spawn(receive_loop(
+                socket.clone(),
+                stats.clone(),
+                stop.child_token(),
+            ));
+            slots.push(Mutex::new(socket));
         }
         Ok(Self {
-            sockets,
+            upstream,
+            slots,
             next: AtomicUsize::new(0),
-            receivers,
+            rotation,
+            stop,
             srtt_us: AtomicU32::new(0),
             resend_cap: try_timeout / 2,
             stats,
         })
+    }
+
+    /// Registers `waiter` on the socket of the next slot, first replaced by
+    /// one on a new port when worn (should the new socket fail to open, the
+    /// worn one goes on, and the next query tries again). Registered under
+    /// the slot's lock, under which sockets are retired: a retired socket
+    /// never takes a query after its receive task has seen it drained.
+    fn register(&self, waiter: Waiter) -> Result<(Arc<Socket>, Ticket), UpstreamError> {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        // Poisoning is ignored: the slot only ever holds a whole Arc.
+        let mut slot = self.slots[index].lock().unwrap_or_else(|e| e.into_inner());
+        if slot.worn(&self.rotation) {
+            match Socket::open(self.upstream) {
+                Ok(fresh) => {
+                    let fresh = Arc::new(fresh);
+                    tokio::spawn(receive_loop(
+                        fresh.clone(),
+                        self.stats.clone(),
+                        self.stop.child_token(),
+                    ));
+                    let old = std::mem::replace(&mut *slot, fresh);
+                    old.retired.store(true, Ordering::Relaxed);
+                    old.wake_if_drained(&old.pending());
+                }
+                Err(e) => {
+                    tracing::warn!(upstream = %self.upstream, error = %e, "cannot open a UDP socket on a new port: the old one goes on");
+                }
+            }
+        }
+        let ticket = slot.pending().insert(waiter).ok_or(UpstreamError::Busy)?;
+        Ok((slot.clone(), ticket))
     }
 
     /// How long to wait for a reply before sending the query again.
@@ -197,16 +307,15 @@ impl UdpTransport {
         origin: &Origin,
         deadline: tokio::time::Instant,
     ) -> Result<Reply, UpstreamError> {
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.sockets.len();
-        let socket = &self.sockets[index];
         let (tx, rx) = oneshot::channel();
-        let seq = socket.queries.fetch_add(1, Ordering::Relaxed);
         let waiter = Waiter {
             question: Question::new(&msg[info.question.clone()]),
             tx,
             broken: false,
         };
-        let ticket = socket.pending().insert(waiter).ok_or(UpstreamError::Busy)?;
+        let (socket, ticket) = self.register(waiter)?;
+        let socket = &*socket;
+        let seq = socket.queries.fetch_add(1, Ordering::Relaxed);
         let _guard = PendingGuard { socket, ticket };
         let id = ticket.id;
         let out = if origin.has_proxy() {
@@ -276,9 +385,7 @@ fn error_backoff(errors: u32) -> Option<Duration> {
 
 impl Drop for UdpTransport {
     fn drop(&mut self) {
-        for task in &self.receivers {
-            task.abort();
-        }
+        self.stop.cancel();
     }
 }
 
@@ -291,15 +398,29 @@ struct PendingGuard<'a> {
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        self.socket.pending().remove_ticket(self.ticket);
+        let mut pending = self.socket.pending();
+        pending.remove_ticket(self.ticket);
+        self.socket.wake_if_drained(&pending);
     }
 }
 
-async fn receive_loop(socket: Arc<Socket>, stats: Arc<Stats>) {
+/// Reads one socket's replies and hands each to its query, until the
+/// transport is dropped or the socket, retired, has no query left.
+async fn receive_loop(socket: Arc<Socket>, stats: Arc<Stats>, stop: CancellationToken) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut errors = 0u32;
     loop {
-        let n = match socket.sock.recv(&mut buf).await {
+        let received = tokio::select! {
+            received = socket.sock.recv(&mut buf) => received,
+            () = socket.drained.notified() => {
+                if socket.retired.load(Ordering::Relaxed) && socket.pending().is_empty() {
+                    return;
+                }
+                continue;
+            }
+            () = stop.cancelled() => return,
+        };
+        let n = match received {
             Ok(n) => {
                 errors = 0;
                 n
@@ -333,6 +454,7 @@ async fn receive_loop(socket: Arc<Socket>, stats: Arc<Stats>) {
         match classify(reply, waiter.question.as_bytes()) {
             Verdict::Reply(result) => {
                 if let Some(waiter) = pending.remove(id) {
+                    socket.wake_if_drained(&pending);
                     drop(pending);
                     // The receiver may have given up (timeout): nothing to do.
                     let _ = waiter.tx.send(result);
@@ -393,6 +515,151 @@ mod tests {
                 "{len} bytes"
             );
         }
+    }
+
+    /// A query for `name` (A, no OPT) and what dotgate reads of it.
+    fn query(name: &str) -> (Vec<u8>, QueryInfo) {
+        let mut q = vec![0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        for label in name.split('.') {
+            q.push(label.len() as u8);
+            q.extend_from_slice(label.as_bytes());
+        }
+        q.extend_from_slice(&[0, 0, 1, 0, 1]);
+        let info = dns::parse_query(&q).unwrap();
+        (q, info)
+    }
+
+    fn no_proxy() -> Origin {
+        Origin::own(&crate::config::ClientToUpstream {
+            proxy_protocol: false,
+            subnet: None,
+        })
+    }
+
+    /// An upstream on loopback that answers each query with itself as the
+    /// reply (QR set), except names starting with `slow`, held until
+    /// `release` is notified; it records the source port of every query.
+    async fn echo_upstream(
+        release: Arc<Notify>,
+    ) -> (
+        SocketAddr,
+        Arc<Mutex<Vec<u16>>>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let addr = sock.local_addr().unwrap();
+        let ports = Arc::new(Mutex::new(Vec::new()));
+        let seen = ports.clone();
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            loop {
+                let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
+                    continue;
+                };
+                seen.lock().unwrap().push(peer.port());
+                let mut reply = buf[..n].to_vec();
+                reply[2] |= 0x80;
+                let (sock, release) = (sock.clone(), release.clone());
+                tokio::spawn(async move {
+                    if reply[13..17] == *b"slow" {
+                        release.notified().await;
+                    }
+                    let _ = sock.send_to(&reply, peer).await;
+                });
+            }
+        });
+        (addr, ports, task)
+    }
+
+    fn rotating(upstream: SocketAddr, queries: u64) -> UdpTransport {
+        let rotation = Rotation {
+            queries,
+            age: Duration::from_secs(3600),
+        };
+        UdpTransport::with_rotation(
+            upstream,
+            Arc::new(Stats::new().unwrap()),
+            Duration::from_secs(2),
+            rotation,
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn sockets_move_to_new_ports_and_replies_keep_matching() {
+        let (upstream, ports, _task) = echo_upstream(Arc::new(Notify::new())).await;
+        let udp = rotating(upstream, 5);
+        for i in 0..100 {
+            let (q, info) = query(&format!("q{i}.example"));
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            let reply = udp.exchange(&q, &info, &no_proxy(), deadline).await;
+            let Ok(Reply::Message(reply)) = reply else {
+                panic!("query {i}: {reply:?}");
+            };
+            assert_eq!(reply[12..q.len()], q[12..], "its own question");
+        }
+        let distinct: std::collections::HashSet<u16> =
+            ports.lock().unwrap().iter().copied().collect();
+        // 100 queries, 5 per socket: 20 sockets, on ports the kernel picked.
+        assert!(distinct.len() >= 15, "{} source ports", distinct.len());
+    }
+
+    #[tokio::test]
+    async fn a_replaced_socket_answers_its_queries_then_closes() {
+        let release = Arc::new(Notify::new());
+        let (upstream, _ports, _task) = echo_upstream(release.clone()).await;
+        let udp = rotating(upstream, 3);
+        let first = Arc::downgrade(&*udp.slots[0].lock().unwrap());
+        let (slow, slow_info) = query("slow.example");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        let origin = no_proxy();
+        let waiting = udp.exchange(&slow, &slow_info, &origin, deadline);
+        let others = async {
+            // Enough queries to replace every socket, the slow one's too.
+            for i in 0..40 {
+                let (q, info) = query(&format!("q{i}.example"));
+                let reply = udp.exchange(&q, &info, &origin, deadline).await;
+                assert!(matches!(reply, Ok(Reply::Message(_))), "{reply:?}");
+            }
+            assert!(
+                !Arc::ptr_eq(&first.upgrade().unwrap(), &*udp.slots[0].lock().unwrap()),
+                "replaced"
+            );
+            release.notify_one();
+        };
+        let (reply, ()) = tokio::join!(waiting, others);
+        let Ok(Reply::Message(reply)) = reply else {
+            panic!("{reply:?}");
+        };
+        assert_eq!(
+            reply[12..slow.len()],
+            slow[12..],
+            "answered on the replaced socket"
+        );
+        // Its receive task ends, and the socket with it.
+        let closed_by = tokio::time::Instant::now() + Duration::from_secs(2);
+        while first.upgrade().is_some() {
+            assert!(tokio::time::Instant::now() < closed_by, "still open");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_socket_is_worn_by_queries_or_by_age() {
+        let upstream: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let socket = Socket::open(upstream).unwrap();
+        let rotation = Rotation {
+            queries: 3,
+            age: Duration::from_secs(10),
+        };
+        assert!(!socket.worn(&rotation));
+        socket.queries.store(3, Ordering::Relaxed);
+        assert!(socket.worn(&rotation));
+        socket.queries.store(0, Ordering::Relaxed);
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(!socket.worn(&rotation));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(socket.worn(&rotation), "ten seconds old");
     }
 
     #[tokio::test]
