@@ -409,16 +409,23 @@ impl Drop for PendingGuard<'_> {
 async fn receive_loop(socket: Arc<Socket>, stats: Arc<Stats>, stop: CancellationToken) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut errors = 0u32;
+    // Made once, not per datagram: waiting on them costs no allocation.
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
+    let drained = socket.drained.notified();
+    tokio::pin!(drained);
     loop {
         let received = tokio::select! {
+            biased;
             received = socket.sock.recv(&mut buf) => received,
-            () = socket.drained.notified() => {
+            () = &mut drained => {
                 if socket.retired.load(Ordering::Relaxed) && socket.pending().is_empty() {
                     return;
                 }
+                drained.set(socket.drained.notified());
                 continue;
             }
-            () = stop.cancelled() => return,
+            () = &mut stopped => return,
         };
         let n = match received {
             Ok(n) => {
@@ -609,7 +616,12 @@ mod tests {
         let release = Arc::new(Notify::new());
         let (upstream, _ports, _task) = echo_upstream(release.clone()).await;
         let udp = rotating(upstream, 3);
-        let first = Arc::downgrade(&*udp.slots[0].lock().unwrap());
+        let originals: Vec<_> = udp
+            .slots
+            .iter()
+            .map(|slot| Arc::downgrade(&*slot.lock().unwrap()))
+            .collect();
+        let first = originals[0].clone();
         let (slow, slow_info) = query("slow.example");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         let origin = no_proxy();
@@ -636,9 +648,10 @@ mod tests {
             slow[12..],
             "answered on the replaced socket"
         );
-        // Its receive task ends, and the socket with it.
+        // The receive tasks of the replaced sockets end, and the sockets
+        // with them: the slow one's after its answer, the others' at once.
         let closed_by = tokio::time::Instant::now() + Duration::from_secs(2);
-        while first.upgrade().is_some() {
+        while originals.iter().any(|socket| socket.upgrade().is_some()) {
             assert!(tokio::time::Instant::now() < closed_by, "still open");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
