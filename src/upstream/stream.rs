@@ -27,11 +27,12 @@
 //! * a reply to the question that is malformed is counted and passed over:
 //!   the query waits, until the end of its try, for a valid one;
 //! * a connection that stops answering is not kept: when a query on it
-//!   times out (its try's deadline; not a client that left) and nothing at all came back on that
-//!   connection since the query was sent, the connection is retired (no new
-//!   query; closed once its last one is answered or abandoned), so the next
-//!   query opens a fresh one; a write that does not complete within the
-//!   write timeout ends the connection (its queries go elsewhere);
+//!   times out (its try's deadline passed; not a client that left) and
+//!   nothing at all came back on that connection since the query was sent,
+//!   the connection is retired (no new query; closed once its last one is
+//!   answered or abandoned), so the next query opens a fresh one; a write
+//!   that does not complete within the write timeout ends the connection
+//!   (its queries go elsewhere);
 //! * the plain mutexes are held for map and list operations only, never
 //!   across an await; only opening a connection is serialized (by an async
 //!   gate), so a burst does not open one connection per query.

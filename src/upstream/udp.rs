@@ -187,11 +187,24 @@ struct Rotation {
     age: Duration,
 }
 
+/// Wait after a failure to open a new socket before the next attempt (the
+/// worn socket goes on meanwhile): no attempt, and no warning, per query.
+const REOPEN_BACKOFF: Duration = Duration::from_secs(1);
+
+/// One of the sockets taking new queries.
+struct Slot {
+    socket: Arc<Socket>,
+    /// After a failure to open its replacement: not before then again.
+    next_attempt: Option<tokio::time::Instant>,
+}
+
+/// The UDP sockets toward one upstream, their queries in flight, and the
+/// measured round trip.
 pub struct UdpTransport {
     upstream: SocketAddr,
     /// The sockets taking new queries; each slot's socket is replaced in
     /// place when worn.
-    slots: Vec<Mutex<Arc<Socket>>>,
+    slots: Vec<Mutex<Slot>>,
     next: AtomicUsize,
     rotation: Rotation,
     /// Ends every receive task when the transport is dropped.
@@ -225,16 +238,24 @@ impl UdpTransport {
         rotation: Rotation,
     ) -> std::io::Result<Self> {
         let stop = CancellationToken::new();
-        let mut slots = Vec::with_capacity(SOCKETS);
-        for _ in 0..SOCKETS {
-            let socket = Arc::new(Socket::open(upstream)?);
-            tokio::spawn(receive_loop(
-                socket.clone(),
-                stats.clone(),
-                stop.child_token(),
-            ));
-            slots.push(Mutex::new(socket));
-        }
+        // All opened before any receive task starts: an error leaves none.
+        let sockets = (0..SOCKETS)
+            .map(|_| Socket::open(upstream).map(Arc::new))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let slots = sockets
+            .into_iter()
+            .map(|socket| {
+                tokio::spawn(receive_loop(
+                    socket.clone(),
+                    stats.clone(),
+                    stop.child_token(),
+                ));
+                Mutex::new(Slot {
+                    socket,
+                    next_attempt: None,
+                })
+            })
+            .collect();
         Ok(Self {
             upstream,
             slots,
@@ -254,9 +275,13 @@ impl UdpTransport {
     /// never takes a query after its receive task has seen it drained.
     fn register(&self, waiter: Waiter) -> Result<(Arc<Socket>, Ticket), UpstreamError> {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        // Poisoning is ignored: the slot only ever holds a whole Arc.
+        // Poisoning is ignored: a slot is changed by whole assignments only.
         let mut slot = self.slots[index].lock().unwrap_or_else(|e| e.into_inner());
-        if slot.worn(&self.rotation) {
+        let due = slot.socket.worn(&self.rotation)
+            && slot
+                .next_attempt
+                .is_none_or(|at| tokio::time::Instant::now() >= at);
+        if due {
             match Socket::open(self.upstream) {
                 Ok(fresh) => {
                     let fresh = Arc::new(fresh);
@@ -265,17 +290,23 @@ impl UdpTransport {
                         self.stats.clone(),
                         self.stop.child_token(),
                     ));
-                    let old = std::mem::replace(&mut *slot, fresh);
+                    let old = std::mem::replace(&mut slot.socket, fresh);
+                    slot.next_attempt = None;
                     old.retired.store(true, Ordering::Relaxed);
                     old.wake_if_drained(&old.pending());
                 }
                 Err(e) => {
+                    slot.next_attempt = Some(tokio::time::Instant::now() + REOPEN_BACKOFF);
                     tracing::warn!(upstream = %self.upstream, error = %e, "cannot open a UDP socket on a new port: the old one goes on");
                 }
             }
         }
-        let ticket = slot.pending().insert(waiter).ok_or(UpstreamError::Busy)?;
-        Ok((slot.clone(), ticket))
+        let ticket = slot
+            .socket
+            .pending()
+            .insert(waiter)
+            .ok_or(UpstreamError::Busy)?;
+        Ok((slot.socket.clone(), ticket))
     }
 
     /// How long to wait for a reply before sending the query again.
@@ -619,7 +650,7 @@ mod tests {
         let originals: Vec<_> = udp
             .slots
             .iter()
-            .map(|slot| Arc::downgrade(&*slot.lock().unwrap()))
+            .map(|slot| Arc::downgrade(&slot.lock().unwrap().socket))
             .collect();
         let first = originals[0].clone();
         let (slow, slow_info) = query("slow.example");
@@ -634,7 +665,10 @@ mod tests {
                 assert!(matches!(reply, Ok(Reply::Message(_))), "{reply:?}");
             }
             assert!(
-                !Arc::ptr_eq(&first.upgrade().unwrap(), &*udp.slots[0].lock().unwrap()),
+                !Arc::ptr_eq(
+                    &first.upgrade().unwrap(),
+                    &udp.slots[0].lock().unwrap().socket
+                ),
                 "replaced"
             );
             release.notify_one();
