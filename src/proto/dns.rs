@@ -581,8 +581,8 @@ pub enum ReplyError {
 /// byte for byte, and a reply that needs no change is not changed at all.
 /// The fast path is an OPT record at the end of the message (the common
 /// case), whose options are rewritten in place; anything else that needs a
-/// change takes the [`reencode`] slow path. A TSIG record that ends the
-/// message is set aside first and put back last ([`signed_reply`]).
+/// change takes the `reencode` slow path. A TSIG record that ends the
+/// message is set aside first and put back last (`signed_reply`).
 pub fn client_reply(
     mut reply: Vec<u8>,
     query: &QueryInfo,

@@ -5,18 +5,18 @@
 //! query, within the upstream timeout?". Turning that into the client's
 //! reply (ID, OPT, SERVFAIL) is the connection's job.
 //!
-//! One module per transport: [`udp`] (shared sockets, random IDs, TCP on TC
-//! through [`tcp`]), [`stream`] (pooled, pipelined TCP or TLS connections),
-//! [`dot`] (where a DoT upstream is and how it is verified), with
-//! [`connect`] opening the connections; [`reply`] is what one exchange gives,
-//! [`ids`] hands out the random query IDs of both, [`health`] keeps the
-//! up/down state and [`policy`] picks an upstream.
+//! One module per transport: `udp` (shared sockets, random IDs, TCP on TC
+//! through `tcp`), `stream` (pooled, pipelined TCP or TLS connections),
+//! `dot` (where a DoT upstream is and how it is verified), with
+//! `connect` opening the connections; `reply` is what one exchange gives,
+//! `ids` hands out the random query IDs of both, `health` keeps the
+//! up/down state and `policy` picks an upstream.
 //!
 //! Failover: when another upstream is up, the first try gets only
 //! [`TRY_FRACTION`] of the upstream timeout; if it fails or times out, the
 //! query is sent once to another healthy upstream (never the same one) for
 //! the time left. With every upstream marked down, queries are still sent,
-//! to all of them by the policy ("panic mode", see [`policy::choose`]): a
+//! to all of them by the policy ("panic mode", see `policy::choose`): a
 //! health verdict may be wrong, and a query that is sent may be answered.
 
 mod connect;

@@ -28,7 +28,7 @@ use crate::proto::dns::QueryInfo;
 /// Clients with upstream connections of their own at a time, per upstream.
 /// Each has at least one connection while it is active, so this also bounds
 /// the connections dotgate holds open toward the upstream in normal use
-/// (a busy client may open a few more, see [`StreamPool`]).
+/// (a busy client may open a few more, see `StreamPool`).
 pub const MAX_CLIENTS: usize = 256;
 
 /// Who a pool is for: the client's address (without its port) and the

@@ -234,7 +234,7 @@ impl Conn {
     }
 
     /// Marks the connection dead and fails every waiter (their senders are
-    /// dropped, which their queries see as [`Lost`]), noting the pool's
+    /// dropped, which their queries see as [`SendError::Lost`]), noting the pool's
     /// `next_generation` for where they go next. Returns how many queries
     /// were in flight.
     fn kill(&self, next_generation: u64) -> usize {
