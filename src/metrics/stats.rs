@@ -110,6 +110,9 @@ pub struct Stats {
     pub upstream_udp_resends: IntCounter,
     /// Upstream messages with an unknown ID or a different question.
     pub mismatched_replies: IntCounter,
+    /// Upstream replies to the right ID and question that cannot be passed
+    /// on (malformed records): the query waits on for a valid one.
+    pub upstream_bad_replies: IntCounter,
     /// Queries sent to a second upstream after the first failed or timed out.
     pub upstream_failovers: IntCounter,
     /// Queries sent while every upstream was marked down (panic mode).
@@ -427,6 +430,10 @@ impl Stats {
                 "dotgate_upstream_mismatched_replies_total",
                 "Upstream messages dropped: unknown ID, other question, or too short.",
             )?,
+            upstream_bad_replies: r.counter(
+                "dotgate_upstream_bad_replies_total",
+                "Upstream replies to the right ID and question that were malformed: ignored, the query waits on within its try.",
+            )?,
             upstream_rtt: r.histogram(
                 "dotgate_upstream_rtt_seconds",
                 "Upstream round trip, from sending a query to its matching answer.",
@@ -621,6 +628,7 @@ impl Stats {
             upstream_timeouts = self.upstream_timeouts.get(),
             tc_fallbacks = self.tc_fallbacks.get(),
             mismatched_replies = self.mismatched_replies.get(),
+            upstream_bad_replies = self.upstream_bad_replies.get(),
             upstream_failovers = self.upstream_failovers.get(),
             upstream_all_down = self.upstream_all_down.get(),
             upstream_connections_lost = self.upstream_connections_lost.get(),

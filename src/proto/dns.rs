@@ -203,6 +203,8 @@ struct Layout {
     end: usize,
     /// Type of the last record of the message, if any.
     last_type: Option<u16>,
+    /// Where the last record starts (the question's end without records).
+    last_start: usize,
 }
 
 fn question_end(msg: &[u8]) -> Option<usize> {
@@ -220,6 +222,7 @@ fn layout(msg: &[u8], question: Range<usize>) -> Option<Layout> {
     let mut trailing_opts = 0;
     let mut trailing_start = pos;
     let mut last_type = None;
+    let mut last_start = pos;
     let in_answer_or_authority = count(msg, AN) as usize + count(msg, NS) as usize;
     let total = in_answer_or_authority + count(msg, AR) as usize;
     for index in 0..total {
@@ -237,6 +240,7 @@ fn layout(msg: &[u8], question: Range<usize>) -> Option<Layout> {
             trailing_opts = 0;
         }
         last_type = Some(span.rtype);
+        last_start = span.range.start;
         pos = span.range.end;
     }
     if trailing_opts == 0 {
@@ -250,6 +254,7 @@ fn layout(msg: &[u8], question: Range<usize>) -> Option<Layout> {
         trailing_start,
         end: pos,
         last_type,
+        last_start,
     })
 }
 
@@ -489,6 +494,10 @@ pub enum ReplyMatch {
     /// An error reply without a question section (some servers send FORMERR
     /// or REFUSED that way); its RCODE is kept, the question restored.
     ErrorWithoutQuestion(u8),
+    /// The right question, but records that run past the message or an OPT
+    /// record whose options do not parse: it cannot be passed on. Counted,
+    /// and ignored like a mismatch, so that a valid reply may still come.
+    Broken,
     /// Not a reply to this question: ignored (RFC 5452), the real one may
     /// still come.
     Mismatch,
@@ -511,11 +520,41 @@ pub fn match_reply(reply: &[u8], question: &[u8]) -> ReplyMatch {
             ReplyMatch::ErrorWithoutQuestion(rcode(reply))
         }
         1 => match question_end(reply) {
-            Some(end) if same_question(&reply[HEADER_LEN..end], question) => ReplyMatch::Answer,
+            Some(end) if same_question(&reply[HEADER_LEN..end], question) => {
+                if records_well_formed(reply, end) {
+                    ReplyMatch::Answer
+                } else {
+                    ReplyMatch::Broken
+                }
+            }
             _ => ReplyMatch::Mismatch,
         },
         _ => ReplyMatch::Mismatch,
     }
+}
+
+/// True when every record after the question (which ends at `question_end`)
+/// lies within the message and every OPT record's options parse: what
+/// [`client_reply`] needs to pass the reply on. One walk, no allocation.
+fn records_well_formed(reply: &[u8], question_end: usize) -> bool {
+    let before_additional = usize::from(count(reply, AN)) + usize::from(count(reply, NS));
+    let total = before_additional + usize::from(count(reply, AR));
+    let mut pos = question_end;
+    for index in 0..total {
+        let Some(span) = skip_record(reply, pos) else {
+            return false;
+        };
+        if index >= before_additional && span.rtype == TYPE_OPT {
+            let well_formed = rdlen_offset(reply, &span.range)
+                .and_then(|at| reply.get(at + 2..span.range.end))
+                .is_some_and(edns::options_well_formed);
+            if !well_formed {
+                return false;
+            }
+        }
+        pos = span.range.end;
+    }
+    true
 }
 
 /// Why an upstream reply cannot be passed on.
@@ -536,7 +575,8 @@ pub enum ReplyError {
 /// byte for byte, and a reply that needs no change is not changed at all.
 /// The fast path is an OPT record at the end of the message (the common
 /// case), whose options are rewritten in place; anything else that needs a
-/// change takes the `reencode` slow path.
+/// change takes the `reencode` slow path. A TSIG record that ends the
+/// message is set aside first and put back last (`signed_reply`).
 pub fn client_reply(
     mut reply: Vec<u8>,
     query: &QueryInfo,
@@ -547,21 +587,39 @@ pub fn client_reply(
     let layout = layout(&reply, HEADER_LEN..question_end).ok_or(ReplyError::Malformed)?;
     // Anything past the last record (padding garbage) is dropped.
     reply.truncate(layout.end);
+    if layout.last_type == Some(TYPE_TSIG) && count(&reply, AR) > 0 {
+        return signed_reply(reply, query, leg, layout.last_start, question_end);
+    }
+    unsigned_reply(reply, query, leg, layout, 0)
+}
+
+/// [`client_reply`] for a reply without a TSIG record at its end, whose
+/// records `layout` found, and after which `trailer` bytes will be put
+/// back (padding counts them).
+fn unsigned_reply(
+    mut reply: Vec<u8>,
+    query: &QueryInfo,
+    leg: LegOptions,
+    layout: Layout,
+    trailer: usize,
+) -> Result<Vec<u8>, ReplyError> {
     let wants_opt = query.opt.is_some();
     match (layout.opts, layout.opt) {
         (0, _) if !wants_opt => {}
         (0, _) => {
             if layout.last_type == Some(TYPE_TSIG) {
-                return reencode(&reply, query, leg);
+                // A second TSIG record (the last one was set aside).
+                return reencode(&reply, query, leg, trailer);
             }
-            push_own_opt(&mut reply, leg)?;
+            push_own_opt(&mut reply, leg, trailer)?;
         }
         (1, Some(opt)) if wants_opt => {
             let rdlen_at = rdlen_offset(&reply, &opt).ok_or(ReplyError::Malformed)?;
             if opt.end == reply.len() {
-                edns::rewrite_tail(&mut reply, rdlen_at, leg).map_err(ReplyError::from)?;
+                edns::rewrite_tail_before(&mut reply, rdlen_at, leg, trailer)
+                    .map_err(ReplyError::from)?;
             } else if !leg.is_empty() || edns::needs_rewrite(&reply[rdlen_at + 2..opt.end], leg) {
-                return reencode(&reply, query, leg);
+                return reencode(&reply, query, leg, trailer);
             }
         }
         (opts, _) => {
@@ -575,14 +633,97 @@ pub fn client_reply(
             let removed = u16::try_from(layout.trailing_opts).unwrap_or(u16::MAX);
             set_count(&mut reply, AR, ar.saturating_sub(removed));
             if layout.trailing_opts != opts {
-                return reencode(&reply, query, leg);
+                return reencode(&reply, query, leg, trailer);
             }
             if wants_opt {
-                push_own_opt(&mut reply, leg)?;
+                push_own_opt(&mut reply, leg, trailer)?;
             }
         }
     }
     fits_a_frame(reply)
+}
+
+/// [`client_reply`] for a reply whose last record, starting at `tsig_start`,
+/// is a TSIG record (RFC 8945): the rest of the message is made the client's
+/// reply as an unsigned one would be, and the TSIG record put back after it,
+/// byte for byte, as the last record of the additional section (where a
+/// verifier looks for it). An OPT record dotgate adds goes before it.
+///
+/// The TSIG record's owner may be a compression pointer into the message:
+/// the question never moves, so a pointer there is kept as it is; a pointer
+/// further on (to bytes that a rewrite may move) is replaced by the name it
+/// stands for (the MAC covers the key name in canonical form, not its
+/// compression).
+fn signed_reply(
+    mut reply: Vec<u8>,
+    query: &QueryInfo,
+    leg: LegOptions,
+    tsig_start: usize,
+    question_end: usize,
+) -> Result<Vec<u8>, ReplyError> {
+    let tsig = reply.split_off(tsig_start);
+    // Counted in ARCOUNT, as the last record is in the additional section.
+    let ar = count(&reply, AR).saturating_sub(1);
+    set_count(&mut reply, AR, ar);
+    let owner_end = skip_name(&tsig, 0).ok_or(ReplyError::Malformed)?;
+    let pointer = (owner_end >= 2 && tsig[owner_end - 2] >= 0xc0).then(|| {
+        usize::from(u16::from_be_bytes([tsig[owner_end - 2], tsig[owner_end - 1]]) & 0x3fff)
+    });
+    let tsig = match pointer {
+        Some(target) if target >= question_end => {
+            let mut expanded = Vec::with_capacity(tsig.len() + 255);
+            push_expanded_name(&mut expanded, &reply, &tsig)?;
+            expanded.extend_from_slice(&tsig[owner_end..]);
+            expanded
+        }
+        _ => tsig,
+    };
+    let layout = layout(&reply, HEADER_LEN..question_end).ok_or(ReplyError::Malformed)?;
+    let mut out = unsigned_reply(reply, query, leg, layout, tsig.len())?;
+    let ar = count(&out, AR)
+        .checked_add(1)
+        .ok_or(ReplyError::Malformed)?;
+    set_count(&mut out, AR, ar);
+    out.extend_from_slice(&tsig);
+    fits_a_frame(out)
+}
+
+/// Writes the owner name of `record` without compression, following its
+/// pointers into `msg`, the message it was part of. At most 255 bytes, and
+/// as many jumps as a name can have labels.
+fn push_expanded_name(out: &mut Vec<u8>, msg: &[u8], record: &[u8]) -> Result<(), ReplyError> {
+    let start = out.len();
+    let (mut bytes, mut pos) = (record, 0);
+    for _ in 0..128 {
+        let len = *bytes.get(pos).ok_or(ReplyError::Malformed)?;
+        match len {
+            0 => {
+                out.push(0);
+                return if out.len() - start <= 255 {
+                    Ok(())
+                } else {
+                    Err(ReplyError::Malformed)
+                };
+            }
+            1..=63 => {
+                let label = bytes
+                    .get(pos..pos + 1 + usize::from(len))
+                    .ok_or(ReplyError::Malformed)?;
+                out.extend_from_slice(label);
+                pos += label.len();
+            }
+            0xc0..=0xff => {
+                let low = *bytes.get(pos + 1).ok_or(ReplyError::Malformed)?;
+                pos = usize::from(u16::from_be_bytes([len & 0x3f, low]));
+                bytes = msg;
+            }
+            _ => return Err(ReplyError::Malformed),
+        }
+        if out.len() - start > 255 {
+            return Err(ReplyError::Malformed);
+        }
+    }
+    Err(ReplyError::Malformed)
 }
 
 /// Where the RDLENGTH field of the record at `record` is (its owner may be
@@ -593,13 +734,13 @@ fn rdlen_offset(msg: &[u8], record: &Range<usize>) -> Option<usize> {
 }
 
 /// Appends dotgate's own OPT record, carrying `leg`'s options, to a message
-/// that has none.
-fn push_own_opt(reply: &mut Vec<u8>, leg: LegOptions) -> Result<(), ReplyError> {
+/// that has none (and that `trailer` bytes will follow).
+fn push_own_opt(reply: &mut Vec<u8>, leg: LegOptions, trailer: usize) -> Result<(), ReplyError> {
     push_opt(reply, OWN_PAYLOAD);
     let ar = count(reply, AR);
     set_count(reply, AR, ar.saturating_add(1));
     let rdlen_at = reply.len() - 2;
-    edns::rewrite_tail(reply, rdlen_at, leg).map_err(ReplyError::from)
+    edns::rewrite_tail_before(reply, rdlen_at, leg, trailer).map_err(ReplyError::from)
 }
 
 impl From<edns::RewriteError> for ReplyError {
@@ -621,10 +762,16 @@ fn fits_a_frame(reply: Vec<u8>) -> Result<Vec<u8>, ReplyError> {
 
 /// The rare slow path of [`client_reply`]: an OPT record that must change
 /// but is not at the end of the message (so editing it in place could move
-/// bytes a compression pointer refers to), or a signed reply. Decodes and
+/// bytes a compression pointer refers to), or a message ending in two TSIG
+/// records (one is set aside by [`signed_reply`]). Decodes and
 /// re-encodes the whole message, keeping the upstream's EDNS fields and
 /// options except the hop-by-hop ones, which are replaced by `leg`'s.
-fn reencode(reply: &[u8], query: &QueryInfo, leg: LegOptions) -> Result<Vec<u8>, ReplyError> {
+fn reencode(
+    reply: &[u8],
+    query: &QueryInfo,
+    leg: LegOptions,
+    trailer: usize,
+) -> Result<Vec<u8>, ReplyError> {
     use hickory_proto::op::{Edns, Message};
     use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
     let mut msg = Message::from_vec(reply).map_err(|_| ReplyError::Malformed)?;
@@ -654,7 +801,7 @@ fn reencode(reply: &[u8], query: &QueryInfo, leg: LegOptions) -> Result<Vec<u8>,
     if !leg.padding || msg.edns.is_none() {
         return fits_a_frame(encoded);
     }
-    let Some(pad) = edns::padding_len(encoded.len()) else {
+    let Some(pad) = edns::padding_len(encoded.len() + trailer) else {
         return fits_a_frame(encoded);
     };
     // The padding option adds exactly its own length: the encoding is
@@ -933,6 +1080,147 @@ mod tests {
             .unwrap()
             .edns
             .is_some());
+    }
+
+    /// A TSIG record (hmac-sha256, a 32-byte MAC) with `owner` as its name.
+    fn tsig(owner: &[u8], original_id: u16) -> Vec<u8> {
+        let mut rdata = b"\x0bhmac-sha256\x00".to_vec();
+        rdata.extend_from_slice(&[0, 0, 0x65, 0x43, 0x21, 0x00, 1, 44, 0, 32]);
+        rdata.extend((0..32).map(|i| i as u8 ^ 0xa5));
+        rdata.extend_from_slice(&original_id.to_be_bytes());
+        rdata.extend_from_slice(&[0, 0, 0, 0]);
+        let mut record = owner.to_vec();
+        record.extend_from_slice(&[0, 250, 0, 255, 0, 0, 0, 0]);
+        record.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        record.extend_from_slice(&rdata);
+        record
+    }
+
+    /// `reply` with `record` appended to its additional section.
+    fn with_additional(mut reply: Vec<u8>, record: &[u8]) -> Vec<u8> {
+        reply.extend_from_slice(record);
+        let ar = count(&reply, AR);
+        set_count(&mut reply, AR, ar + 1);
+        reply
+    }
+
+    /// The types of the additional records of `msg`, in order, and where
+    /// the last record starts.
+    fn additional_types(msg: &[u8]) -> (Vec<u16>, usize) {
+        let qend = question_end(msg).unwrap();
+        let mut pos = qend;
+        let mut types = Vec::new();
+        let before = usize::from(count(msg, AN)) + usize::from(count(msg, NS));
+        let mut last = pos;
+        for index in 0..before + usize::from(count(msg, AR)) {
+            let span = skip_record(msg, pos).unwrap();
+            if index >= before {
+                types.push(span.rtype);
+            }
+            last = span.range.start;
+            pos = span.range.end;
+        }
+        assert_eq!(pos, msg.len(), "nothing after the last record");
+        (types, last)
+    }
+
+    #[test]
+    fn a_signed_reply_keeps_its_tsig_last_and_untouched() {
+        let q = query(9, "example.com", 1, true);
+        let info = parse_query(&q).unwrap();
+        let key = b"\x03key\x07example\x00";
+        for (upstream_opt, leg) in [
+            (false, LegOptions::NONE),
+            (false, KEEPALIVE_AND_PADDING),
+            (true, LegOptions::NONE),
+            (true, KEEPALIVE_AND_PADDING),
+        ] {
+            let record = tsig(key, 0x4242);
+            let reply = with_additional(answer(&q, upstream_opt), &record);
+            let out = client_reply(reply, &info, leg).unwrap();
+            let (types, last) = additional_types(&out);
+            assert_eq!(types, [TYPE_OPT, TYPE_TSIG], "{upstream_opt} {leg:?}");
+            assert_eq!(&out[last..], record.as_slice(), "TSIG bytes as sent");
+            assert_eq!(id(&out), 9);
+            if leg.padding {
+                assert_eq!(out.len() % edns::RESPONSE_BLOCK, 0, "padded, TSIG included");
+            }
+        }
+        // Owner compressed to the question: kept as it is.
+        let record = tsig(&[0xc0, 12], 7);
+        let out = client_reply(
+            with_additional(answer(&q, false), &record),
+            &info,
+            KEEPALIVE_AND_PADDING,
+        )
+        .unwrap();
+        let (types, last) = additional_types(&out);
+        assert_eq!(types, [TYPE_OPT, TYPE_TSIG]);
+        assert_eq!(&out[last..], record.as_slice());
+        // A query without OPT: a signed reply without OPT passes unchanged.
+        let plain = query(9, "example.com", 1, false);
+        let plain_info = parse_query(&plain).unwrap();
+        let reply = with_additional(answer(&plain, false), &tsig(key, 9));
+        assert_eq!(
+            client_reply(reply.clone(), &plain_info, LegOptions::NONE).unwrap(),
+            reply
+        );
+    }
+
+    #[test]
+    fn a_tsig_owner_pointing_at_rewritten_bytes_is_written_out() {
+        let q = query(9, "example.com", 1, true);
+        let info = parse_query(&q).unwrap();
+        // An OPT in the middle (it must change: the slow path re-encodes),
+        // then an NS record owning key.example., then the TSIG whose owner
+        // points at that name.
+        let mut reply = answer(&q, true);
+        reply = with_options(reply, &[(12, &[0; 4])]);
+        let key_at = reply.len();
+        let ns = [
+            b"\x03key\x07example\x00".as_slice(),
+            &[0, 2, 0, 1, 0, 0, 0, 60, 0, 2, 0xc0, 12],
+        ]
+        .concat();
+        reply = with_additional(reply, &ns);
+        let pointer = [0xc0 | (key_at >> 8) as u8, key_at as u8];
+        let record = tsig(&pointer, 9);
+        reply = with_additional(reply, &record);
+        let out = client_reply(reply, &info, KEEPALIVE_AND_PADDING).unwrap();
+        let (types, last) = additional_types(&out);
+        assert_eq!(types.last(), Some(&TYPE_TSIG));
+        assert_eq!(types.iter().filter(|t| **t == TYPE_OPT).count(), 1);
+        let expanded = [b"\x03key\x07example\x00".as_slice(), &record[2..]].concat();
+        assert_eq!(
+            &out[last..],
+            expanded.as_slice(),
+            "the same name, written out"
+        );
+        assert_eq!(out.len() % edns::RESPONSE_BLOCK, 0, "padded, TSIG included");
+    }
+
+    #[test]
+    fn a_reply_to_the_question_with_broken_records_is_told_apart() {
+        let q = query(7, "example.com", 1, true);
+        let question = &q[parse_query(&q).unwrap().question];
+        let good = answer(&q, true);
+        assert_eq!(match_reply(&good, question), ReplyMatch::Answer);
+        // The header claims one more answer than there is.
+        let mut missing = good.clone();
+        set_count(&mut missing, AN, count(&good, AN) + 1);
+        assert_eq!(match_reply(&missing, question), ReplyMatch::Broken);
+        // The last record cut short.
+        let cut = good[..good.len() - 1].to_vec();
+        assert_eq!(match_reply(&cut, question), ReplyMatch::Broken);
+        // An OPT option whose length runs past its RDATA.
+        let bad_option = with_options(good.clone(), &[(3, b"nsid")]);
+        let mut bad_option = bad_option;
+        let at = bad_option.len() - 4 - 2;
+        bad_option[at..at + 2].copy_from_slice(&9u16.to_be_bytes());
+        assert_eq!(match_reply(&bad_option, question), ReplyMatch::Broken);
+        assert!(
+            client_reply(bad_option, &parse_query(&q).unwrap(), KEEPALIVE_AND_PADDING).is_err()
+        );
     }
 
     #[test]

@@ -100,6 +100,11 @@ impl Iterator for Options<'_> {
     }
 }
 
+/// True when OPT RDATA is a sequence of whole options.
+pub fn options_well_formed(rdata: &[u8]) -> bool {
+    options(rdata).all(|option| option.is_ok())
+}
+
 /// What a client's OPT record asks of the TLS leg.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Request {
@@ -313,6 +318,18 @@ pub fn rewrite_tail(
     rdlen_at: usize,
     leg: LegOptions,
 ) -> Result<(), RewriteError> {
+    rewrite_tail_before(msg, rdlen_at, leg, 0)
+}
+
+/// As [`rewrite_tail`], for a message that `trailer` more bytes will follow
+/// (a TSIG record put back after the OPT): the padding brings the whole
+/// to the block.
+pub fn rewrite_tail_before(
+    msg: &mut Vec<u8>,
+    rdlen_at: usize,
+    leg: LegOptions,
+    trailer: usize,
+) -> Result<(), RewriteError> {
     let rdata_start = rdlen_at + 2;
     let Some(rdata) = msg.get(rdata_start..) else {
         return Err(RewriteError::Malformed);
@@ -334,12 +351,12 @@ pub fn rewrite_tail(
     let kept = rdata_start + kept_len;
     let with_keepalive = kept + leg.keepalive.map_or(0, |_| KEEPALIVE_LEN);
     let pad = if leg.padding {
-        padding_len(with_keepalive)
+        padding_len(with_keepalive + trailer)
     } else {
         None
     };
     let total = with_keepalive + pad.map_or(0, |pad| OPTION_HEADER + pad);
-    if total > MAX_MESSAGE {
+    if total + trailer > MAX_MESSAGE {
         return Err(RewriteError::TooLarge);
     }
     // Second pass: compact the kept options toward the start of the RDATA;

@@ -67,6 +67,10 @@ pub async fn answer(
             stats.count_reply(u16::from(rcode));
             return dns::error_reply(&msg, Some(&info), u16::from(rcode), leg);
         }
+        Err(UpstreamError::BadReply) => (
+            Synthesized::ServFailBadReply,
+            UpstreamError::BadReply.to_string(),
+        ),
         Err(UpstreamError::Timeout) => (
             Synthesized::ServFailTimeout,
             UpstreamError::Timeout.to_string(),

@@ -9,7 +9,8 @@
 //! through `tcp`), `stream` (pooled, pipelined TCP or TLS connections),
 //! `dot` (where a DoT upstream is and how it is verified), with
 //! `connect` opening the connections; `reply` is what one exchange gives,
-//! `health` keeps the up/down state and `policy` picks an upstream.
+//! `ids` hands out the random query IDs of both, `health` keeps the
+//! up/down state and `policy` picks an upstream.
 //!
 //! Failover: when another upstream is up, the first try gets only
 //! [`TRY_FRACTION`] of the upstream timeout; if it fails or times out, the
@@ -21,6 +22,7 @@
 mod connect;
 mod dot;
 mod health;
+mod ids;
 mod origin;
 mod per_client;
 mod policy;
@@ -102,17 +104,21 @@ impl policy::Candidate for Member {
 }
 
 impl Member {
+    /// One exchange, waiting for the reply until `deadline` (the end of the
+    /// try), which the transports see so that they can tell a try that timed
+    /// out from a caller that went away.
     async fn exchange(
         &self,
         msg: &[u8],
         info: &QueryInfo,
         origin: &Origin,
         stats: &Stats,
+        deadline: tokio::time::Instant,
     ) -> Result<Reply, UpstreamError> {
         match &self.transport {
             Transport::Plain { addr, udp } => {
                 self.counters.udp.inc();
-                match udp.exchange(msg, info, origin).await? {
+                match udp.exchange(msg, info, origin, deadline).await? {
                     Reply::Message(m) if dns::is_truncated(&m) => {
                         // The upstream answered: a TCP retry that fails (a
                         // resolver that refuses TCP) is not its being down.
@@ -126,11 +132,11 @@ impl Member {
             }
             Transport::Stream(pool) => {
                 self.counters.tcp.inc();
-                pool.exchange(msg, info, origin.subnet()).await
+                pool.exchange(msg, info, origin.subnet(), deadline).await
             }
             Transport::PerClient(pools) => {
                 self.counters.tcp.inc();
-                pools.exchange(msg, info, origin).await
+                pools.exchange(msg, info, origin, deadline).await
             }
         }
     }
@@ -336,10 +342,18 @@ impl Inner {
         let _outstanding = (self.policy == Policy::LeastOutstanding)
             .then(|| OutstandingGuard::new(&member.outstanding));
         let sent = Instant::now();
-        let result =
-            tokio::time::timeout(budget, member.exchange(msg, info, origin, &self.stats)).await;
+        let deadline = tokio::time::Instant::now() + budget;
+        // The transports end their wait at the same deadline and are polled
+        // first, so they report the timeout; this bound covers the rest
+        // (connecting, the TCP retry after a truncated answer).
+        let result = tokio::time::timeout_at(
+            deadline,
+            member.exchange(msg, info, origin, &self.stats, deadline),
+        )
+        .await
+        .unwrap_or(Err(UpstreamError::Timeout));
         match result {
-            Ok(Ok(reply)) => {
+            Ok(reply) => {
                 // The gauge is written only on a change: no shared write
                 // per answered query.
                 let was_up = member.health.is_up();
@@ -349,19 +363,19 @@ impl Inner {
                 }
                 Ok(reply)
             }
-            Ok(Err(e)) => {
-                if !e.is_local() {
-                    member
-                        .health
-                        .failure(&member.name, &e, e.is_definitive(), sent);
+            Err(UpstreamError::Timeout) => {
+                self.stats.upstream_timeouts.inc();
+                let e = UpstreamError::Timeout;
+                if member.health.failure(&member.name, &e, false, sent) {
                     member.publish_health();
                 }
                 Err(e)
             }
-            Err(_) => {
-                self.stats.upstream_timeouts.inc();
-                let e = UpstreamError::Timeout;
-                if member.health.failure(&member.name, &e, false, sent) {
+            Err(e) => {
+                if !e.is_local() {
+                    member
+                        .health
+                        .failure(&member.name, &e, e.is_definitive(), sent);
                     member.publish_health();
                 }
                 Err(e)
@@ -397,9 +411,10 @@ async fn probe_loop(inner: Arc<Inner>, index: usize, interval: Duration, limit: 
         tick.tick().await;
         let member = &inner.members[index];
         let sent = Instant::now();
-        let result = tokio::time::timeout(
-            limit,
-            member.exchange(&health::PROBE, &info, &inner.own, &inner.stats),
+        let deadline = tokio::time::Instant::now() + limit;
+        let result = tokio::time::timeout_at(
+            deadline,
+            member.exchange(&health::PROBE, &info, &inner.own, &inner.stats, deadline),
         )
         .await;
         let failed = match result {

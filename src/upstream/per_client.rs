@@ -77,16 +77,22 @@ impl PerClient {
         self.pools.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sends one query over the pool of the client `origin` names.
+    /// Sends one query over the pool of the client `origin` names, waiting
+    /// for its reply until `deadline`.
     pub async fn exchange(
         &self,
         msg: &[u8],
         info: &QueryInfo,
         origin: &Origin,
+        deadline: tokio::time::Instant,
     ) -> Result<Reply, UpstreamError> {
         match self.pool_for(origin) {
-            Some(pool) => pool.exchange(msg, info, origin.subnet()).await,
-            None => self.own.exchange(msg, info, origin.subnet()).await,
+            Some(pool) => pool.exchange(msg, info, origin.subnet(), deadline).await,
+            None => {
+                self.own
+                    .exchange(msg, info, origin.subnet(), deadline)
+                    .await
+            }
         }
     }
 

@@ -29,6 +29,8 @@ pub enum UpstreamError {
     Busy,
     #[error("{0}")]
     Connect(#[from] ConnectError),
+    #[error("the upstream's replies to the question were malformed")]
+    BadReply,
 }
 
 impl UpstreamError {
@@ -45,11 +47,24 @@ impl UpstreamError {
     }
 }
 
+/// What a message from the upstream is to the query waiting on its ID.
+pub(super) enum Verdict {
+    /// Its reply: delivered.
+    Reply(Reply),
+    /// A reply to its question that cannot be passed on (records past the
+    /// end, broken OPT options): counted, and the query waits on for a
+    /// valid one within its try.
+    Broken,
+    /// Not a reply to its question (RFC 5452): counted and ignored.
+    Mismatch,
+}
+
 /// Classifies a message from the upstream for a sent question.
-pub(super) fn classify(reply: &[u8], question: &[u8]) -> Option<Reply> {
+pub(super) fn classify(reply: &[u8], question: &[u8]) -> Verdict {
     match dns::match_reply(reply, question) {
-        dns::ReplyMatch::Answer => Some(Reply::Message(reply.to_vec())),
-        dns::ReplyMatch::ErrorWithoutQuestion(rcode) => Some(Reply::Rcode(rcode)),
-        dns::ReplyMatch::Mismatch => None,
+        dns::ReplyMatch::Answer => Verdict::Reply(Reply::Message(reply.to_vec())),
+        dns::ReplyMatch::ErrorWithoutQuestion(rcode) => Verdict::Reply(Reply::Rcode(rcode)),
+        dns::ReplyMatch::Broken => Verdict::Broken,
+        dns::ReplyMatch::Mismatch => Verdict::Mismatch,
     }
 }

@@ -24,18 +24,19 @@
 //!   answered. Idleness, the timeout and retirement live under the
 //!   pending-map lock, so a query registers only on a connection that will
 //!   not be closed under it;
-//! * a connection that stops answering is not kept: when a query on it is
-//!   abandoned (its try timed out) and nothing at all came back on that
-//!   connection since the query was sent, the connection is retired (no new
-//!   query; closed once its last one is answered or abandoned), so the next
-//!   query opens a fresh one; a write that does not complete within the
-//!   write timeout ends the connection (its queries go elsewhere);
+//! * a reply to the question that is malformed is counted and passed over:
+//!   the query waits, until the end of its try, for a valid one;
+//! * a connection that stops answering is not kept: when a query on it
+//!   times out (its try's deadline passed; not a client that left) and
+//!   nothing at all came back on that connection since the query was sent,
+//!   the connection is retired (no new query; closed once its last one is
+//!   answered or abandoned), so the next query opens a fresh one; a write
+//!   that does not complete within the write timeout ends the connection
+//!   (its queries go elsewhere);
 //! * the plain mutexes are held for map and list operations only, never
 //!   across an await; only opening a connection is serialized (by an async
 //!   gate), so a burst does not open one connection per query.
 
-use std::collections::hash_map::Entry;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -47,7 +48,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::connect::{ConnectError, DialError};
 use super::dot::DotTarget;
-use super::reply::{classify, Reply, UpstreamError};
+use super::ids::{Ids, Ticket};
+use super::reply::{classify, Reply, UpstreamError, Verdict};
 use crate::metrics::stats::Stats;
 use crate::proto::dns::{self, QueryInfo};
 use crate::proto::framing::FrameReader;
@@ -93,17 +95,19 @@ pub enum Connector {
 }
 
 struct Waiter {
-    seq: u64,
     question: Box<[u8]>,
     tx: oneshot::Sender<Reply>,
     /// When the query was registered, to tell a stalled connection (nothing
     /// answered since) from a slow name.
     sent: Instant,
+    /// A malformed reply to the question came: if no valid one follows
+    /// within the try, the query fails as a bad reply, not a timeout.
+    broken: bool,
 }
 
 struct Pending {
     dead: bool,
-    waiters: HashMap<u16, Waiter>,
+    waiters: Ids<Waiter>,
     /// No new query may register: the upstream advertised keepalive 0, or
     /// the connection outlived its idle limit. It closes once `waiters` is
     /// empty.
@@ -142,7 +146,6 @@ struct Conn {
     /// or changed its idle limit, or retired.
     idle_changed: Notify,
     inflight: AtomicUsize,
-    next_seq: AtomicU64,
     /// Order of opening within the pool: a query resent after a lost
     /// connection only goes to a connection opened after the loss.
     generation: u64,
@@ -240,7 +243,7 @@ impl Conn {
             self.lost_at.store(next_generation, Ordering::Relaxed);
             pending.dead = true;
             self.dead.store(true, Ordering::Relaxed);
-            pending.waiters.drain().map(|(_, w)| w).collect()
+            pending.waiters.drain().collect()
         };
         drained.len()
     }
@@ -248,6 +251,8 @@ impl Conn {
 
 /// Why a query got no reply on a connection.
 enum SendError {
+    /// The try's deadline passed; `broken` when only malformed replies came.
+    Expired { broken: bool },
     /// The connection died with this query in flight: retryable elsewhere.
     Lost,
     /// The connection retired before the query was registered: it was never
@@ -331,15 +336,16 @@ impl StreamPool {
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sends one query and waits for its reply (no timeout here: the pool
-    /// bounds each try). A query whose connection dies is sent once more on
-    /// another connection; one whose connection retired before taking it
-    /// goes to another without counting as a loss.
+    /// Sends one query and waits for its reply until `deadline`, the end of
+    /// the try. A query whose connection dies is sent once more on another
+    /// connection; one whose connection retired before taking it goes to
+    /// another without counting as a loss.
     pub async fn exchange(
         &self,
         msg: &[u8],
         info: &QueryInfo,
         subnet: Option<&[u8]>,
+        deadline: tokio::time::Instant,
     ) -> Result<Reply, UpstreamError> {
         // Built once, and moved into the first try: a second try (rare)
         // builds its own copy.
@@ -355,8 +361,10 @@ impl StreamPool {
             let out = first
                 .take()
                 .unwrap_or_else(|| dns::stream_query(msg, info, subnet));
-            match send(&conn, out, question).await {
+            match send(&conn, out, question, deadline).await {
                 Ok(reply) => return Ok(reply),
+                Err(SendError::Expired { broken: true }) => return Err(UpstreamError::BadReply),
+                Err(SendError::Expired { broken: false }) => return Err(UpstreamError::Timeout),
                 Err(SendError::Retired) => {}
                 Err(SendError::Lost) if !lost => {
                     lost = true;
@@ -439,7 +447,7 @@ impl StreamPool {
         let conn = Arc::new(Conn {
             pending: Mutex::new(Pending {
                 dead: false,
-                waiters: HashMap::new(),
+                waiters: Ids::default(),
                 retiring: false,
                 idle_limit: None,
                 idle_since: Instant::now(),
@@ -451,7 +459,6 @@ impl StreamPool {
             keepalive_known: AtomicBool::new(false),
             idle_changed: Notify::new(),
             inflight: AtomicUsize::new(0),
-            next_seq: AtomicU64::new(0),
             generation: self.generations.fetch_add(1, Ordering::Relaxed),
             lost_at: AtomicU64::new(UNKNOWN),
         });
@@ -468,15 +475,19 @@ impl StreamPool {
     }
 }
 
-/// Registers a waiter under a fresh ID, queues the framed query and waits.
-/// A connection that is retiring, or idle past its limit (and so about to
-/// be closed by either side), takes no new query.
-async fn send(conn: &Arc<Conn>, mut out: Vec<u8>, question: &[u8]) -> Result<Reply, SendError> {
+/// Registers a waiter under a fresh ID, queues the framed query and waits
+/// until `deadline`. A connection that is retiring, or idle past its limit
+/// (and so about to be closed by either side), takes no new query.
+async fn send(
+    conn: &Arc<Conn>,
+    mut out: Vec<u8>,
+    question: &[u8],
+    deadline: tokio::time::Instant,
+) -> Result<Reply, SendError> {
     let (tx, rx) = oneshot::channel();
-    let seq = conn.next_seq.fetch_add(1, Ordering::Relaxed);
-    let id = {
+    let ticket = {
         let mut pending = conn.pending();
-        if pending.dead || pending.waiters.len() >= usize::from(u16::MAX) {
+        if pending.dead {
             return Err(SendError::Lost);
         }
         if pending.idle_expired() {
@@ -485,51 +496,64 @@ async fn send(conn: &Arc<Conn>, mut out: Vec<u8>, question: &[u8]) -> Result<Rep
         if pending.retiring {
             return Err(SendError::Retired);
         }
-        loop {
-            let id: u16 = rand::random();
-            if let Entry::Vacant(slot) = pending.waiters.entry(id) {
-                slot.insert(Waiter {
-                    seq,
-                    question: question.into(),
-                    tx,
-                    sent: Instant::now(),
-                });
-                break id;
-            }
-        }
+        let waiter = Waiter {
+            question: question.into(),
+            tx,
+            sent: Instant::now(),
+            broken: false,
+        };
+        // Every ID in use: as if the connection were lost, tried elsewhere.
+        pending.waiters.insert(waiter).ok_or(SendError::Lost)?
     };
     conn.inflight.fetch_add(1, Ordering::Relaxed);
-    let _guard = WaiterGuard { conn, id, seq };
+    let mut guard = WaiterGuard {
+        conn,
+        ticket,
+        timed_out: false,
+    };
     // The ID sits after the 2-byte length prefix.
-    dns::set_id(&mut out[2..], id);
-    if conn.out.send(out).await.is_err() {
-        return Err(SendError::Lost);
+    dns::set_id(&mut out[2..], ticket.id);
+    let wait = async {
+        conn.out.send(out).await.map_err(|_| SendError::Lost)?;
+        rx.await.map_err(|_| SendError::Lost)
+    };
+    match tokio::time::timeout_at(deadline, wait).await {
+        Ok(result) => result,
+        Err(_) => {
+            guard.timed_out = true;
+            let broken = conn
+                .pending()
+                .waiters
+                .get_ticket(ticket)
+                .is_some_and(|w| w.broken);
+            Err(SendError::Expired { broken })
+        }
     }
-    rx.await.map_err(|_| SendError::Lost)
 }
 
 /// Counts a query in flight on its connection and removes its waiter when
-/// the query is abandoned (timeout, client gone), never a later one.
+/// the query is abandoned (its try timed out, its client left), never a
+/// later one. Only a timed-out try can retire a stalled connection: a client
+/// that leaves says nothing about the upstream, and a connection retired
+/// for it would be replaced by a new one (retiring ones do not count toward
+/// [`MAX_CONNECTIONS`]), so a client that pipelines and hangs up, again and
+/// again, would churn the connections every other client shares.
 struct WaiterGuard<'a> {
     conn: &'a Conn,
-    id: u16,
-    seq: u64,
+    ticket: Ticket,
+    /// Set when the try's deadline passed with the query still waiting.
+    timed_out: bool,
 }
 
 impl Drop for WaiterGuard<'_> {
     fn drop(&mut self) {
         self.conn.inflight.fetch_sub(1, Ordering::Relaxed);
         let mut pending = self.conn.pending();
-        let abandoned = match pending.waiters.get(&self.id) {
-            Some(w) if w.seq == self.seq => Some(w.sent),
-            _ => None,
-        };
-        if let Some(sent) = abandoned {
-            pending.waiters.remove(&self.id);
+        if let Some(Waiter { sent, .. }) = pending.waiters.remove_ticket(self.ticket) {
             // Nothing at all came back on this connection since the query
             // went out: it is stalled or black-holed, not just slow on a name.
             let stalled = pending.last_reply.is_none_or(|at| at < sent);
-            if stalled && !pending.retiring && !pending.dead {
+            if self.timed_out && stalled && !pending.retiring && !pending.dead {
                 tracing::debug!(
                     "no reply on an upstream connection since an abandoned query: retiring it"
                 );
@@ -654,14 +678,23 @@ fn deliver(conn: &Conn, reply: &[u8], stats: &Stats) {
     let keepalive = dns::reply_keepalive(reply);
     let waiter = {
         let mut pending = conn.pending();
-        let Some(waiter) = pending.waiters.get(&id) else {
+        let Some(waiter) = pending.waiters.get_mut(id) else {
             drop(pending);
             stats.mismatched_replies.inc();
             return;
         };
         let delivered = match classify(reply, &waiter.question) {
-            Some(result) => pending.waiters.remove(&id).map(|w| (w, result)),
-            None => None,
+            Verdict::Reply(result) => pending.waiters.remove(id).map(|w| (w, result)),
+            Verdict::Broken => {
+                // Not delivered: the query waits on for a valid reply. The
+                // connection is alive all the same.
+                waiter.broken = true;
+                pending.last_reply = Some(Instant::now());
+                drop(pending);
+                stats.upstream_bad_replies.inc();
+                return;
+            }
+            Verdict::Mismatch => None,
         };
         if delivered.is_some() {
             pending.last_reply = Some(Instant::now());

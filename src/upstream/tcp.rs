@@ -8,7 +8,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::origin::Origin;
-use super::reply::{classify, Reply, UpstreamError};
+use super::reply::{classify, Reply, UpstreamError, Verdict};
 use crate::metrics::stats::Stats;
 use crate::proto::dns::{self, QueryInfo};
 use crate::proto::framing::FrameReader;
@@ -35,13 +35,26 @@ pub async fn exchange(
     stream.write_all(&out).await?;
     let question = &msg[info.question.clone()];
     let mut reader = FrameReader::new(stream);
+    // A malformed reply is passed over: a valid one may follow.
+    let mut broken = false;
     while let Some(reply) = reader.read_frame().await? {
-        if dns::id(&reply) == id {
-            if let Some(result) = classify(&reply, question) {
-                return Ok(result);
+        let verdict = if dns::id(&reply) == id {
+            classify(&reply, question)
+        } else {
+            Verdict::Mismatch
+        };
+        match verdict {
+            Verdict::Reply(result) => return Ok(result),
+            Verdict::Broken => {
+                broken = true;
+                stats.upstream_bad_replies.inc();
             }
+            Verdict::Mismatch => stats.mismatched_replies.inc(),
         }
-        stats.mismatched_replies.inc();
     }
-    Err(UpstreamError::Closed)
+    Err(if broken {
+        UpstreamError::BadReply
+    } else {
+        UpstreamError::Closed
+    })
 }

@@ -1,11 +1,21 @@
-//! Shared UDP sockets toward one upstream, with unpredictable IDs (R21).
+//! Shared UDP sockets toward one upstream, with unpredictable IDs (R21) and
+//! source ports (RFC 5452 §9.2).
 //!
 //! Every query from every connection goes out on one of a few connected UDP
-//! sockets under a fresh random ID that is not in use on that socket. A reply
+//! sockets under a fresh random ID that is not in use on that socket. Each
+//! socket is bound to a port the kernel picks at random from its ephemeral
+//! range, and is replaced by a socket on a new port after
+//! [`ROTATE_AFTER_QUERIES`] queries or [`ROTATE_AFTER`], whichever comes
+//! first: a forger must guess the port as well as the ID, and a port learnt
+//! or guessed is soon of no use. A replaced socket takes no new query; it
+//! still receives the replies to its queries in flight, and closes once the
+//! last of them is answered or abandoned (each within its try). A reply
 //! is delivered only when it comes from the upstream's address (the socket is
 //! connected, so the kernel filters the source), carries an ID in use, and
 //! repeats the question that was sent (RFC 5452). Anything else is counted and
-//! ignored; the real reply may still arrive.
+//! ignored; the real reply may still arrive. So is a reply to the question
+//! that is malformed: the query waits on, until the end of its try, for a
+//! valid one.
 //!
 //! A datagram can be lost on the way. As stub resolvers do, a query with no
 //! reply after a short delay (four smoothed round-trip times, at least
@@ -15,19 +25,18 @@
 //! The pending map is behind a plain mutex, held only for a map operation and
 //! never across an await.
 
-use std::collections::hash_map::Entry;
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tokio::sync::{oneshot, Notify};
+use tokio_util::sync::CancellationToken;
 
+use super::ids::{Ids, Ticket};
 use super::origin::Origin;
-use super::reply::{classify, Reply, UpstreamError};
+use super::reply::{classify, Reply, UpstreamError, Verdict};
 use crate::metrics::stats::Stats;
 use crate::proto::dns::{self, QueryInfo};
 use crate::proto::proxy_header;
@@ -35,6 +44,15 @@ use crate::proto::proxy_header;
 /// Number of sockets per upstream: more source ports make spoofing harder and
 /// spread the receive work over tasks.
 const SOCKETS: usize = 4;
+
+/// Queries a socket carries before it is replaced by one on a new port. At
+/// 50,000 queries a second, about 50 new sockets a second over the four:
+/// a few system calls each, next to the queries' own.
+pub const ROTATE_AFTER_QUERIES: u64 = 1000;
+
+/// Longest a socket is used before it is replaced by one on a new port, so
+/// that a quiet upstream's ports change too.
+pub const ROTATE_AFTER: Duration = Duration::from_secs(10);
 
 /// Requested receive buffer per socket.
 const RECV_BUFFER: usize = 4 << 20;
@@ -59,10 +77,11 @@ const ERRORS_BEFORE_BACKOFF: u32 = 8;
 const MAX_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 struct Waiter {
-    /// Tells this waiter from a later one that reuses the same ID.
-    seq: u64,
     question: Question,
     tx: oneshot::Sender<Reply>,
+    /// A malformed reply to the question came: if no valid one follows
+    /// within the try, the query fails as a bad reply, not a timeout.
+    broken: bool,
 }
 
 /// Question sections up to this long are kept in the waiter itself: a
@@ -101,12 +120,59 @@ impl Question {
 
 struct Socket {
     sock: UdpSocket,
-    pending: Mutex<HashMap<u16, Waiter>>,
-    next_seq: AtomicU64,
+    pending: Mutex<Ids<Waiter>>,
+    /// Queries sent on this socket: to sample the round-trip time, and to
+    /// replace the socket after [`ROTATE_AFTER_QUERIES`].
+    queries: AtomicU64,
+    /// When the socket was opened, to replace it after [`ROTATE_AFTER`].
+    opened: tokio::time::Instant,
+    /// Replaced: takes no new query, and closes once `pending` is empty.
+    retired: AtomicBool,
+    /// Wakes the receive task of a retired socket when its last query is
+    /// done.
+    drained: Notify,
 }
 
 impl Socket {
-    fn pending(&self) -> MutexGuard<'_, HashMap<u16, Waiter>> {
+    /// Opens a socket connected to `upstream`, on a port the kernel picks
+    /// (at random within its ephemeral range).
+    fn open(upstream: SocketAddr) -> std::io::Result<Self> {
+        let bind: SocketAddr = if upstream.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let sock = std::net::UdpSocket::bind(bind)?;
+        // Replies to a burst of queries arrive together; a larger receive
+        // buffer (capped by net.core.rmem_max) keeps them from being
+        // dropped before the receive task reads them.
+        let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(RECV_BUFFER);
+        sock.connect(upstream)?;
+        sock.set_nonblocking(true)?;
+        Ok(Self {
+            sock: UdpSocket::from_std(sock)?,
+            pending: Mutex::new(Ids::default()),
+            queries: AtomicU64::new(0),
+            opened: tokio::time::Instant::now(),
+            retired: AtomicBool::new(false),
+            drained: Notify::new(),
+        })
+    }
+
+    /// Due for replacement: enough queries, or old enough.
+    fn worn(&self, rotation: &Rotation) -> bool {
+        self.queries.load(Ordering::Relaxed) >= rotation.queries
+            || self.opened.elapsed() >= rotation.age
+    }
+
+    /// Wakes the receive task when the socket is retired and idle.
+    fn wake_if_drained(&self, pending: &Ids<Waiter>) {
+        if pending.is_empty() && self.retired.load(Ordering::Relaxed) {
+            self.drained.notify_one();
+        }
+    }
+
+    fn pending(&self) -> MutexGuard<'_, Ids<Waiter>> {
         // A panic while holding this lock cannot leave the map inconsistent
         // (every operation is a single insert or remove), so poisoning is
         // ignored rather than spread.
@@ -114,10 +180,35 @@ impl Socket {
     }
 }
 
+/// When a socket is replaced.
+#[derive(Debug, Clone, Copy)]
+struct Rotation {
+    queries: u64,
+    age: Duration,
+}
+
+/// Wait after a failure to open a new socket before the next attempt (the
+/// worn socket goes on meanwhile): no attempt, and no warning, per query.
+const REOPEN_BACKOFF: Duration = Duration::from_secs(1);
+
+/// One of the sockets taking new queries.
+struct Slot {
+    socket: Arc<Socket>,
+    /// After a failure to open its replacement: not before then again.
+    next_attempt: Option<tokio::time::Instant>,
+}
+
+/// The UDP sockets toward one upstream, their queries in flight, and the
+/// measured round trip.
 pub struct UdpTransport {
-    sockets: Vec<Arc<Socket>>,
+    upstream: SocketAddr,
+    /// The sockets taking new queries; each slot's socket is replaced in
+    /// place when worn.
+    slots: Vec<Mutex<Slot>>,
     next: AtomicUsize,
-    receivers: Vec<JoinHandle<()>>,
+    rotation: Rotation,
+    /// Ends every receive task when the transport is dropped.
+    stop: CancellationToken,
     /// Smoothed round-trip time in microseconds (0: none measured yet).
     srtt_us: AtomicU32,
     /// The resend delay never exceeds this: half the try's timeout.
@@ -133,36 +224,89 @@ impl UdpTransport {
         stats: Arc<Stats>,
         try_timeout: Duration,
     ) -> std::io::Result<Self> {
-        let bind: SocketAddr = if upstream.is_ipv4() {
-            "0.0.0.0:0".parse().map_err(std::io::Error::other)?
-        } else {
-            "[::]:0".parse().map_err(std::io::Error::other)?
+        let rotation = Rotation {
+            queries: ROTATE_AFTER_QUERIES,
+            age: ROTATE_AFTER,
         };
-        let mut sockets = Vec::with_capacity(SOCKETS);
-        let mut receivers = Vec::with_capacity(SOCKETS);
-        for _ in 0..SOCKETS {
-            let sock = UdpSocket::bind(bind).await?;
-            // Replies to a burst of queries arrive together; a larger receive
-            // buffer (capped by net.core.rmem_max) keeps them from being
-            // dropped before the receive task reads them.
-            let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(RECV_BUFFER);
-            sock.connect(upstream).await?;
-            let socket = Arc::new(Socket {
-                sock,
-                pending: Mutex::new(HashMap::new()),
-                next_seq: AtomicU64::new(0),
-            });
-            receivers.push(tokio::spawn(receive_loop(socket.clone(), stats.clone())));
-            sockets.push(socket);
-        }
+        Self::with_rotation(upstream, stats, try_timeout, rotation)
+    }
+
+    fn with_rotation(
+        upstream: SocketAddr,
+        stats: Arc<Stats>,
+        try_timeout: Duration,
+        rotation: Rotation,
+    ) -> std::io::Result<Self> {
+        let stop = CancellationToken::new();
+        // All opened before any receive task starts: an error leaves none.
+        let sockets = (0..SOCKETS)
+            .map(|_| Socket::open(upstream).map(Arc::new))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let slots = sockets
+            .into_iter()
+            .map(|socket| {
+                tokio::spawn(receive_loop(
+                    socket.clone(),
+                    stats.clone(),
+                    stop.child_token(),
+                ));
+                Mutex::new(Slot {
+                    socket,
+                    next_attempt: None,
+                })
+            })
+            .collect();
         Ok(Self {
-            sockets,
+            upstream,
+            slots,
             next: AtomicUsize::new(0),
-            receivers,
+            rotation,
+            stop,
             srtt_us: AtomicU32::new(0),
             resend_cap: try_timeout / 2,
             stats,
         })
+    }
+
+    /// Registers `waiter` on the socket of the next slot, first replaced by
+    /// one on a new port when worn (should the new socket fail to open, the
+    /// worn one goes on, and the next query tries again). Registered under
+    /// the slot's lock, under which sockets are retired: a retired socket
+    /// never takes a query after its receive task has seen it drained.
+    fn register(&self, waiter: Waiter) -> Result<(Arc<Socket>, Ticket), UpstreamError> {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        // Poisoning is ignored: a slot is changed by whole assignments only.
+        let mut slot = self.slots[index].lock().unwrap_or_else(|e| e.into_inner());
+        let due = slot.socket.worn(&self.rotation)
+            && slot
+                .next_attempt
+                .is_none_or(|at| tokio::time::Instant::now() >= at);
+        if due {
+            match Socket::open(self.upstream) {
+                Ok(fresh) => {
+                    let fresh = Arc::new(fresh);
+                    tokio::spawn(receive_loop(
+                        fresh.clone(),
+                        self.stats.clone(),
+                        self.stop.child_token(),
+                    ));
+                    let old = std::mem::replace(&mut slot.socket, fresh);
+                    slot.next_attempt = None;
+                    old.retired.store(true, Ordering::Relaxed);
+                    old.wake_if_drained(&old.pending());
+                }
+                Err(e) => {
+                    slot.next_attempt = Some(tokio::time::Instant::now() + REOPEN_BACKOFF);
+                    tracing::warn!(upstream = %self.upstream, error = %e, "cannot open a UDP socket on a new port: the old one goes on");
+                }
+            }
+        }
+        let ticket = slot
+            .socket
+            .pending()
+            .insert(waiter)
+            .ok_or(UpstreamError::Busy)?;
+        Ok((slot.socket.clone(), ticket))
     }
 
     /// How long to wait for a reply before sending the query again.
@@ -184,36 +328,27 @@ impl UdpTransport {
         self.srtt_us.store(new, Ordering::Relaxed);
     }
 
-    /// Sends one query and waits for its matching reply (no timeout here: the
-    /// caller bounds the whole exchange).
+    /// Sends one query and waits for its matching reply until `deadline`,
+    /// the end of the try: [`UpstreamError::Timeout`] then, or
+    /// [`UpstreamError::BadReply`] when only malformed replies came.
     pub async fn exchange(
         &self,
         msg: &[u8],
         info: &QueryInfo,
         origin: &Origin,
+        deadline: tokio::time::Instant,
     ) -> Result<Reply, UpstreamError> {
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.sockets.len();
-        let socket = &self.sockets[index];
         let (tx, rx) = oneshot::channel();
-        let seq = socket.next_seq.fetch_add(1, Ordering::Relaxed);
-        let id = {
-            let mut pending = socket.pending();
-            if pending.len() >= usize::from(u16::MAX) {
-                return Err(UpstreamError::Busy);
-            }
-            loop {
-                let id: u16 = rand::random();
-                if let Entry::Vacant(slot) = pending.entry(id) {
-                    slot.insert(Waiter {
-                        seq,
-                        question: Question::new(&msg[info.question.clone()]),
-                        tx,
-                    });
-                    break id;
-                }
-            }
+        let waiter = Waiter {
+            question: Question::new(&msg[info.question.clone()]),
+            tx,
+            broken: false,
         };
-        let _guard = PendingGuard { socket, id, seq };
+        let (socket, ticket) = self.register(waiter)?;
+        let socket = &*socket;
+        let seq = socket.queries.fetch_add(1, Ordering::Relaxed);
+        let _guard = PendingGuard { socket, ticket };
+        let id = ticket.id;
         let out = if origin.has_proxy() {
             // The header precedes every datagram (PROXY v2 over UDP).
             let mut out = Vec::with_capacity(proxy_header::v2_len(255) + msg.len() + 64);
@@ -227,16 +362,30 @@ impl UdpTransport {
         let sent = Instant::now();
         // The sender lives in the map until the reply or the guard removes it.
         let mut rx = rx;
-        let reply = tokio::select! {
-            reply = &mut rx => reply,
-            () = tokio::time::sleep(self.resend_delay()) => {
-                // Lost on the way, or just slow: either way, once more.
-                self.stats.upstream_udp_resends.inc();
-                send(socket, &out).await?;
-                rx.await
+        let wait = async {
+            tokio::select! {
+                reply = &mut rx => reply,
+                () = tokio::time::sleep(self.resend_delay()) => {
+                    // Lost on the way, or just slow: either way, once more.
+                    self.stats.upstream_udp_resends.inc();
+                    send(socket, &out).await?;
+                    rx.await
+                }
             }
+            .map_err(|_| UpstreamError::Closed)
         };
-        let reply = reply.map_err(|_| UpstreamError::Closed)?;
+        let Ok(reply) = tokio::time::timeout_at(deadline, wait).await else {
+            let broken = socket
+                .pending()
+                .get_ticket(ticket)
+                .is_some_and(|w| w.broken);
+            return Err(if broken {
+                UpstreamError::BadReply
+            } else {
+                UpstreamError::Timeout
+            });
+        };
+        let reply = reply?;
         if seq.is_multiple_of(RTT_SAMPLE) {
             self.sample_rtt(sent.elapsed());
         }
@@ -267,9 +416,7 @@ fn error_backoff(errors: u32) -> Option<Duration> {
 
 impl Drop for UdpTransport {
     fn drop(&mut self) {
-        for task in &self.receivers {
-            task.abort();
-        }
+        self.stop.cancel();
     }
 }
 
@@ -277,24 +424,41 @@ impl Drop for UdpTransport {
 /// never a later waiter that reuses the ID.
 struct PendingGuard<'a> {
     socket: &'a Socket,
-    id: u16,
-    seq: u64,
+    ticket: Ticket,
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
         let mut pending = self.socket.pending();
-        if pending.get(&self.id).is_some_and(|w| w.seq == self.seq) {
-            pending.remove(&self.id);
-        }
+        pending.remove_ticket(self.ticket);
+        self.socket.wake_if_drained(&pending);
     }
 }
 
-async fn receive_loop(socket: Arc<Socket>, stats: Arc<Stats>) {
+/// Reads one socket's replies and hands each to its query, until the
+/// transport is dropped or the socket, retired, has no query left.
+async fn receive_loop(socket: Arc<Socket>, stats: Arc<Stats>, stop: CancellationToken) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut errors = 0u32;
+    // Made once, not per datagram: waiting on them costs no allocation.
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
+    let drained = socket.drained.notified();
+    tokio::pin!(drained);
     loop {
-        let n = match socket.sock.recv(&mut buf).await {
+        let received = tokio::select! {
+            biased;
+            received = socket.sock.recv(&mut buf) => received,
+            () = &mut drained => {
+                if socket.retired.load(Ordering::Relaxed) && socket.pending().is_empty() {
+                    return;
+                }
+                drained.set(socket.drained.notified());
+                continue;
+            }
+            () = &mut stopped => return,
+        };
+        let n = match received {
             Ok(n) => {
                 errors = 0;
                 n
@@ -319,21 +483,28 @@ async fn receive_loop(socket: Arc<Socket>, stats: Arc<Stats>) {
         }
         let id = dns::id(reply);
         let mut pending = socket.pending();
-        let Some(waiter) = pending.get(&id) else {
+        let Some(waiter) = pending.get_mut(id) else {
             drop(pending);
             stats.mismatched_replies.inc();
             tracing::debug!(id, "upstream reply with an ID not in use: ignored");
             continue;
         };
         match classify(reply, waiter.question.as_bytes()) {
-            Some(result) => {
-                if let Some(waiter) = pending.remove(&id) {
+            Verdict::Reply(result) => {
+                if let Some(waiter) = pending.remove(id) {
+                    socket.wake_if_drained(&pending);
                     drop(pending);
                     // The receiver may have given up (timeout): nothing to do.
                     let _ = waiter.tx.send(result);
                 }
             }
-            None => {
+            Verdict::Broken => {
+                waiter.broken = true;
+                drop(pending);
+                stats.upstream_bad_replies.inc();
+                tracing::debug!(id, "malformed upstream reply: waiting for a valid one");
+            }
+            Verdict::Mismatch => {
                 drop(pending);
                 stats.mismatched_replies.inc();
                 tracing::debug!(id, "upstream reply whose question does not match: ignored");
@@ -382,6 +553,160 @@ mod tests {
                 "{len} bytes"
             );
         }
+    }
+
+    /// A query for `name` (A, no OPT) and what dotgate reads of it.
+    fn query(name: &str) -> (Vec<u8>, QueryInfo) {
+        let mut q = vec![0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        for label in name.split('.') {
+            q.push(label.len() as u8);
+            q.extend_from_slice(label.as_bytes());
+        }
+        q.extend_from_slice(&[0, 0, 1, 0, 1]);
+        let info = dns::parse_query(&q).unwrap();
+        (q, info)
+    }
+
+    fn no_proxy() -> Origin {
+        Origin::own(&crate::config::ClientToUpstream {
+            proxy_protocol: false,
+            subnet: None,
+        })
+    }
+
+    /// An upstream on loopback that answers each query with itself as the
+    /// reply (QR set), except names starting with `slow`, held until
+    /// `release` is notified; it records the source port of every query.
+    async fn echo_upstream(
+        release: Arc<Notify>,
+    ) -> (
+        SocketAddr,
+        Arc<Mutex<Vec<u16>>>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let addr = sock.local_addr().unwrap();
+        let ports = Arc::new(Mutex::new(Vec::new()));
+        let seen = ports.clone();
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            loop {
+                let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
+                    continue;
+                };
+                seen.lock().unwrap().push(peer.port());
+                let mut reply = buf[..n].to_vec();
+                reply[2] |= 0x80;
+                let (sock, release) = (sock.clone(), release.clone());
+                tokio::spawn(async move {
+                    if reply[13..17] == *b"slow" {
+                        release.notified().await;
+                    }
+                    let _ = sock.send_to(&reply, peer).await;
+                });
+            }
+        });
+        (addr, ports, task)
+    }
+
+    fn rotating(upstream: SocketAddr, queries: u64) -> UdpTransport {
+        let rotation = Rotation {
+            queries,
+            age: Duration::from_secs(3600),
+        };
+        UdpTransport::with_rotation(
+            upstream,
+            Arc::new(Stats::new().unwrap()),
+            Duration::from_secs(2),
+            rotation,
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn sockets_move_to_new_ports_and_replies_keep_matching() {
+        let (upstream, ports, _task) = echo_upstream(Arc::new(Notify::new())).await;
+        let udp = rotating(upstream, 5);
+        for i in 0..100 {
+            let (q, info) = query(&format!("q{i}.example"));
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            let reply = udp.exchange(&q, &info, &no_proxy(), deadline).await;
+            let Ok(Reply::Message(reply)) = reply else {
+                panic!("query {i}: {reply:?}");
+            };
+            assert_eq!(reply[12..q.len()], q[12..], "its own question");
+        }
+        let distinct: std::collections::HashSet<u16> =
+            ports.lock().unwrap().iter().copied().collect();
+        // 100 queries, 5 per socket: 20 sockets, on ports the kernel picked.
+        assert!(distinct.len() >= 15, "{} source ports", distinct.len());
+    }
+
+    #[tokio::test]
+    async fn a_replaced_socket_answers_its_queries_then_closes() {
+        let release = Arc::new(Notify::new());
+        let (upstream, _ports, _task) = echo_upstream(release.clone()).await;
+        let udp = rotating(upstream, 3);
+        let originals: Vec<_> = udp
+            .slots
+            .iter()
+            .map(|slot| Arc::downgrade(&slot.lock().unwrap().socket))
+            .collect();
+        let first = originals[0].clone();
+        let (slow, slow_info) = query("slow.example");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        let origin = no_proxy();
+        let waiting = udp.exchange(&slow, &slow_info, &origin, deadline);
+        let others = async {
+            // Enough queries to replace every socket, the slow one's too.
+            for i in 0..40 {
+                let (q, info) = query(&format!("q{i}.example"));
+                let reply = udp.exchange(&q, &info, &origin, deadline).await;
+                assert!(matches!(reply, Ok(Reply::Message(_))), "{reply:?}");
+            }
+            assert!(
+                !Arc::ptr_eq(
+                    &first.upgrade().unwrap(),
+                    &udp.slots[0].lock().unwrap().socket
+                ),
+                "replaced"
+            );
+            release.notify_one();
+        };
+        let (reply, ()) = tokio::join!(waiting, others);
+        let Ok(Reply::Message(reply)) = reply else {
+            panic!("{reply:?}");
+        };
+        assert_eq!(
+            reply[12..slow.len()],
+            slow[12..],
+            "answered on the replaced socket"
+        );
+        // The receive tasks of the replaced sockets end, and the sockets
+        // with them: the slow one's after its answer, the others' at once.
+        let closed_by = tokio::time::Instant::now() + Duration::from_secs(2);
+        while originals.iter().any(|socket| socket.upgrade().is_some()) {
+            assert!(tokio::time::Instant::now() < closed_by, "still open");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_socket_is_worn_by_queries_or_by_age() {
+        let upstream: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let socket = Socket::open(upstream).unwrap();
+        let rotation = Rotation {
+            queries: 3,
+            age: Duration::from_secs(10),
+        };
+        assert!(!socket.worn(&rotation));
+        socket.queries.store(3, Ordering::Relaxed);
+        assert!(socket.worn(&rotation));
+        socket.queries.store(0, Ordering::Relaxed);
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(!socket.worn(&rotation));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(socket.worn(&rotation), "ten seconds old");
     }
 
     #[tokio::test]

@@ -1161,6 +1161,17 @@ fn check_match(reply: &[u8], question: &[u8]) -> bool {
                 "a question-less reply with RCODE {rc} accepted (only FORMERR, SERVFAIL, NOTIMP, REFUSED)"
             );
         }
+        ReplyMatch::Broken => {
+            assert!(is_response && same_question, "a reply to another question");
+            // A reply whose records all lie within it and whose OPT records
+            // hold whole options is never refused.
+            let whole = walk(reply).is_some_and(|w| {
+                w.opts
+                    .iter()
+                    .all(|opt| options(opt_rdata(reply, opt)).is_some())
+            });
+            assert!(!whole, "a well-formed reply refused as broken");
+        }
         ReplyMatch::Mismatch => assert!(!(is_response && same_question), "its own reply refused"),
     }
     false

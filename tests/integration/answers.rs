@@ -115,6 +115,64 @@ async fn spoofed_upstream_replies_are_ignored() {
     );
 }
 
+/// RFC 5452 §9.2: over 6,000 queries the upstream sees them come from more
+/// source ports than dotgate's four UDP sockets (each is replaced by one on
+/// a new port after 1,000 queries), every answer still matches its query,
+/// and after the change a reply forged from another port is still ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_source_ports_rotate_and_answers_keep_matching() {
+    let up = Upstream::start().await;
+    let metrics = metrics_addr();
+    let server = Server::start(
+        up.addr,
+        &[
+            "--health-check-interval",
+            "60s",
+            "--metrics-listen",
+            &metrics.to_string(),
+        ],
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for c in 0..6 {
+        let mut client = server.client().await;
+        let names: Vec<String> = (0..1000)
+            .map(|i| format!("q{i}.c{c}.ports.test."))
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            crate::harness::ask_all(&mut client, &names, 0).await;
+        }));
+    }
+    for task in tasks {
+        task.await.expect("a client task");
+    }
+    let received = up.received();
+    assert_eq!(received.len(), 6000, "each query sent once");
+    let ports: std::collections::HashSet<u16> = received.iter().map(|r| r.source_port).collect();
+    assert!(
+        ports.len() >= 8,
+        "6,000 queries from {} source ports",
+        ports.len()
+    );
+
+    let mut client = server.client().await;
+    let before = value(
+        &scrape(metrics).await,
+        "dotgate_upstream_mismatched_replies_total",
+    );
+    for (id, name) in [(5, "spoof.one.ports.test."), (6, "spoof.two.ports.test.")] {
+        client.send(&query(id, name, RecordType::A)).await;
+        let reply = client.recv().await;
+        assert_answer(&reply, id, name, RecordType::A);
+    }
+    let text = scrape(metrics).await;
+    assert_eq!(
+        value(&text, "dotgate_upstream_mismatched_replies_total") - before,
+        4.0,
+        "a wrong ID and a wrong question per query; the wrong port never reached dotgate"
+    );
+}
+
 /// R17: OPT in the query gives exactly one OPT in the reply; no OPT gives
 /// none, although dotgate adds one toward the upstream, which echoes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -471,3 +471,80 @@ async fn tls_name_is_resolved_through_the_bootstrap() {
         .collect();
     assert_eq!(asked, vec![("dns.test.".to_string(), RecordType::A)]);
 }
+
+/// Waits (bounded) until no query is in flight in dotgate, as its metrics
+/// on `metrics` tell.
+async fn wait_no_query_in_flight(metrics: SocketAddr) {
+    let deadline = Instant::now() + REPLY_WAIT;
+    loop {
+        let text = crate::metrics::scrape(metrics).await;
+        if crate::metrics::value(&text, "dotgate_queries_in_flight") == 0.0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "queries still in flight");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A client that pipelines queries to a `tcp://` upstream and hangs up
+/// (a reset) before they are answered, five times over: 16 queries the
+/// upstream never answers fill one pooled connection, 4 slow ones go to a
+/// second, and the client is gone when the first slow answer comes back.
+/// Its abandoned queries are not the upstream's fault: the pool keeps its
+/// two connections (the upstream accepts no third one), and a client that
+/// stays is answered every round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_hang_up_do_not_churn_the_upstream_connections() {
+    let up = Upstream::start().await;
+    let (proxy, connections) = counting_proxy(up.addr).await;
+    let entry = format!("tcp://{proxy}");
+    let metrics = crate::metrics::metrics_addr();
+    let server = Server::start_without_default_upstream(&[
+        "--upstream",
+        &entry,
+        "--upstream-timeout",
+        "5s",
+        "--health-check-interval",
+        "60s",
+        "--metrics-listen",
+        &metrics.to_string(),
+    ])
+    .await;
+    let mut stays = server.client().await;
+    let mut asked = 0;
+    for round in 0..5u16 {
+        let mut leaves = server.client().await;
+        let mut silent = Vec::new();
+        for i in 0..16u16 {
+            let name = format!("drop.q{i}.r{round}.leaves.test.");
+            silent.extend(frame(&encode(&query(i, &name, RecordType::A))));
+        }
+        leaves.send_raw(&silent).await;
+        asked += 16;
+        up.wait_for_queries(asked, REPLY_WAIT).await;
+        let mut slow = Vec::new();
+        for i in 0..4u16 {
+            let name = format!("delay-100.q{i}.r{round}.leaves.test.");
+            slow.extend(frame(&encode(&query(100 + i, &name, RecordType::A))));
+        }
+        leaves.send_raw(&slow).await;
+        asked += 4;
+        up.wait_for_queries(asked, REPLY_WAIT).await;
+        socket2::SockRef::from(leaves.stream.get_ref().0)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(leaves);
+        wait_no_query_in_flight(metrics).await;
+
+        let names: Vec<String> = (0..5)
+            .map(|i| format!("q{i}.r{round}.stays.test."))
+            .collect();
+        ask_all(&mut stays, &names, round * 10).await;
+        asked += 5;
+    }
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        2,
+        "the pool's connections were kept"
+    );
+}

@@ -90,6 +90,8 @@ pub struct Received {
     pub dnssec_ok: bool,
     /// The header's CD bit.
     pub checking_disabled: bool,
+    /// The port the query came from.
+    pub source_port: u16,
 }
 
 #[derive(Default)]
@@ -523,7 +525,7 @@ fn encode(msg: &Message) -> Vec<u8> {
 
 /// Logs a query and returns its script, or None for a message that is not a
 /// DNS query (then nothing is sent).
-fn receive(state: &State, bytes: &[u8], transport: Transport) -> Option<Script> {
+fn receive(state: &State, bytes: &[u8], transport: Transport, source_port: u16) -> Option<Script> {
     let query = Message::from_vec(bytes).ok()?;
     let q = query.queries.first()?;
     let extra = Duration::from_millis(state.extra_delay_ms.load(Ordering::SeqCst));
@@ -551,6 +553,7 @@ fn receive(state: &State, bytes: &[u8], transport: Transport) -> Option<Script> 
             options: raw_opt_options(bytes),
             dnssec_ok: query.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
             checking_disabled: query.metadata.checking_disabled,
+            source_port,
         });
         return Some(slowed(vec![Step::after(Duration::ZERO, encode(&reply))]));
     }
@@ -566,6 +569,7 @@ fn receive(state: &State, bytes: &[u8], transport: Transport) -> Option<Script> 
         options: raw_opt_options(bytes),
         dnssec_ok: query.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
         checking_disabled: query.metadata.checking_disabled,
+        source_port,
     });
     if first_loss {
         return Some(Vec::new());
@@ -661,7 +665,7 @@ async fn udp_loop(sock: Arc<UdpSocket>, state: Arc<State>) {
             continue;
         };
         let probe = is_probe(&buf[..n]);
-        let Some(script) = receive(&state, &buf[..n], Transport::Udp) else {
+        let Some(script) = receive(&state, &buf[..n], Transport::Udp, peer.port()) else {
             continue;
         };
         let sock = sock.clone();
@@ -708,6 +712,7 @@ async fn read_message(read: &mut tokio::net::tcp::OwnedReadHalf) -> Option<Vec<u
 
 async fn tcp_connection(stream: TcpStream, state: Arc<State>) {
     let killed = state.kill_token();
+    let source_port = stream.peer_addr().map_or(0, |peer| peer.port());
     let (mut read, write) = stream.into_split();
     let write = Arc::new(tokio::sync::Mutex::new(write));
     // Reply tasks, aborted (with the connection reset) when killed.
@@ -729,7 +734,7 @@ async fn tcp_connection(stream: TcpStream, state: Arc<State>) {
             return;
         };
         let probe = is_probe(&msg);
-        let Some(script) = receive(&state, &msg, Transport::Tcp) else {
+        let Some(script) = receive(&state, &msg, Transport::Tcp, source_port) else {
             continue;
         };
         let write = write.clone();
