@@ -431,6 +431,9 @@ async fn program(mut data: &[u8]) {
     };
     h.run();
     let mut messages = 0u8;
+    // KeyUpdates since the last message: rustls refuses a 33rd in a row
+    // (TooManyKeyUpdateRequests, BoringSSL's limit), as it should.
+    let mut key_updates = 0u32;
     while let Some((&op, rest)) = data.split_first() {
         data = rest;
         let at = |h: &Harness, pos: [u8; 2]| {
@@ -444,9 +447,16 @@ async fn program(mut data: &[u8]) {
                 messages = messages.wrapping_add(1);
                 if !h.closed && h.client.writer().write_all(&message).is_ok() {
                     h.sent.extend_from_slice(&message);
+                    key_updates = 0;
                 }
             }
-            1 => drop(h.client.refresh_traffic_keys()),
+            1 => {
+                drop(h.client.refresh_traffic_keys());
+                key_updates += 1;
+                if key_updates > 32 {
+                    h.tainted = true;
+                }
+            }
             2 => h.close_notify(),
             3 => h.fin(),
             4 => {
