@@ -800,15 +800,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerStream<S> {
         if let Some(failed) = &self.failed {
             return Poll::Ready(Err(failed.io()));
         }
-        if let Some(timer) = self.timer.as_mut() {
-            if timer.as_mut().poll(cx).is_ready() {
-                self.timer = None;
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "a TLS record was not complete within the read timeout",
-                )));
-            }
-        }
+        // What rustls has not seen yet: the start of a record.
+        let unseen_before = self.incoming.len() - self.held;
         let received = SCRATCH_BUF.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             let mut buf = ReadBuf::new(&mut scratch[..]);
@@ -816,7 +809,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerStream<S> {
             let n = buf.filled().len();
             if n == 0 {
                 self.eof = true;
-                return Poll::Ready(Ok(false));
+                return Poll::Ready(Ok(0));
             }
             if self.incoming.is_empty() {
                 self.pump_scratch(&mut scratch[..n])?;
@@ -824,16 +817,48 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerStream<S> {
                 self.incoming.extend_from_slice(&scratch[..n]);
                 self.pump(Then::Read)?;
             }
-            Poll::Ready(Ok(true))
+            Poll::Ready(Ok(n))
         });
-        if let Poll::Ready(Ok(true)) = received {
-            if self.incoming.is_empty() {
-                self.timer = None;
-            } else if self.timer.is_none() {
-                self.timer = Some(Box::pin(tokio::time::sleep(self.read_timeout)));
+        let received = match received {
+            Poll::Ready(received) => received,
+            // Nothing more has come: the deadline of what is held is
+            // judged only now, so that time this connection spent not
+            // reading (its in-flight limit reached) is not held against
+            // the client.
+            Poll::Pending => {
+                if let Some(timer) = self.timer.as_mut() {
+                    if timer.as_mut().poll(cx).is_ready() {
+                        self.timer = None;
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "a TLS record was not complete within the read timeout",
+                        )));
+                    }
+                }
+                return Poll::Pending;
             }
+        };
+        let n = match received {
+            Ok(0) => return Poll::Ready(Ok(false)),
+            Ok(n) => n,
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        // The read timeout bounds each record (and a handshake message
+        // from its first record), not the time since the buffer was last
+        // empty: a busy connection's reads often end inside a record.
+        let took_a_record = self.incoming.len() - self.held < unseen_before + n;
+        if self.incoming.is_empty() {
+            self.timer = None;
+        } else if took_a_record && self.held == 0 {
+            let deadline = tokio::time::Instant::now() + self.read_timeout;
+            match self.timer.as_mut() {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        } else if self.timer.is_none() {
+            self.timer = Some(Box::pin(tokio::time::sleep(self.read_timeout)));
         }
-        received
+        Poll::Ready(Ok(true))
     }
 
     /// Writes `outgoing` to the socket until all is sent.

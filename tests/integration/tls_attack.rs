@@ -646,14 +646,63 @@ async fn part_of_a_record_is_held_only_for_the_read_timeout() {
         "part of a record held past the read timeout"
     );
     assert_eq!(outcome.alerts(), [(1, CLOSE_NOTIFY)]);
-    let scrape = scrape(metrics).await;
+    // Counted when the connection's task ends, after its lingering close.
+    wait_for_count(
+        metrics,
+        "dotgate_connections_closed_total{reason=\"read_timeout\"}",
+        1.0,
+    )
+    .await;
+}
+
+/// A busy connection whose reads keep ending inside a record: the read
+/// timeout bounds each record, not the time since the buffer was last
+/// empty, so queries streamed for three times the read timeout are all
+/// answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_connection_whose_reads_end_inside_records_is_not_timed_out() {
+    let (_up, server, _metrics) = serve(&["--read-timeout", "1s"]).await;
+    let mut attacker = Attacker::connect(server.addr, &server.pki).await;
+    let mut pending = Vec::new();
+    let start = Instant::now();
+    let mut sent = 0u16;
+    // Each write ends halfway through a record, for 3 s.
+    while start.elapsed() < Duration::from_secs(3) && sent < 1000 {
+        sent += 1;
+        let name = format!("q{sent}.busy.test.");
+        let query = frame(&encode(&query(sent, &name, RecordType::A)));
+        let record = attacker.tx.seal(APPLICATION_DATA, &query, 0);
+        let half = record.len() / 2;
+        pending.extend_from_slice(&record[..half]);
+        attacker.tcp.write_all(&pending).await.unwrap();
+        pending = record[half..].to_vec();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    attacker.tcp.write_all(&pending).await.unwrap();
+    let outcome = attacker.finish().await;
+    // The replies' bytes, as the client reads them, and their frames.
+    let stream: Vec<u8> = outcome
+        .records
+        .iter()
+        .filter(|(typ, _)| *typ == APPLICATION_DATA)
+        .flat_map(|(_, payload)| payload.iter().copied())
+        .collect();
+    let mut at = 0;
+    let mut ids = Vec::new();
+    while stream.len() >= at + 2 {
+        let len = usize::from(u16::from_be_bytes([stream[at], stream[at + 1]]));
+        let reply = crate::harness::parse(&stream[at + 2..at + 2 + len]);
+        ids.push(reply.metadata.id);
+        at += 2 + len;
+    }
+    ids.sort_unstable();
     assert_eq!(
-        value(
-            &scrape,
-            "dotgate_connections_closed_total{reason=\"read_timeout\"}"
-        ),
-        1.0
+        ids,
+        (1..=sent).collect::<Vec<_>>(),
+        "every query answered before the close"
     );
+    assert_eq!(outcome.alerts(), [(1, CLOSE_NOTIFY)]);
+    assert_eq!(outcome.end, End::Eof);
 }
 
 /// A client that keeps pipelining past the server's close (here,
@@ -726,14 +775,26 @@ async fn a_client_that_rejects_the_certificate_is_counted_as_such() {
         .unwrap();
     assert!(n > 0 && flight[0] == HANDSHAKE);
     drop(tcp);
-    let series = "dotgate_tls_handshake_failures_total{reason=\"certificate_rejected\"}";
+    wait_for_count(
+        metrics,
+        "dotgate_tls_handshake_failures_total{reason=\"certificate_rejected\"}",
+        2.0,
+    )
+    .await;
+}
+
+/// Waits (bounded) until `series` reads `expected` at `metrics`.
+async fn wait_for_count(metrics: SocketAddr, series: &str, expected: f64) {
     let deadline = Instant::now() + WAIT;
     loop {
         let counted = value(&scrape(metrics).await, series);
-        if counted == 2.0 {
-            break;
+        if counted == expected {
+            return;
         }
-        assert!(Instant::now() < deadline, "{series} = {counted}, not 2");
+        assert!(
+            Instant::now() < deadline,
+            "{series} = {counted}, not {expected}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
