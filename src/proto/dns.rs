@@ -587,6 +587,11 @@ pub fn client_reply(
     let layout = layout(&reply, HEADER_LEN..question_end).ok_or(ReplyError::Malformed)?;
     // Anything past the last record (padding garbage) is dropped.
     reply.truncate(layout.end);
+    if layout.opts == 0 && query.opt.is_none() {
+        // Nothing to edit: passed on as it came, a TSIG record's bytes and
+        // compression included.
+        return fits_a_frame(reply);
+    }
     if layout.last_type == Some(TYPE_TSIG) && count(&reply, AR) > 0 {
         return signed_reply(reply, query, leg, layout.last_start, question_end);
     }
