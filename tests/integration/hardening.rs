@@ -157,12 +157,18 @@ async fn oversized_query_never_desynchronises_a_shared_tcp_upstream() {
 
 /// Resident memory of a process, in KiB (Linux).
 pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS")
+}
+
+/// A memory figure of a process's `/proc/PID/status` (`VmRSS`, `VmHWM`...),
+/// in KiB.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS in {status}"))
+        .unwrap_or_else(|| panic!("no {field} in {status}"))
 }
 
 /// A prefix promising 65535 bytes, then one byte every 200 ms: closed at

@@ -348,12 +348,7 @@ async fn a_handshake_message_that_never_completes_is_refused_at_its_limit() {
 
 /// The peak resident memory of a process (VmHWM), in KiB.
 fn peak_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmHWM in {status}"))
+    crate::hardening::status_kib(pid, "VmHWM")
 }
 
 /// What one connection can make the real binary hold with one handshake
