@@ -167,6 +167,8 @@ where
             // timeout's to bound (the reader enforces it), not the idle
             // timer's: the timer stays off until that message is answered.
             _ = &mut idle, if in_flight.is_empty() && !reader.has_partial() => {
+                // Again: the read branch, polled in this same select, may
+                // have begun a message since the guard was judged.
                 if !reader.has_partial() {
                     break CloseReason::Idle;
                 }
@@ -182,7 +184,7 @@ where
     if tls_failed {
         // The queries in flight go unanswered: after a fatal alert the
         // stream sends nothing more but what is queued.
-        in_flight.cancel();
+        in_flight.release();
     }
     if !write_failed {
         let finished = async {
@@ -269,13 +271,9 @@ impl<F: Future> InFlight<F> {
         self.set.as_mut()?.next().now_or_never().flatten()
     }
 
-    /// Gives the set back; only called with nothing in flight.
+    /// Gives the set back, dropping whatever is still in flight (nothing,
+    /// but after a fatal TLS alert, when no reply may be sent).
     fn release(&mut self) {
-        self.set = None;
-    }
-
-    /// Drops the queries in flight: their replies can no longer be sent.
-    fn cancel(&mut self) {
         self.set = None;
     }
 }

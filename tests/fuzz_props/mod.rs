@@ -434,14 +434,8 @@ pub fn framing(data: &[u8]) {
         Err(e) => panic!("split_frame: unexpected {e:?}"),
     }
 
-    let (reader, first) = ChunkedReader::from_input(data);
-    let expanded;
-    let reader = if first & 0x80 != 0 {
-        expanded = expand_compact(reader.stream());
-        ChunkedReader::new(&expanded, reader.schedule)
-    } else {
-        reader
-    };
+    let (stream, schedule, first) = framing_input(data);
+    let reader = ChunkedReader::new(&stream, schedule);
     let stream = reader.stream();
     let (expected, expected_end) = reference_frames(stream);
 
@@ -634,16 +628,22 @@ fn check_budget(
 /// How many times [`framing`]'s budget readers wait for budget on `data`
 /// (so that a test can show a seed reaches the wait).
 pub fn framing_budget_waits(data: &[u8]) -> usize {
+    let (stream, schedule, first) = framing_input(data);
+    let (expected, end) = reference_frames(&stream);
+    check_budget(&stream, &schedule, first, &expected, &end)
+}
+
+/// The [`framing`] target's input: the stream (expanded from its compact
+/// form when the first byte's top bit says so), the chunk schedule, and
+/// that first byte.
+fn framing_input(data: &[u8]) -> (std::borrow::Cow<'_, [u8]>, Vec<u8>, u8) {
     let (reader, first) = ChunkedReader::from_input(data);
-    let expanded;
-    let reader = if first & 0x80 != 0 {
-        expanded = expand_compact(reader.stream());
-        ChunkedReader::new(&expanded, reader.schedule)
+    let stream = if first & 0x80 != 0 {
+        std::borrow::Cow::Owned(expand_compact(reader.stream()))
     } else {
-        reader
+        std::borrow::Cow::Borrowed(reader.stream())
     };
-    let (expected, end) = reference_frames(reader.stream());
-    check_budget(reader.stream(), &reader.schedule, first, &expected, &end)
+    (stream, reader.schedule, first)
 }
 
 // ---------------------------------------------------------------------------

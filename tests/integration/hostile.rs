@@ -115,7 +115,7 @@ async fn ask(client: &mut Client, id: u16, name: &str) {
 }
 
 /// Polls `/metrics` until `series` has `wanted` (at most 10 s).
-async fn wait_for_series(metrics: SocketAddr, series: &str, wanted: f64) {
+pub async fn wait_for_series(metrics: SocketAddr, series: &str, wanted: f64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let now = value(&scrape(metrics).await, series);

@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::harness::{assert_answer, encode, frame, query, Pki, Process, Read, Server, TLS_NAME};
+use crate::hostile::wait_for_series;
 use crate::metrics::{metrics_addr, scrape, value};
 use crate::upstream::Upstream;
 
@@ -642,7 +643,7 @@ async fn part_of_a_record_is_held_only_for_the_read_timeout() {
     );
     assert_eq!(outcome.alerts(), [(1, CLOSE_NOTIFY)]);
     // Counted when the connection's task ends, after its lingering close.
-    wait_for_count(
+    wait_for_series(
         metrics,
         "dotgate_connections_closed_total{reason=\"read_timeout\"}",
         1.0,
@@ -770,26 +771,10 @@ async fn a_client_that_rejects_the_certificate_is_counted_as_such() {
         .unwrap();
     assert!(n > 0 && flight[0] == HANDSHAKE);
     drop(tcp);
-    wait_for_count(
+    wait_for_series(
         metrics,
         "dotgate_tls_handshake_failures_total{reason=\"certificate_rejected\"}",
         2.0,
     )
     .await;
-}
-
-/// Waits (bounded) until `series` reads `expected` at `metrics`.
-async fn wait_for_count(metrics: SocketAddr, series: &str, expected: f64) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let counted = value(&scrape(metrics).await, series);
-        if counted == expected {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{series} = {counted}, not {expected}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
