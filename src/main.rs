@@ -14,7 +14,7 @@ use tracing_subscriber::EnvFilter;
 
 use dotgate::config::cli::{CheckArgs, Cli, Command, QueryArgs, ServeArgs};
 use dotgate::config::{Config, RESOLV_CONF};
-use dotgate::server::Listener;
+use dotgate::server::{Listener, ListenerKind};
 use dotgate::tools::query::{self, ServerSpec, Trust};
 
 fn main() -> ExitCode {
@@ -116,15 +116,30 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         return Ok(check_config(&args));
     }
     let config = Config::from_args(&args, Path::new(RESOLV_CONF))?;
-    let mut listeners = Vec::with_capacity(config.listen.len() + config.proxy_listen.len());
-    let plain = config
+    let mut listeners = Vec::new();
+    let proxy = config.proxy.enabled;
+    let plain = config.listen.iter().map(|a| (a, proxy, ListenerKind::Dot));
+    let behind_proxy = config
+        .proxy_listen
+        .iter()
+        .map(|a| (a, true, ListenerKind::Dot));
+    let doh = config
+        .doh
         .listen
         .iter()
-        .map(|addr| (addr, config.proxy.enabled));
-    let behind_proxy = config.proxy_listen.iter().map(|addr| (addr, true));
-    for (addr, proxy) in plain.chain(behind_proxy) {
+        .map(|a| (a, proxy, ListenerKind::Doh));
+    let doh_plain = config
+        .doh
+        .listen_plain
+        .iter()
+        .map(|a| (a, proxy, ListenerKind::DohPlain));
+    for (addr, proxy, kind) in plain.chain(behind_proxy).chain(doh).chain(doh_plain) {
         let socket = bind(*addr).with_context(|| format!("cannot listen on {addr}"))?;
-        listeners.push(Listener { socket, proxy });
+        listeners.push(Listener {
+            socket,
+            proxy,
+            kind,
+        });
     }
     let shutdown =
         dotgate::server::shutdown::on_signals().context("cannot install signal handlers")?;

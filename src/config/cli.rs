@@ -55,6 +55,36 @@ pub struct ServeArgs {
     )]
     pub listen: Vec<SocketAddr>,
 
+    /// Address to accept DNS over HTTPS (RFC 8484) on, e.g. `[::]:443`; repeatable.
+    /// TLS with the same certificate as DoT, ALPN h2 and http/1.1. Off by default.
+    #[arg(
+        long,
+        env = "DOTGATE_DOH_LISTEN",
+        value_delimiter = ',',
+        value_name = "ADDR"
+    )]
+    pub doh_listen: Vec<SocketAddr>,
+
+    /// Address to accept DoH over plain HTTP on (HTTP/1.1, or HTTP/2 with prior
+    /// knowledge), for a reverse proxy (nginx, Caddy, Traefik) that terminates TLS
+    /// in front; repeatable. Never expose it to clients directly.
+    #[arg(
+        long,
+        env = "DOTGATE_DOH_LISTEN_PLAIN",
+        value_delimiter = ',',
+        value_name = "ADDR"
+    )]
+    pub doh_listen_plain: Vec<SocketAddr>,
+
+    /// The URL path DoH is served at; `PATH/ID` carries a client ID.
+    #[arg(
+        long,
+        env = "DOTGATE_DOH_PATH",
+        value_name = "PATH",
+        default_value = "/dns-query"
+    )]
+    pub doh_path: String,
+
     /// PEM file with the certificate chain, leaf first, then intermediates.
     #[arg(
         long,

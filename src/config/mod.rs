@@ -150,6 +150,26 @@ pub struct Config {
     pub client_ids: client_id::ClientIdSettings,
     /// What the upstream is told about each client.
     pub tell_upstream: ClientToUpstream,
+    /// `--doh-listen`, `--doh-listen-plain`, `--doh-path`.
+    pub doh: DohSettings,
+}
+
+/// Where and how DNS over HTTPS is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DohSettings {
+    /// TLS listeners (ALPN h2 and http/1.1).
+    pub listen: Vec<SocketAddr>,
+    /// Listeners without TLS, for a reverse proxy in front.
+    pub listen_plain: Vec<SocketAddr>,
+    /// The path of the endpoint: starts with `/`, no trailing `/`.
+    pub path: String,
+}
+
+impl DohSettings {
+    /// True when any DoH listener is configured.
+    pub fn enabled(&self) -> bool {
+        !self.listen.is_empty() || !self.listen_plain.is_empty()
+    }
 }
 
 /// What dotgate tells the upstream about the client behind each query
@@ -249,6 +269,8 @@ pub enum ConfigError {
     AcmeWithCertificate,
     #[error(transparent)]
     Acme(#[from] crate::config::acme::SettingsError),
+    #[error("--doh-path {0:?} must be a path such as /dns-query: starting with /, without a trailing /, of letters, digits and -._~")]
+    BadDohPath(String),
     #[error("--listen needs at least one address")]
     NoListen,
     #[error("--upstream {0:?} is not an upstream: write IP or IP:PORT (e.g. 127.0.0.1, 127.0.0.1:5353 or [::1]:53), tcp://IP[:PORT], or tls://NAME[@IP][:PORT] (e.g. tls://dns.example@192.0.2.1)")]
@@ -270,7 +292,7 @@ pub enum ConfigError {
     TellsUnnamedUpstream { flag: &'static str },
     #[error("--client-id-domain {0:?} is not a domain name")]
     BadClientIdDomain(String),
-    #[error("{flag} needs --client-id-domain: the ID is the label in front of that domain in the TLS server name")]
+    #[error("{flag} needs --client-id-domain (the ID is the label in front of that domain in the TLS server name) or a DoH listener (the ID is the last segment of the path)")]
     ClientIdWithoutDomain { flag: &'static str },
     #[error("--client-id: {0}")]
     BadClientId(#[from] client_id::ClientIdError),
@@ -384,7 +406,8 @@ impl Config {
         {
             return Err(ConfigError::ProxyFromWithoutProxy);
         }
-        let client_ids = client_id_settings(args)?;
+        let doh = doh_settings(args)?;
+        let client_ids = client_id_settings(args, doh.enabled())?;
         let tell_upstream = ClientToUpstream {
             proxy_protocol: args.upstream_proxy_protocol,
             subnet: args.upstream_ecs.as_deref().map(str::parse).transpose()?,
@@ -425,13 +448,39 @@ impl Config {
             acme,
             client_ids,
             tell_upstream,
+            doh,
         })
     }
 }
 
-/// Checks the client-ID flags: IDs need the domain, the domain must be a
+/// Checks `--doh-path`: an absolute path of plain segments, without query,
+/// fragment or trailing slash (the ID segment goes after it).
+fn doh_settings(args: &ServeArgs) -> Result<DohSettings, ConfigError> {
+    let path = args.doh_path.trim();
+    let valid = path.len() > 1
+        && path.starts_with('/')
+        && !path.ends_with('/')
+        && !path.contains("//")
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-._~".contains(&b));
+    if !valid {
+        return Err(ConfigError::BadDohPath(args.doh_path.clone()));
+    }
+    Ok(DohSettings {
+        listen: args.doh_listen.clone(),
+        listen_plain: args.doh_listen_plain.clone(),
+        path: path.to_string(),
+    })
+}
+
+/// Checks the client-ID flags: IDs need the domain (unless DoH is served,
+/// whose clients can carry their ID in the path), the domain must be a
 /// name, and every listed ID one label.
-fn client_id_settings(args: &ServeArgs) -> Result<client_id::ClientIdSettings, ConfigError> {
+fn client_id_settings(
+    args: &ServeArgs,
+    doh: bool,
+) -> Result<client_id::ClientIdSettings, ConfigError> {
     let domain = match &args.client_id_domain {
         Some(d) => {
             let domain = d.trim().trim_end_matches('.').to_ascii_lowercase();
@@ -446,7 +495,7 @@ fn client_id_settings(args: &ServeArgs) -> Result<client_id::ClientIdSettings, C
         }
         None => None,
     };
-    if domain.is_none() {
+    if domain.is_none() && !doh {
         if !args.client_id.is_empty() {
             return Err(ConfigError::ClientIdWithoutDomain {
                 flag: "--client-id",

@@ -158,7 +158,7 @@ mod tests {
 
     use super::*;
     use crate::metrics::stats::{
-        CloseReason, HandshakeFailure, Stats, Synthesized, TlsVersionLabel,
+        CloseReason, HandshakeFailure, Stats, Synthesized, TlsVersionLabel, Transport,
     };
 
     fn scrape(stats: &Stats) -> String {
@@ -176,8 +176,9 @@ mod tests {
     #[test]
     fn counters_reach_the_exposition_with_their_labels() {
         let stats = Stats::new().unwrap();
-        stats.queries.inc();
-        stats.queries.inc();
+        stats.count_query(Transport::Dot);
+        stats.count_query(Transport::Dot);
+        stats.count_query(Transport::Doh);
         stats.count_reply(0);
         stats.count_reply(16);
         stats.count_reply(9);
@@ -191,7 +192,14 @@ mod tests {
         up.udp.inc();
         stats.set_certificate("CN=dns.test", 1_900_000_000);
         let text = scrape(&stats);
-        assert_eq!(value(&text, "dotgate_queries_total"), 2.0);
+        assert_eq!(
+            value(&text, "dotgate_queries_total{transport=\"dot\"}"),
+            2.0
+        );
+        assert_eq!(
+            value(&text, "dotgate_queries_total{transport=\"doh\"}"),
+            1.0
+        );
         assert_eq!(
             value(&text, "dotgate_replies_total{rcode=\"noerror\"}"),
             1.0
@@ -299,15 +307,25 @@ mod tests {
     #[test]
     fn gauges_follow_their_guards() {
         let stats = Stats::new().unwrap();
-        let open = stats.open_connection();
+        let open = stats.open_connection(Transport::Doh);
         let inflight = stats.query_in_flight();
         let text = scrape(&stats);
-        assert_eq!(value(&text, "dotgate_connections_open"), 1.0);
+        assert_eq!(
+            value(&text, "dotgate_connections_open{transport=\"doh\"}"),
+            1.0
+        );
+        assert_eq!(
+            value(&text, "dotgate_connections_open{transport=\"dot\"}"),
+            0.0
+        );
         assert_eq!(value(&text, "dotgate_queries_in_flight"), 1.0);
         drop(open);
         drop(inflight);
         let text = scrape(&stats);
-        assert_eq!(value(&text, "dotgate_connections_open"), 0.0);
+        assert_eq!(
+            value(&text, "dotgate_connections_open{transport=\"doh\"}"),
+            0.0
+        );
         assert_eq!(value(&text, "dotgate_queries_in_flight"), 0.0);
     }
 }

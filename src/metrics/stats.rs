@@ -48,9 +48,11 @@ pub enum CloseReason {
 /// (or an entry of an array), resolved once by [`Stats::new`].
 #[derive(Debug)]
 pub struct Stats {
-    pub connections_accepted: IntCounter,
-    /// Connections from accept (or admission) to close.
-    pub connections_open: IntGauge,
+    /// Indexed by [`Transport`].
+    pub connections_accepted: [IntCounter; 2],
+    /// Connections from accept (or admission) to close; indexed by
+    /// [`Transport`].
+    pub connections_open: [IntGauge; 2],
     /// First byte was not a TLS handshake record (R1).
     pub refused_plaintext: IntCounter,
     /// Over `--max-connections`.
@@ -97,7 +99,10 @@ pub struct Stats {
     pub handshakes_tls12: IntCounter,
     pub handshakes_tls13: IntCounter,
     pub handshakes_resumed: IntCounter,
-    pub queries: IntCounter,
+    /// Indexed by [`Transport`].
+    pub queries: [IntCounter; 2],
+    /// HTTP responses of the DoH listeners, by status.
+    pub doh_responses: IntCounterVec,
     /// Queries read and not yet answered, over all connections.
     pub queries_in_flight: IntGauge,
     /// Replies produced, by RCODE; indexed by [`RcodeLabel`].
@@ -270,6 +275,26 @@ pub enum HandshakeFailure {
     Error,
 }
 
+/// How a client's queries reach dotgate: the `transport` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// DNS over TLS (RFC 7858).
+    Dot = 0,
+    /// DNS over HTTPS (RFC 8484), with or without TLS of its own.
+    Doh = 1,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 2] = [Transport::Dot, Transport::Doh];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Dot => "dot",
+            Transport::Doh => "doh",
+        }
+    }
+}
+
 /// A negotiated TLS version, for `dotgate_tls_handshakes_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsVersionLabel {
@@ -328,16 +353,25 @@ impl Stats {
             "Replies dotgate made itself instead of relaying the upstream, by RCODE and cause.",
             &["rcode", "cause"],
         )?;
+        let accepted = r.counter_vec(
+            "dotgate_connections_accepted_total",
+            "TCP connections admitted past the connection caps, by transport.",
+            &["transport"],
+        )?;
+        let open = r.gauge_vec(
+            "dotgate_connections_open",
+            "Connections open now, handshaking or serving, by transport.",
+            &["transport"],
+        )?;
+        let queries = r.counter_vec(
+            "dotgate_queries_total",
+            "DNS queries read from clients, by transport.",
+            &["transport"],
+        )?;
         let certificate_subject = Arc::new(Mutex::new(None));
         Ok(Stats {
-            connections_accepted: r.counter(
-                "dotgate_connections_accepted_total",
-                "TCP connections admitted past the connection caps.",
-            )?,
-            connections_open: r.gauge(
-                "dotgate_connections_open",
-                "Connections open now, handshaking or serving.",
-            )?,
+            connections_accepted: Transport::ALL.map(|t| accepted.with_label_values(&[t.as_str()])),
+            connections_open: Transport::ALL.map(|t| open.with_label_values(&[t.as_str()])),
             refused_plaintext: refused.with_label_values(&["plaintext"]),
             refused_over_capacity: refused.with_label_values(&["over_capacity"]),
             refused_per_ip: refused.with_label_values(&["per_ip"]),
@@ -377,7 +411,12 @@ impl Stats {
                 "dotgate_tls_resumed_handshakes_total",
                 "TLS handshakes that resumed a session (ticket or session ID).",
             )?,
-            queries: r.counter("dotgate_queries_total", "DNS queries read from clients.")?,
+            queries: Transport::ALL.map(|t| queries.with_label_values(&[t.as_str()])),
+            doh_responses: r.counter_vec(
+                "dotgate_doh_responses_total",
+                "HTTP responses on the DoH listeners, by status code.",
+                &["status"],
+            )?,
             queries_in_flight: r.gauge(
                 "dotgate_queries_in_flight",
                 "Queries read and not yet answered.",
@@ -523,8 +562,21 @@ impl Stats {
     }
 
     /// One more open connection until the guard drops.
-    pub fn open_connection(&self) -> GaugeGuard<'_> {
-        GaugeGuard::new(&self.connections_open)
+    pub fn open_connection(&self, transport: Transport) -> GaugeGuard<'_> {
+        GaugeGuard::new(&self.connections_open[transport as usize])
+    }
+
+    /// One more DNS query read from a client over `transport`.
+    pub fn count_query(&self, transport: Transport) {
+        self.queries[transport as usize].inc();
+    }
+
+    /// One more HTTP response with `status` on a DoH listener. The label
+    /// values are the few statuses dotgate itself sends.
+    pub fn count_doh_response(&self, status: u16) {
+        self.doh_responses
+            .with_label_values(&[&status.to_string()])
+            .inc();
     }
 
     /// One more query in flight until the guard drops.
@@ -610,7 +662,11 @@ impl Stats {
     /// Logs every counter in one line.
     pub fn log_summary(&self) {
         tracing::info!(
-            connections_accepted = self.connections_accepted.get(),
+            connections_accepted = self
+                .connections_accepted
+                .iter()
+                .map(IntCounter::get)
+                .sum::<u64>(),
             refused_plaintext = self.refused_plaintext.get(),
             refused_over_capacity = self.refused_over_capacity.get(),
             refused_per_ip = self.refused_per_ip.get(),
@@ -622,7 +678,7 @@ impl Stats {
             refused_no_certificate = self.refused_no_certificate.get(),
             accept_errors = self.accept_errors.get(),
             handshake_failures = self.handshake_failures.get(),
-            queries = self.queries.get(),
+            queries = self.queries.iter().map(IntCounter::get).sum::<u64>(),
             formerr_synthesized = self.synthesized_with("formerr"),
             servfail_synthesized = self.synthesized_with("servfail"),
             upstream_timeouts = self.upstream_timeouts.get(),

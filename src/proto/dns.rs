@@ -187,6 +187,38 @@ fn skip_record(msg: &[u8], pos: usize) -> Option<RecordSpan> {
     })
 }
 
+/// How long an HTTP cache may keep `reply` (RFC 8484 §5.1): the smallest
+/// TTL of its answer section, or for a negative answer (NXDOMAIN or no
+/// data) the smallest of its authority section, the SOA whose TTL the
+/// resolver has already cut to the negative-caching time (RFC 2308 §5).
+/// `None` for any other RCODE, a reply without those records, or one that
+/// does not walk: such replies get no freshness at all.
+pub fn freshness(reply: &[u8]) -> Option<u32> {
+    if reply.len() < HEADER_LEN || !matches!(rcode(reply), 0 | 3) {
+        return None;
+    }
+    let mut pos = HEADER_LEN;
+    for _ in 0..count(reply, QD) {
+        pos = skip_name(reply, pos)? + 4;
+    }
+    let answers = usize::from(count(reply, AN));
+    let authority = usize::from(count(reply, NS));
+    let mut smallest: Option<u32> = None;
+    for index in 0..answers + authority {
+        if index == answers && smallest.is_some() {
+            break;
+        }
+        let after_name = skip_name(reply, pos)?;
+        let fixed = reply.get(after_name..after_name + 10)?;
+        let ttl = u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
+        // A TTL with the top bit set means 0 (RFC 2181 §8).
+        let ttl = if ttl > i32::MAX as u32 { 0 } else { ttl };
+        smallest = Some(smallest.map_or(ttl, |s| s.min(ttl)));
+        pos = after_name + 10 + usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
+    }
+    (pos <= reply.len()).then_some(smallest).flatten()
+}
+
 /// Positions of the question and of the records after it. Found without
 /// allocating: one walk per message, for the query and for the reply.
 struct Layout {
@@ -897,6 +929,50 @@ mod tests {
             push_opt(&mut r, 1232);
         }
         r
+    }
+
+    /// The freshness of a reply is its smallest answer TTL; a negative
+    /// answer's is its SOA's; errors, empty and broken replies have none.
+    #[test]
+    fn freshness_is_the_smallest_ttl_that_applies() {
+        let q = query(7, "fresh.test.", 1, true);
+        let mut two = answer(&q, true);
+        assert_eq!(freshness(&two), Some(60));
+        // A second answer with TTL 30, before the OPT record.
+        let opt_at = two.len() - OPT_RR_LEN;
+        let opt = two.split_off(opt_at);
+        two.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 192, 0, 2, 2]);
+        two.extend_from_slice(&opt);
+        set_count(&mut two, AN, 2);
+        assert_eq!(freshness(&two), Some(30));
+        // NXDOMAIN with an SOA of TTL 900 in the authority section.
+        let mut nx = q[..question_end(&q).unwrap()].to_vec();
+        nx[2] |= 0x80;
+        nx[3] = (nx[3] & 0xf0) | 3;
+        set_count(&mut nx, AR, 0);
+        set_count(&mut nx, NS, 1);
+        nx.extend_from_slice(&[0xc0, 12, 0, 6, 0, 1, 0, 0, 0x03, 0x84, 0, 22]);
+        nx.extend_from_slice(&[
+            0, 0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4, 0, 0, 0, 5,
+        ]);
+        nx.extend_from_slice(&[0; 0]);
+        assert_eq!(freshness(&nx), Some(900));
+        // The top bit set reads as 0.
+        let mut negative = answer(&q, false);
+        let ttl_at = negative.len() - 10;
+        negative[ttl_at..ttl_at + 4].copy_from_slice(&[0x80, 0, 0, 1]);
+        assert_eq!(freshness(&negative), Some(0));
+        // SERVFAIL, no records, a record cut short.
+        let mut servfail = answer(&q, false);
+        servfail[3] = (servfail[3] & 0xf0) | 2;
+        assert_eq!(freshness(&servfail), None);
+        let mut empty = q[..question_end(&q).unwrap()].to_vec();
+        empty[2] |= 0x80;
+        set_count(&mut empty, AR, 0);
+        assert_eq!(freshness(&empty), None);
+        let cut = answer(&q, false);
+        assert_eq!(freshness(&cut[..cut.len() - 1]), None);
+        assert_eq!(freshness(&[0u8; 5]), None);
     }
 
     /// Adds options to the OPT record that ends `m`.

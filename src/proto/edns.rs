@@ -267,6 +267,18 @@ impl LegOptions {
         }
     }
 
+    /// The options owed to `request` over HTTP (DoH): padding as on DoT,
+    /// but never a keepalive, which describes a DNS-over-TCP connection and
+    /// means nothing to an HTTP client (RFC 8484 §5.3 leaves connection
+    /// management to HTTP).
+    pub fn for_http(request: Request) -> LegOptions {
+        LegOptions {
+            keepalive: None,
+            padding: request.padding,
+            strip_subnet: false,
+        }
+    }
+
     /// True when dotgate adds no option of its own (it may still remove
     /// some, see [`LegOptions::removes`]).
     pub fn is_empty(&self) -> bool {

@@ -16,12 +16,13 @@ use tokio_util::task::TaskTracker;
 use crate::config::proxy::ProxySettings;
 use crate::config::Config;
 use crate::metrics::http;
-use crate::metrics::stats::{HandshakeFailure, Stats, TlsVersionLabel};
+use crate::metrics::stats::{HandshakeFailure, Stats, TlsVersionLabel, Transport};
 use crate::proto::message_reader::{MessageBudget, ReadLimits};
 use crate::proto::proxy_header;
 use crate::server::client::Client;
 use crate::server::client_ids::ClientIds;
 use crate::server::connection::{self, Shared};
+use crate::server::doh;
 use crate::server::handshake::{self, HandshakeError};
 use crate::server::per_ip::{IpSlot, PerIp, Refusal};
 use crate::tls::{self, ServerConfigs};
@@ -46,11 +47,45 @@ pub enum ServeError {
     ClientIds(#[from] crate::config::client_id::ClientIdError),
 }
 
-/// A bound DoT listening socket, and whether its connections start with a
-/// PROXY protocol header.
+/// A bound listening socket, what it serves, and whether its connections
+/// start with a PROXY protocol header.
 pub struct Listener {
     pub socket: TcpListener,
     pub proxy: bool,
+    pub kind: ListenerKind,
+}
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// DNS over TLS (`--listen`, `--proxy-protocol-listen`).
+    Dot,
+    /// DNS over HTTPS, TLS with ALPN `h2` and `http/1.1` (`--doh-listen`).
+    Doh,
+    /// DNS over HTTP without TLS, for a reverse proxy that terminates TLS
+    /// in front (`--doh-listen-plain`).
+    DohPlain,
+}
+
+impl ListenerKind {
+    /// The transport its queries are counted under.
+    pub fn transport(self) -> Transport {
+        match self {
+            ListenerKind::Dot => Transport::Dot,
+            ListenerKind::Doh | ListenerKind::DohPlain => Transport::Doh,
+        }
+    }
+}
+
+impl Listener {
+    /// A DoT listener.
+    pub fn dot(socket: TcpListener, proxy: bool) -> Self {
+        Self {
+            socket,
+            proxy,
+            kind: ListenerKind::Dot,
+        }
+    }
 }
 
 /// Serves DoT on `listeners` until `shutdown` is cancelled, then drains.
@@ -63,7 +98,7 @@ pub async fn run(
     let proxy = config.proxy.enabled;
     let listeners = listeners
         .into_iter()
-        .map(|socket| Listener { socket, proxy })
+        .map(|socket| Listener::dot(socket, proxy))
         .collect();
     run_listeners(config, listeners, shutdown).await
 }
@@ -162,6 +197,7 @@ pub async fn run_with_metrics(
         allow: config.allow.clone(),
         client_ids,
         tell_upstream: config.tell_upstream,
+        doh_path: config.doh.path.clone(),
         read_limits: ReadLimits {
             read_timeout: Some(config.timeouts.read),
             budget: Some(MessageBudget::new(config.limits.message_memory, {
@@ -178,9 +214,19 @@ pub async fn run_with_metrics(
     );
     let tracker = TaskTracker::new();
     let any_proxy = listeners.iter().any(|l| l.proxy);
-    for Listener { socket, proxy } in listeners {
+    for Listener {
+        socket,
+        proxy,
+        kind,
+    } in listeners
+    {
         if let Ok(local) = socket.local_addr() {
-            tracing::info!(listen = %local, proxy_protocol = proxy, %upstreams, policy = ?config.pool.policy, "serving DNS over TLS");
+            let serving = match kind {
+                ListenerKind::Dot => "serving DNS over TLS",
+                ListenerKind::Doh => "serving DNS over HTTPS",
+                ListenerKind::DohPlain => "serving DNS over HTTP without TLS (for a reverse proxy)",
+            };
+            tracing::info!(listen = %local, proxy_protocol = proxy, %upstreams, policy = ?config.pool.policy, "{serving}");
         }
         let accept = AcceptLoop {
             listener: socket,
@@ -190,6 +236,7 @@ pub async fn run_with_metrics(
             shared: shared.clone(),
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
+            kind,
             proxy: Arc::new(ProxySettings {
                 enabled: proxy,
                 trusted: config.proxy.trusted.clone(),
@@ -234,6 +281,7 @@ struct AcceptLoop {
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    kind: ListenerKind,
     proxy: Arc<ProxySettings>,
 }
 
@@ -346,7 +394,7 @@ impl AcceptLoop {
                     _ip: None,
                 }
             } else {
-                match admit(&self.per_ip, peer, stats) {
+                match admit(&self.per_ip, peer, self.kind.transport(), stats) {
                     Some(ip) => Admission {
                         _global: global,
                         _ip: Some(ip),
@@ -358,8 +406,8 @@ impl AcceptLoop {
                 }
             };
             self.tracker.spawn(handle(
-                tcp,
-                peer,
+                (tcp, peer),
+                self.kind,
                 slot,
                 self.proxy.enabled.then(|| self.per_ip.clone()),
                 self.configs.clone(),
@@ -372,10 +420,15 @@ impl AcceptLoop {
 
 /// Admits `client` under the per-address limits, counting the connection
 /// as accepted or refused; `None` when refused.
-fn admit(per_ip: &Arc<PerIp>, client: SocketAddr, stats: &Stats) -> Option<IpSlot> {
+fn admit(
+    per_ip: &Arc<PerIp>,
+    client: SocketAddr,
+    transport: Transport,
+    stats: &Stats,
+) -> Option<IpSlot> {
     match per_ip.admit(client.ip(), std::time::Instant::now()) {
         Ok(ip) => {
-            stats.connections_accepted.inc();
+            stats.connections_accepted[transport as usize].inc();
             Some(ip)
         }
         Err(refusal) => {
@@ -415,8 +468,8 @@ struct Admission {
 /// per-address limits; the header and the TLS handshake share the
 /// handshake timeout.
 async fn handle(
-    mut tcp: TcpStream,
-    peer: SocketAddr,
+    (mut tcp, peer): (TcpStream, SocketAddr),
+    kind: ListenerKind,
     mut slot: Admission,
     proxy_admission: Option<Arc<PerIp>>,
     configs: ServerConfigs,
@@ -424,7 +477,7 @@ async fn handle(
     shutdown: CancellationToken,
 ) {
     let stats = &shared.stats;
-    let _open = stats.open_connection();
+    let _open = stats.open_connection(kind.transport());
     let _ = tcp.set_nodelay(true);
     // dotgate's address on this connection, for PROXY headers upstream
     // (read only when they are sent).
@@ -468,10 +521,31 @@ async fn handle(
             tracing::debug!(%client, proxy = %peer, "not in --allow-from: closed");
             return;
         }
-        match admit(&per_ip, client, stats) {
+        match admit(&per_ip, client, kind.transport(), stats) {
             Some(ip) => slot._ip = Some(ip),
             None => return,
         }
+    }
+    if kind == ListenerKind::DohPlain {
+        // No TLS: the reverse proxy in front has terminated it.
+        let protocol = match plain_protocol(&tcp, deadline).await {
+            Some(protocol) => protocol,
+            None => {
+                stats.count_handshake_failure(HandshakeFailure::ClosedEarly);
+                return;
+            }
+        };
+        let origin = Origin::for_client(&shared.tell_upstream, client, local, None);
+        let client = Client {
+            addr: client,
+            id: None,
+            origin,
+            queries: None,
+        };
+        tracing::debug!(%client, ?protocol, "serving DoH without TLS");
+        let reason = doh::serve(tcp, protocol, client, shared.clone(), shutdown).await;
+        stats.count_close(reason);
+        return;
     }
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
     let handshake = tokio::select! {
@@ -484,6 +558,7 @@ async fn handle(
             &shared.client_ids,
             remaining,
             shared.timeouts.read,
+            kind.transport(),
         )) => result,
     };
     let (tls, hello) = match handshake {
@@ -525,6 +600,11 @@ async fn handle(
         let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         stats.count_handshake(version, resumed);
     }
+    let protocol = if session.alpn_protocol() == Some(tls::ALPN_H2) {
+        doh::Protocol::Http2
+    } else {
+        doh::Protocol::Http1
+    };
     // The server name is not kept past this point: an idle connection
     // holds only what it needs.
     let handshake::Hello { server_name, id } = hello;
@@ -532,7 +612,7 @@ async fn handle(
     drop(server_name);
     let queries = id
         .as_deref()
-        .filter(|_| shared.client_ids.is_private())
+        .filter(|_| shared.client_ids.is_private() && kind == ListenerKind::Dot)
         .map(|id| stats.client_queries(id));
     let client = Client {
         addr: client,
@@ -541,8 +621,46 @@ async fn handle(
         queries,
     };
     tracing::debug!(%client, "serving");
-    let reason = connection::serve(tls, client, shared.clone(), shutdown).await;
+    let reason = match kind {
+        ListenerKind::Dot => connection::serve(tls, client, shared.clone(), shutdown).await,
+        ListenerKind::Doh | ListenerKind::DohPlain => {
+            doh::serve(tls, protocol, client, shared.clone(), shutdown).await
+        }
+    };
     stats.count_close(reason);
+}
+
+/// The HTTP version a plain connection speaks: HTTP/2 when it opens with
+/// the HTTP/2 preface ("prior knowledge", as Caddy's and Envoy's h2c
+/// upstreams do), HTTP/1.1 otherwise. `None` when the client closes (or
+/// sends nothing) before the handshake deadline.
+async fn plain_protocol(tcp: &TcpStream, deadline: tokio::time::Instant) -> Option<doh::Protocol> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+    let mut first = [0u8; PREFACE.len()];
+    let peek = async {
+        loop {
+            let n = tcp.peek(&mut first).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            if first[..n] != PREFACE[..n] {
+                return Some(false);
+            }
+            if n == PREFACE.len() {
+                return Some(true);
+            }
+            // The bytes so far begin the preface and no more have come
+            // (a rare split; peeking again at once would spin, as the
+            // socket stays readable): look again a little later.
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    };
+    let h2 = tokio::time::timeout_at(deadline, peek).await.ok()??;
+    Some(if h2 {
+        doh::Protocol::Http2
+    } else {
+        doh::Protocol::Http1
+    })
 }
 
 #[cfg(test)]

@@ -101,6 +101,23 @@ impl ClientIds {
         }
     }
 
+    /// Judges one DoH request: by the ID in its path when there is one
+    /// (`/dns-query/ID`), or else by the ID its TLS server name carried
+    /// (`sni`, admitted at the handshake). A path ID needs no domain; a
+    /// malformed one is refused like an unlisted one.
+    pub fn judge_request(&self, path_id: Option<&str>, sni: Option<&Arc<str>>) -> Judgement {
+        match path_id {
+            Some(id) => match client_id::parse_id(id) {
+                Ok(id) if !self.private || self.current().contains(&id) => {
+                    Judgement::Admit(Some(Arc::from(id)))
+                }
+                _ => Judgement::Refuse,
+            },
+            None if sni.is_some() || !self.private => Judgement::Admit(sni.cloned()),
+            None => Judgement::Refuse,
+        }
+    }
+
     /// Watches the ID file (if any) until `shutdown`.
     pub fn spawn_reloader(self: &Arc<Self>, shutdown: CancellationToken) {
         let Some(path) = self.file.clone() else {
@@ -208,5 +225,40 @@ mod tests {
             Judgement::Admit(Some("bob".into()))
         );
         assert_eq!(g.judge(None), Judgement::Admit(None));
+    }
+
+    #[test]
+    fn a_doh_request_is_judged_by_its_path_id_or_else_its_server_name() {
+        let g = gate(&["alice", "bob"]);
+        let bob: Arc<str> = Arc::from("bob");
+        assert_eq!(
+            g.judge_request(Some("Alice"), None),
+            Judgement::Admit(Some("alice".into()))
+        );
+        // The path wins over the server name.
+        assert_eq!(
+            g.judge_request(Some("alice"), Some(&bob)),
+            Judgement::Admit(Some("alice".into()))
+        );
+        assert_eq!(
+            g.judge_request(None, Some(&bob)),
+            Judgement::Admit(Some("bob".into()))
+        );
+        for (path, sni) in [
+            (Some("mallory"), None),
+            (Some("mallory"), Some(&bob)),
+            (Some("a.b"), None),
+            (Some("a%20b"), None),
+            (None, None),
+        ] {
+            assert_eq!(g.judge_request(path, sni), Judgement::Refuse, "{path:?}");
+        }
+        let open = gate(&[]);
+        assert_eq!(open.judge_request(None, None), Judgement::Admit(None));
+        assert_eq!(
+            open.judge_request(Some("carol"), None),
+            Judgement::Admit(Some("carol".into()))
+        );
+        assert_eq!(open.judge_request(Some("bad_id"), None), Judgement::Refuse);
     }
 }

@@ -44,7 +44,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::access::AllowList;
 use crate::config::{ClientToUpstream, Timeouts};
-use crate::metrics::stats::{CloseReason, Stats};
+use crate::metrics::stats::{CloseReason, Stats, Transport};
+use crate::proto::edns::LegOptions;
 use crate::proto::framing::FrameError;
 use crate::proto::message_reader::{MessageReader, ReadLimits};
 use crate::server::client::Client;
@@ -71,6 +72,8 @@ pub struct Shared {
     pub client_ids: Arc<ClientIds>,
     /// What the upstream is told about each client.
     pub tell_upstream: ClientToUpstream,
+    /// `--doh-path`: where DoH listeners answer.
+    pub doh_path: String,
 }
 
 /// Largest batch of replies coalesced into one write.
@@ -225,9 +228,15 @@ async fn answer_one(
         &shared.upstream,
         &client.origin,
         &shared.stats,
-        shared.timeouts.idle,
+        Transport::Dot,
         msg,
-        || retiring.load(Ordering::Relaxed),
+        |request| {
+            LegOptions::for_request(
+                request,
+                shared.timeouts.idle,
+                retiring.load(Ordering::Relaxed),
+            )
+        },
     )
     .await;
     (reply, received)
@@ -279,7 +288,7 @@ impl<F: Future> InFlight<F> {
 }
 
 /// Sleeps for `age`; forever without one.
-async fn retire_after(age: Option<Duration>) {
+pub(crate) async fn retire_after(age: Option<Duration>) {
     match age {
         Some(age) => tokio::time::sleep(age).await,
         None => std::future::pending().await,

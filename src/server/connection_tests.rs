@@ -229,6 +229,7 @@ async fn shared(upstream: &Upstream, s: Settings) -> Arc<Shared> {
             crate::server::client_ids::ClientIds::new(&Default::default()).expect("no ID file"),
         ),
         tell_upstream: Default::default(),
+        doh_path: "/dns-query".to_string(),
         read_limits: ReadLimits {
             read_timeout: Some(s.read),
             budget: Some(MessageBudget::new(64 << 20, Arc::new(|| {}))),

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
+use crate::metrics::stats::Transport;
 use crate::server::client_ids::{ClientIds, Judgement, REFUSAL_ALERT};
 use crate::tls::server_stream::{self, AcceptError, Refused, ServerStream};
 use crate::tls::ServerConfigs;
@@ -41,9 +42,11 @@ pub struct Hello {
     pub id: Option<Arc<str>>,
 }
 
-/// Checks the first byte and runs the TLS handshake within `limit`; a
-/// client without a listed ID (when `ids` is private) is refused with an
-/// alert on its ClientHello.
+/// Checks the first byte and runs the TLS handshake within `limit`, with the
+/// configurations of `transport`. A DoT client without a listed ID (when
+/// `ids` is private) is refused with an alert on its ClientHello; a DoH
+/// client is not, since its ID may be in the request's path instead: each
+/// of its requests is judged (`server::doh`).
 ///
 /// The stream comes boxed: a TLS stream is over a kilobyte, and a
 /// connection's task would otherwise carry it several times over (each
@@ -54,6 +57,7 @@ pub async fn accept_tls(
     ids: &ClientIds,
     limit: Duration,
     read_timeout: Duration,
+    transport: Transport,
 ) -> Result<(Box<ServerStream>, Hello), HandshakeError> {
     let handshake = async {
         let mut first = [0u8; 1];
@@ -70,9 +74,13 @@ pub async fn accept_tls(
         let mut refused_name = None;
         let accepted = server_stream::accept(tcp, read_timeout, |hello| {
             let server_name = hello.server_name();
-            match ids.judge(server_name) {
+            let judged = match (ids.judge(server_name), transport) {
+                (Judgement::Refuse, Transport::Doh) => Judgement::Admit(None),
+                (judged, _) => judged,
+            };
+            match judged {
                 Judgement::Admit(id) => Ok((
-                    configs.for_client(hello),
+                    configs.for_client(hello, transport),
                     Hello {
                         server_name: server_name.map(Arc::from),
                         id,

@@ -4,6 +4,10 @@
 //! idle, one writer) -> [`respond`] (the reply to each query); [`shutdown`]
 //! turns signals into the drain; [`no_cert`] closes connections at once
 //! while `--acme` waits for its first certificate.
+//!
+//! [`doh`] is the second transport: its connections share accept and
+//! handshake with DoT's, then go to HTTP instead of [`connection`], and
+//! reach the same [`respond`].
 
 pub mod accept;
 pub mod client;
@@ -11,10 +15,11 @@ pub mod client_ids;
 pub mod connection;
 #[cfg(test)]
 mod connection_tests;
+pub mod doh;
 pub mod handshake;
 pub mod no_cert;
 pub mod per_ip;
 pub mod respond;
 pub mod shutdown;
 
-pub use accept::{run, run_listeners, run_with_metrics, Listener, ServeError};
+pub use accept::{run, run_listeners, run_with_metrics, Listener, ListenerKind, ServeError};

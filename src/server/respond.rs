@@ -2,25 +2,29 @@
 //! answer with the TLS leg's EDNS options, or a reply dotgate makes itself
 //! (FORMERR, BADVERS, SERVFAIL), each counted once in the metrics.
 
-use std::time::Duration;
-
-use crate::metrics::stats::{Stats, Synthesized};
+use crate::metrics::stats::{Stats, Synthesized, Transport};
 use crate::proto::dns::{self, Rcode};
-use crate::proto::edns::LegOptions;
+use crate::proto::edns::{LegOptions, Request};
 use crate::upstream::{Origin, Pool, Reply, UpstreamError};
 
 /// Produces the reply to one query: the upstream's answer, FORMERR for a
 /// query dotgate cannot read past the header, FORMERR or BADVERS for an OPT
 /// record it refuses, SERVFAIL when the upstream fails. Never fails itself.
+///
+/// The one query path of every transport: `transport` only labels the
+/// count, and `leg` says which options of its own the transport adds to a
+/// reply for the client's EDNS request (called once the upstream has
+/// answered, so a DoT connection that began retiring meanwhile advertises a
+/// keepalive of 0).
 pub async fn answer(
     upstream: &Pool,
     origin: &Origin,
     stats: &Stats,
-    idle: Duration,
+    transport: Transport,
     msg: Vec<u8>,
-    retiring: impl Fn() -> bool,
+    leg: impl FnOnce(Request) -> LegOptions,
 ) -> Vec<u8> {
-    stats.queries.inc();
+    stats.count_query(transport);
     let info = match dns::parse_query(&msg) {
         Ok(info) => info,
         Err(e) => {
@@ -50,7 +54,7 @@ pub async fn answer(
     }
     // Decided now, not when the query was read: a connection that began
     // retiring in the meantime advertises a keepalive of 0 (R14, R15).
-    let mut leg = LegOptions::for_request(info.edns, idle, retiring());
+    let mut leg = leg(info.edns);
     // dotgate sent a client subnet the client did not (RFC 7871 §7.2.2).
     leg.strip_subnet = origin.subnet().is_some() && !info.edns.client_subnet;
     let failure = match outcome {

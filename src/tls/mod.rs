@@ -1,11 +1,14 @@
 //! TLS set-up: the rustls server configurations around the identity of
 //! [`crate::tls::identity`], and the start of the reloader.
 //!
-//! Server configurations are built from one certificate: ones that offer
-//! ALPN `dot` and ones that offer no ALPN. rustls refuses a client whose
-//! ALPN list shares nothing with the server's, so a client offering only
-//! other protocols gets the second kind and still receives DNS (R5). Each
-//! kind comes in two orders of cipher suites (see `SuiteOrder`).
+//! Server configurations are built from one certificate: for DoT, ones that
+//! offer ALPN `dot` and ones that offer no ALPN (rustls refuses a client
+//! whose ALPN list shares nothing with the server's, so a DoT client
+//! offering only other protocols gets the second kind and still receives
+//! DNS, R5); for DoH, ones that offer `h2` and `http/1.1` (a DoH client
+//! offering neither is refused with `no_application_protocol`: it could not
+//! speak HTTP to us anyway). Each kind comes in two orders of cipher suites
+//! (see `SuiteOrder`).
 //!
 //! All configurations share one [`CurrentCert`] (which the reloader swaps),
 //! one session-ticket encrypter and one session cache, so that a session
@@ -30,7 +33,7 @@ use rustls::{CipherSuite, ServerConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CertSource, Config, TlsSettings, TlsVersion};
-use crate::metrics::stats::Stats;
+use crate::metrics::stats::{Stats, Transport};
 use crate::proto::framing::ALPN_DOT;
 use crate::tls::identity::{
     load_pem_files, provider, self_signed, CurrentCert, Identity, TlsError,
@@ -42,13 +45,19 @@ use tickets::Ticketer;
 /// than by ticket (tickets need no server memory). A few hundred bytes each.
 pub const SESSION_CACHE_SIZE: usize = 8192;
 
+/// ALPN protocol IDs of DNS over HTTPS (RFC 7301's registry): HTTP/2 is
+/// preferred, HTTP/1.1 is for clients such as curl `--http1.1`.
+pub const ALPN_H2: &[u8] = b"h2";
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+
 /// The server configurations for one identity, picked per ClientHello:
-/// with or without ALPN, and with one of two orders of cipher suites.
+/// DoT with or without ALPN, or DoH, and one of two orders of cipher suites.
 #[derive(Clone)]
 pub struct ServerConfigs {
     /// Indexed by [`SuiteOrder`].
     with_alpn: [Arc<ServerConfig>; 2],
     without_alpn: [Arc<ServerConfig>; 2],
+    doh: [Arc<ServerConfig>; 2],
     current: Arc<CurrentCert>,
 }
 
@@ -153,30 +162,27 @@ impl ServerConfigs {
             TlsVersion::Tls13 => &[&rustls::version::TLS13],
         };
         let sessions = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
-        let build = |alpn: &[u8], order: SuiteOrder| -> Result<Arc<ServerConfig>, TlsError> {
+        let build = |alpn: &[&[u8]], order: SuiteOrder| -> Result<Arc<ServerConfig>, TlsError> {
             let mut config = ServerConfig::builder_with_provider(ordered_provider(order))
                 .with_protocol_versions(versions)?
                 .with_no_client_auth()
                 .with_cert_resolver(current.clone());
-            config.alpn_protocols = if alpn.is_empty() {
-                Vec::new()
-            } else {
-                vec![alpn.to_vec()]
-            };
+            config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
             config.ignore_client_order = true;
             config.ticketer = ticketer.clone();
             config.session_storage = sessions.clone();
             Ok(Arc::new(config))
         };
-        let pair = |alpn: &[u8]| -> Result<[Arc<ServerConfig>; 2], TlsError> {
+        let pair = |alpn: &[&[u8]]| -> Result<[Arc<ServerConfig>; 2], TlsError> {
             Ok([
                 build(alpn, SuiteOrder::AesFirst)?,
                 build(alpn, SuiteOrder::ChaChaFirst)?,
             ])
         };
         Ok(Self {
-            with_alpn: pair(ALPN_DOT)?,
+            with_alpn: pair(&[ALPN_DOT])?,
             without_alpn: pair(&[])?,
+            doh: pair(&[ALPN_H2, ALPN_HTTP1])?,
             current,
         })
     }
@@ -186,14 +192,18 @@ impl ServerConfigs {
         &self.current
     }
 
-    /// Chooses the configuration for a client: ALPN `dot` when the client
-    /// offers it or offers nothing, no ALPN when it offers only others; the
-    /// suite order of `SuiteOrder::for_client`.
-    pub fn for_client(&self, hello: &ClientHello<'_>) -> Arc<ServerConfig> {
+    /// Chooses the configuration for a client of `transport`: for DoT, ALPN
+    /// `dot` when the client offers it or offers nothing, no ALPN when it
+    /// offers only others; for DoH, `h2` and `http/1.1`. The suite order of
+    /// `SuiteOrder::for_client`.
+    pub fn for_client(&self, hello: &ClientHello<'_>, transport: Transport) -> Arc<ServerConfig> {
+        let order = SuiteOrder::for_client(hello) as usize;
+        if transport == Transport::Doh {
+            return self.doh[order].clone();
+        }
         let offers_others_only = hello
             .alpn()
             .is_some_and(|mut offered| !offered.any(|p| p == ALPN_DOT));
-        let order = SuiteOrder::for_client(hello) as usize;
         if offers_others_only {
             self.without_alpn[order].clone()
         } else {
@@ -292,7 +302,12 @@ mod tests {
         };
         let configs = ServerConfigs::new(&identity(), &settings).unwrap();
         let first = &configs.with_alpn[0];
-        for config in configs.with_alpn.iter().chain(&configs.without_alpn) {
+        for config in configs
+            .with_alpn
+            .iter()
+            .chain(&configs.without_alpn)
+            .chain(&configs.doh)
+        {
             assert!(config.ticketer.enabled());
             assert_eq!(config.max_early_data_size, 0, "no 0-RTT");
             assert!(config.ignore_client_order, "the server's suite order");
@@ -304,6 +319,12 @@ mod tests {
         }
         for config in &configs.without_alpn {
             assert!(config.alpn_protocols.is_empty());
+        }
+        for config in &configs.doh {
+            assert_eq!(
+                config.alpn_protocols,
+                vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()]
+            );
         }
     }
 

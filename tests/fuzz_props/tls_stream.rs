@@ -181,7 +181,10 @@ fn check_held(stream: &ServerStream<Probe>) {
 async fn serve(probe: Probe) -> End {
     let (watch, configs) = (probe.1.clone(), server_configs());
     let mut stream = match accept(probe, READ_TIMEOUT, |hello| {
-        Ok((configs.for_client(hello), ()))
+        Ok((
+            configs.for_client(hello, dotgate::metrics::stats::Transport::Dot),
+            (),
+        ))
     })
     .await
     {

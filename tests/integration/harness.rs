@@ -331,6 +331,10 @@ fn serve_args(pki: &Pki, listen: &str, upstream: SocketAddr, extra: &[&str]) -> 
 pub struct Server {
     pub addr: SocketAddr,
     pub pki: Pki,
+    /// The DoH listener (TLS), when started with one.
+    pub doh: Option<SocketAddr>,
+    /// The DoH listener without TLS, when started with one.
+    pub doh_plain: Option<SocketAddr>,
     shutdown: CancellationToken,
 }
 
@@ -374,7 +378,28 @@ impl Server {
         Server::start_argv(pki, argv).await
     }
 
+    /// Starts dotgate with a DoT listener, a DoH listener and a plain DoH
+    /// listener, toward `upstream`, with extra `serve` flags.
+    pub async fn start_doh(upstream: SocketAddr, extra: &[&str]) -> Server {
+        Server::start_doh_with_pki(Pki::new(), upstream, extra).await
+    }
+
+    /// As [`Server::start_doh`], serving the certificate of `pki`.
+    pub async fn start_doh_with_pki(pki: Pki, upstream: SocketAddr, extra: &[&str]) -> Server {
+        let mut argv = vec!["dotgate".to_string()];
+        argv.extend(serve_args(&pki, "127.0.0.1:0", upstream, extra));
+        // Tells the configuration that DoH is served (the sockets are bound
+        // below, on port 0).
+        argv.extend(["--doh-listen".to_string(), "127.0.0.1:0".to_string()]);
+        Server::start_listeners(pki, argv, true).await
+    }
+
     async fn start_argv(pki: Pki, argv: Vec<String>) -> Server {
+        Server::start_listeners(pki, argv, false).await
+    }
+
+    async fn start_listeners(pki: Pki, argv: Vec<String>, doh: bool) -> Server {
+        use dotgate::server::{Listener, ListenerKind};
         init_logging();
         let args = match Cli::try_parse_from(argv).expect("serve flags").command {
             CliCommand::Serve(args) => *args,
@@ -384,16 +409,35 @@ impl Server {
             .expect("valid configuration");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let proxy = config.proxy.enabled;
+        let mut listeners = vec![Listener::dot(listener, proxy)];
+        let (mut doh_addr, mut plain_addr) = (None, None);
+        if doh {
+            for (kind, slot) in [
+                (ListenerKind::Doh, &mut doh_addr),
+                (ListenerKind::DohPlain, &mut plain_addr),
+            ] {
+                let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                *slot = Some(socket.local_addr().unwrap());
+                listeners.push(Listener {
+                    socket,
+                    proxy,
+                    kind,
+                });
+            }
+        }
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(e) = dotgate::server::run(config, vec![listener], token).await {
-                panic!("dotgate::server::run failed: {e}");
+            if let Err(e) = dotgate::server::run_listeners(config, listeners, token).await {
+                panic!("dotgate::server::run_listeners failed: {e}");
             }
         });
         Server {
             addr,
             pki,
+            doh: doh_addr,
+            doh_plain: plain_addr,
             shutdown,
         }
     }

@@ -23,7 +23,7 @@ const REFUSED_CLIENT_ID: &str = "dotgate_connections_refused_total{reason=\"clie
 
 /// A PKI whose server certificate covers `*.dns.test` and `dns.test`: what
 /// a private endpoint with client IDs serves.
-fn wildcard_pki() -> Pki {
+pub(crate) fn wildcard_pki() -> Pki {
     use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
     let pki = Pki::new();
     let key = KeyPair::generate().unwrap();

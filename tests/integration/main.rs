@@ -13,6 +13,7 @@ mod answers;
 mod check;
 mod config;
 mod deploy;
+mod doh;
 mod edns;
 mod faults;
 mod framing;

@@ -66,13 +66,30 @@ pub async fn get_when_up(addr: SocketAddr, path: &str) -> HttpResponse {
 
 /// The value of one series (`name{labels}` exactly as exposed) in a scrape.
 pub fn value(scrape: &str, series: &str) -> f64 {
-    scrape
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<f64>()
+            .unwrap_or_else(|e| panic!("{series}: {e}"))
+    };
+    if let Some(v) = scrape
         .lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("{series} is not in the scrape:\n{scrape}"))
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("{series}: {e}"))
+    {
+        return parse(v);
+    }
+    // A family name alone (`dotgate_queries_total`) stands for the sum of
+    // its series over every label value (such as each transport).
+    let labelled = format!("{series}{{");
+    let values: Vec<f64> = scrape
+        .lines()
+        .filter(|line| line.starts_with(&labelled))
+        .filter_map(|line| line.rsplit_once(' ').map(|(_, v)| parse(v)))
+        .collect();
+    assert!(
+        !series.contains('{') && !values.is_empty(),
+        "{series} is not in the scrape:\n{scrape}"
+    );
+    values.iter().sum()
 }
 
 pub async fn scrape(addr: SocketAddr) -> String {

@@ -14,7 +14,10 @@ mod echo {
     use crate::tls::identity::self_signed;
 
     fn serve_all(hello: &ClientHello<'_>) -> Result<(Arc<ServerConfig>, ()), Refused> {
-        Ok((configs().for_client(hello), ()))
+        Ok((
+            configs().for_client(hello, crate::metrics::stats::Transport::Dot),
+            (),
+        ))
     }
 
     fn configs() -> crate::tls::ServerConfigs {
@@ -194,7 +197,10 @@ mod suites {
         let server = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
             let (mut stream, ()) = accept(tcp, std::time::Duration::from_secs(10), |h| {
-                Ok((configs.for_client(h), ()))
+                Ok((
+                    configs.for_client(h, crate::metrics::stats::Transport::Dot),
+                    (),
+                ))
             })
             .await
             .unwrap();

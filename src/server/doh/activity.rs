@@ -1,0 +1,85 @@
+//! The requests in progress on one DoH connection, and when the last one
+//! ended: what its idle timer judges by. HTTP has no DNS framing to watch,
+//! so a connection is idle when no request is being answered and none has
+//! ended for the idle timeout (a client's PINGs or half-sent headers do not
+//! keep it open).
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use tokio::time::Instant;
+
+/// Counts requests in progress; shared by the connection and its requests.
+#[derive(Debug)]
+pub struct Activity {
+    start: Instant,
+    active: AtomicUsize,
+    /// Milliseconds from `start` to the end of the latest request.
+    last_end_ms: AtomicU64,
+}
+
+impl Activity {
+    pub fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            active: AtomicUsize::new(0),
+            last_end_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// One request in progress until the guard drops.
+    pub fn begin(&self) -> Busy<'_> {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        Busy(self)
+    }
+
+    /// When the connection has been idle for `idle`, if nothing is in
+    /// progress: `None` while a request is.
+    pub fn idle_deadline(&self, idle: std::time::Duration) -> Option<Instant> {
+        if self.active.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let last = std::time::Duration::from_millis(self.last_end_ms.load(Ordering::Relaxed));
+        Some(self.start + last + idle)
+    }
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A request in progress.
+#[derive(Debug)]
+pub struct Busy<'a>(&'a Activity);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        let since = u64::try_from(self.0.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.last_end_ms.fetch_max(since, Ordering::Relaxed);
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_counts_from_the_end_of_the_latest_request() {
+        let activity = Activity::new();
+        let start = Instant::now();
+        let idle = Duration::from_secs(10);
+        assert_eq!(activity.idle_deadline(idle), Some(start + idle));
+        let busy = activity.begin();
+        assert_eq!(activity.idle_deadline(idle), None);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        drop(busy);
+        assert_eq!(
+            activity.idle_deadline(idle),
+            Some(start + Duration::from_secs(40))
+        );
+    }
+}

@@ -1,0 +1,144 @@
+//! One DoH request to one response: the RFC 8484 checks of
+//! [`super::request`], the client-ID gate, then the one query path
+//! ([`crate::server::respond::answer`]) that DoT uses too, and the HTTP
+//! response around its reply.
+
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
+
+use super::activity::Activity;
+use super::request::{self, Method, Refusal, Route, DNS_MESSAGE, MAX_MESSAGE};
+use crate::metrics::stats::Transport;
+use crate::proto::dns;
+use crate::proto::edns::LegOptions;
+use crate::server::client::Client;
+use crate::server::client_ids::Judgement;
+use crate::server::connection::Shared;
+use crate::server::respond;
+
+/// What every request of one connection shares.
+pub struct Context {
+    /// The client as the connection knows it: address, and the ID of its
+    /// TLS server name, if any.
+    pub client: Client,
+    pub shared: Arc<Shared>,
+    /// The connection's requests in progress, for its idle timer.
+    pub activity: Arc<Activity>,
+}
+
+/// Answers one request; never fails (every refusal is a status).
+pub async fn respond(req: Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> {
+    let _busy = ctx.activity.begin();
+    let response = match dns_reply(req, ctx).await {
+        Ok(reply) => dns_response(reply),
+        Err(refusal) => {
+            tracing::debug!(client = %ctx.client, status = refusal.status(), error = %refusal, "DoH request refused");
+            refusal_response(refusal)
+        }
+    };
+    ctx.shared
+        .stats
+        .count_doh_response(response.status().as_u16());
+    response
+}
+
+/// The DNS reply to a request, or why there is none.
+async fn dns_reply(req: Request<Incoming>, ctx: &Context) -> Result<Vec<u8>, Refusal> {
+    let shared = &*ctx.shared;
+    let route = request::route(&shared.doh_path, req.uri().path())?;
+    let path_id = match route {
+        Route::Plain => None,
+        Route::WithId(id) => Some(id),
+    };
+    let id = match shared
+        .client_ids
+        .judge_request(path_id, ctx.client.id.as_ref())
+    {
+        Judgement::Admit(id) => id,
+        Judgement::Refuse => {
+            shared.stats.refused_client_id.inc();
+            return Err(Refusal::NotFound);
+        }
+    };
+    let message = match Method::of(req.method().as_str())? {
+        Method::Get => request::get_message(req.uri().query())?,
+        Method::Post => {
+            let headers = req.headers();
+            if !request::is_dns_message(headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes)) {
+                return Err(Refusal::UnsupportedMediaType);
+            }
+            let announced = headers
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if announced.is_some_and(|len| len > MAX_MESSAGE as u64) {
+                return Err(Refusal::TooLarge);
+            }
+            read_body(req.into_body(), shared.timeouts.read).await?
+        }
+    };
+    request::check_message(&message)?;
+    if let Some(id) = id.as_deref().filter(|_| shared.client_ids.is_private()) {
+        shared.stats.client_queries(id).inc();
+    }
+    let _in_flight = shared.stats.query_in_flight();
+    Ok(respond::answer(
+        &shared.upstream,
+        &ctx.client.origin,
+        &shared.stats,
+        Transport::Doh,
+        message,
+        LegOptions::for_http,
+    )
+    .await)
+}
+
+/// A POST body of at most [`MAX_MESSAGE`] bytes, within the read timeout
+/// (a body announced and never sent must not hold its stream forever).
+async fn read_body(body: Incoming, limit: std::time::Duration) -> Result<Vec<u8>, Refusal> {
+    let collected = tokio::time::timeout(limit, Limited::new(body, MAX_MESSAGE).collect())
+        .await
+        .map_err(|_| Refusal::Timeout)?;
+    match collected {
+        Ok(body) => Ok(body.to_bytes().to_vec()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Refusal::TooLarge),
+        // The client reset its stream or broke the framing: nobody will
+        // read the status, which says so all the same.
+        Err(_) => Err(Refusal::BadMessage),
+    }
+}
+
+/// 200 with the reply; cacheable for its smallest TTL when it is an
+/// answer (RFC 8484 §5.1), not when it is an error.
+fn dns_response(reply: Vec<u8>) -> Response<Full<Bytes>> {
+    let freshness = dns::freshness(&reply);
+    let mut response = Response::new(Full::new(Bytes::from(reply)));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(DNS_MESSAGE));
+    if let Some(seconds) = freshness {
+        if let Ok(value) = HeaderValue::from_str(&format!("max-age={seconds}")) {
+            headers.insert(CACHE_CONTROL, value);
+        }
+    }
+    response
+}
+
+/// The refusal's status, with one line saying why in plain text.
+fn refusal_response(refusal: Refusal) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(format!("{refusal}\n"))));
+    *response.status_mut() =
+        StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if refusal == Refusal::MethodNotAllowed {
+        headers.insert(ALLOW, HeaderValue::from_static("GET, POST"));
+    }
+    response
+}
