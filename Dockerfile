@@ -8,7 +8,7 @@
 #
 # The default command expects /etc/dotgate/fullchain.pem (leaf first, then
 # intermediates) and /etc/dotgate/server.key, readable by uid 10001. Every
-# flag can also be set as DOTGATE_<FLAG> (see README.md).
+# flag can also be set as DOTGATE_<FLAG> (see docs/configuration.md).
 
 # --- build ------------------------------------------------------------------
 # aws-lc-sys (rustls' default crypto provider) builds with the C compiler the
