@@ -15,6 +15,7 @@ use tracing_subscriber::EnvFilter;
 use dotgate::config::cli::{CheckArgs, Cli, Command, QueryArgs, ServeArgs};
 use dotgate::config::{Config, RESOLV_CONF};
 use dotgate::server::Listener;
+use dotgate::tools::manual;
 use dotgate::tools::query::{self, ServerSpec, Trust};
 
 fn main() -> ExitCode {
@@ -22,9 +23,12 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(code) => return code,
     };
+    if let Some(code) = print_manual(&cli.command) {
+        return code;
+    }
     let log_level = match &cli.command {
         Command::Serve(args) => args.log_level.clone(),
-        Command::Query(_) | Command::Check(_) => None,
+        _ => None,
     };
     init_tracing(
         log_level.as_deref(),
@@ -45,6 +49,8 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(*args).await,
             Command::Query(args) => query(args).await,
             Command::Check(args) => check(args).await,
+            // Answered by print_manual above.
+            Command::Completions(_) | Command::Manpage(_) => Ok(ExitCode::SUCCESS),
         }
     });
     match result {
@@ -54,6 +60,43 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `completions` and `manpage`: printed without a runtime or logging. None
+/// for the other subcommands.
+fn print_manual(command: &Command) -> Option<ExitCode> {
+    use std::io::Write;
+    let written = match command {
+        Command::Completions(args) => {
+            let script = manual::completions(args.shell);
+            std::io::stdout()
+                .write_all(&script)
+                .and_then(|()| std::io::stdout().flush())
+                .map_err(|e| format!("cannot write the completions: {e}"))
+        }
+        Command::Manpage(args) => match &args.dir {
+            Some(dir) => manual::manpages_into(dir).map_err(|e| e.to_string()),
+            None => {
+                let mut page = Vec::new();
+                manual::manpage(&mut page)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| {
+                        std::io::stdout()
+                            .write_all(&page)
+                            .and_then(|()| std::io::stdout().flush())
+                            .map_err(|e| format!("cannot write the man page: {e}"))
+                    })
+            }
+        },
+        Command::Serve(_) | Command::Query(_) | Command::Check(_) => return None,
+    };
+    Some(match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dotgate: {e}");
+            ExitCode::FAILURE
+        }
+    })
 }
 
 /// Parses the command line; for `serve --config FILE`, merges the file's keys

@@ -12,10 +12,20 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::duration::Duration;
 
+/// The version `--version` prints: the crate's, and the git commit it was
+/// built from (`build.rs`; "unknown" without git), so a report names the
+/// exact source.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("DOTGATE_GIT_COMMIT"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "dotgate",
-    version,
+    version = VERSION,
     about = "DNS-over-TLS (RFC 7858) in front of a plain DNS resolver"
 )]
 pub struct Cli {
@@ -32,6 +42,12 @@ pub enum Command {
     /// Check a DoT server (dotgate or any other) the way Android, stubby and
     /// systemd-resolved connect, and say what will fail and why.
     Check(CheckArgs),
+    /// Print a completion script for SHELL on stdout, e.g.
+    /// `dotgate completions bash > /etc/bash_completion.d/dotgate`.
+    Completions(CompletionsArgs),
+    /// Print the man page, dotgate(1), on stdout (`dotgate manpage | man -l -`),
+    /// or write one page per subcommand into a folder.
+    Manpage(ManpageArgs),
 }
 
 #[derive(Debug, Args)]
@@ -331,4 +347,27 @@ pub struct CheckArgs {
     /// Skip the 20 s idle-connection wait (ends within about 15 s).
     #[arg(long)]
     pub quick: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: Shell,
+}
+
+/// The shells `dotgate completions` writes scripts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[derive(Debug, Args)]
+pub struct ManpageArgs {
+    /// Write dotgate.1 and one page per subcommand (dotgate-serve.1, ...) into
+    /// this existing folder instead of printing dotgate.1.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
