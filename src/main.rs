@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 use dotgate::config::cli::{CheckArgs, Cli, Command, QueryArgs, ServeArgs};
-use dotgate::config::{Config, RESOLV_CONF};
+use dotgate::config::{system_resolver, Config, UpstreamSpec};
 use dotgate::server::Listener;
 use dotgate::tools::manual;
 use dotgate::tools::query::{self, ServerSpec, Trust};
@@ -158,7 +158,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if args.check_config {
         return Ok(check_config(&args));
     }
-    let config = Config::from_args(&args, Path::new(RESOLV_CONF))?;
+    let config = Config::from_args(&args, &args.resolv_conf)?;
+    if args.upstream.is_empty() {
+        let system: Vec<SocketAddr> = config
+            .upstreams
+            .iter()
+            .filter_map(|u| match u {
+                UpstreamSpec::Plain(addr) => Some(*addr),
+                _ => None,
+            })
+            .collect();
+        tracing::info!("{}", system_resolver::chosen(&system, &args.resolv_conf));
+    }
     let mut listeners = Vec::with_capacity(config.listen.len() + config.proxy_listen.len());
     let plain = config
         .listen
@@ -178,7 +189,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 /// `serve --check-config`: prints every problem and warning; exit 0 when
 /// dotgate would start.
 fn check_config(args: &ServeArgs) -> ExitCode {
-    let found = dotgate::tools::validate::check(args, Path::new(RESOLV_CONF));
+    let found = dotgate::tools::validate::check(args, &args.resolv_conf);
     for warning in &found.warnings {
         println!("warning: {warning}");
     }

@@ -92,9 +92,20 @@ pub struct ServeArgs {
     /// Upstream resolver; repeatable. `IP[:PORT]` (UDP, TCP when truncated; port 53),
     /// `tcp://IP[:PORT]` (pipelined TCP only) or `tls://NAME[@IP][:PORT]` (DNS over
     /// TLS, port 853, certificate checked for NAME). Default: the nameservers of
-    /// /etc/resolv.conf.
+    /// --resolv-conf, as they are (systemd-resolved's stub 127.0.0.53 included).
     #[arg(long, env = "DOTGATE_UPSTREAM", value_delimiter = ',')]
     pub upstream: Vec<String>,
+
+    /// The resolv.conf whose nameservers are the upstreams when no --upstream is
+    /// given (and the bootstrap resolver's fallback), e.g.
+    /// /run/systemd/resolve/resolv.conf for systemd-resolved's own uplinks.
+    #[arg(
+        long,
+        env = "DOTGATE_RESOLV_CONF",
+        value_name = "FILE",
+        default_value = crate::config::RESOLV_CONF
+    )]
+    pub resolv_conf: PathBuf,
 
     /// How queries are spread over the healthy upstreams: `first-available` (in
     /// order, the first healthy one), `round-robin` or `least-outstanding` (fewest

@@ -11,6 +11,7 @@ pub mod client_id;
 pub mod duration;
 pub mod file;
 pub mod proxy;
+pub mod system_resolver;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
