@@ -8,12 +8,17 @@
 #
 # The default command expects /etc/dotgate/fullchain.pem (leaf first, then
 # intermediates) and /etc/dotgate/server.key, readable by uid 10001. Every
-# flag can also be set as DOTGATE_<FLAG> (see README.md).
+# flag can also be set as DOTGATE_<FLAG> (see docs/configuration.md).
 
 # --- build ------------------------------------------------------------------
 # aws-lc-sys (rustls' default crypto provider) builds with the C compiler the
 # image already has; no cmake or clang is needed on Linux x86_64 or aarch64.
 FROM rust:1-bookworm AS builder
+# The commit `dotgate --version` names: the build context has no .git
+# (.dockerignore), so build.rs cannot ask git; pass
+# --build-arg DOTGATE_GIT_COMMIT=$(git rev-parse --short=12 HEAD), or the
+# version says "commit unknown".
+ARG DOTGATE_GIT_COMMIT=""
 WORKDIR /src
 COPY . .
 # The registry and target caches only speed up rebuilds; the binary is copied

@@ -185,7 +185,9 @@ fi
 step "build: buildah bud --isolation chroot --format docker --pull=never -f Dockerfile ."
 t0=$(now)
 previous=$(buildah images --quiet --no-trunc "$image" 2>/dev/null || true)
+commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 if ! buildah bud --isolation chroot --format docker --pull=never \
+  --build-arg "DOTGATE_GIT_COMMIT=$commit" \
   -t "$image" -f Dockerfile . >"$work/build.log" 2>&1; then
   tail -40 "$work/build.log"
   die "the image did not build"
@@ -244,6 +246,10 @@ containers+=("$c")
 mnt=$(buildah mount "$c")
 bin_size=$(stat -c %s "$mnt/usr/local/bin/dotgate")
 buildah umount "$c" >/dev/null
+version=$(buildah run --isolation chroot "$c" -- dotgate --version 2>&1) || die "dotgate --version failed: $version"
+[ "$version" = "dotgate $(cargo pkgid | sed 's/.*[#@]//') (commit $commit)" ] ||
+  die "the image's dotgate --version says '$version', not commit $commit"
+echo "image's $version"
 echo "image size: $size (buildah images): the stand-in debian:bookworm-slim $base_size," \
   "the dotgate binary $(awk -v b="$bin_size" 'BEGIN { printf "%.1f", b / 1e6 }') MB, ca-certificates and the user the rest"
 

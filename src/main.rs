@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
@@ -13,8 +13,9 @@ use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 use dotgate::config::cli::{CheckArgs, Cli, Command, QueryArgs, ServeArgs};
-use dotgate::config::{Config, RESOLV_CONF};
+use dotgate::config::{system_resolver, Config, UpstreamSpec};
 use dotgate::server::{Listener, ListenerKind};
+use dotgate::tools::manual;
 use dotgate::tools::query::{self, ServerSpec, Trust};
 
 fn main() -> ExitCode {
@@ -22,9 +23,12 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(code) => return code,
     };
+    if let Some(code) = print_manual(&cli.command) {
+        return code;
+    }
     let log_level = match &cli.command {
         Command::Serve(args) => args.log_level.clone(),
-        Command::Query(_) | Command::Check(_) => None,
+        _ => None,
     };
     init_tracing(
         log_level.as_deref(),
@@ -45,6 +49,8 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(*args).await,
             Command::Query(args) => query(args).await,
             Command::Check(args) => check(args).await,
+            // Answered by print_manual above.
+            Command::Completions(_) | Command::Manpage(_) => Ok(ExitCode::SUCCESS),
         }
     });
     match result {
@@ -54,6 +60,43 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `completions` and `manpage`: printed without a runtime or logging. None
+/// for the other subcommands.
+fn print_manual(command: &Command) -> Option<ExitCode> {
+    use std::io::Write;
+    let written = match command {
+        Command::Completions(args) => {
+            let script = manual::completions(args.shell);
+            std::io::stdout()
+                .write_all(&script)
+                .and_then(|()| std::io::stdout().flush())
+                .map_err(|e| format!("cannot write the completions: {e}"))
+        }
+        Command::Manpage(args) => match &args.dir {
+            Some(dir) => manual::manpages_into(dir).map_err(|e| e.to_string()),
+            None => {
+                let mut page = Vec::new();
+                manual::manpage(&mut page)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| {
+                        std::io::stdout()
+                            .write_all(&page)
+                            .and_then(|()| std::io::stdout().flush())
+                            .map_err(|e| format!("cannot write the man page: {e}"))
+                    })
+            }
+        },
+        Command::Serve(_) | Command::Query(_) | Command::Check(_) => return None,
+    };
+    Some(match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dotgate: {e}");
+            ExitCode::FAILURE
+        }
+    })
 }
 
 /// Parses the command line; for `serve --config FILE`, merges the file's keys
@@ -115,7 +158,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if args.check_config {
         return Ok(check_config(&args));
     }
-    let config = Config::from_args(&args, Path::new(RESOLV_CONF))?;
+    let config = Config::from_args(&args, &args.resolv_conf)?;
+    if args.upstream.is_empty() {
+        let system: Vec<SocketAddr> = config
+            .upstreams
+            .iter()
+            .filter_map(|u| match u {
+                UpstreamSpec::Plain(addr) => Some(*addr),
+                _ => None,
+            })
+            .collect();
+        tracing::info!("{}", system_resolver::chosen(&system, &args.resolv_conf));
+    }
     let mut listeners = Vec::new();
     let proxy = config.proxy.enabled;
     let plain = config.listen.iter().map(|a| (a, proxy, ListenerKind::Dot));
@@ -150,7 +204,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 /// `serve --check-config`: prints every problem and warning; exit 0 when
 /// dotgate would start.
 fn check_config(args: &ServeArgs) -> ExitCode {
-    let found = dotgate::tools::validate::check(args, Path::new(RESOLV_CONF));
+    let found = dotgate::tools::validate::check(args, &args.resolv_conf);
     for warning in &found.warnings {
         println!("warning: {warning}");
     }

@@ -14,7 +14,7 @@ use crate::config::duration::Duration;
 
 /// Let's Encrypt's production directory: publicly trusted certificates, and
 /// rate limits (a few failed orders an hour), hence the staging advice in the
-/// README for trials.
+/// TLS page (docs/tls.md) for trials.
 pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 
 #[derive(Debug, Clone, Args)]

@@ -12,10 +12,20 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::duration::Duration;
 
+/// The version `--version` prints: the crate's, and the git commit it was
+/// built from (`build.rs`; "unknown" without git), so a report names the
+/// exact source.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("DOTGATE_GIT_COMMIT"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "dotgate",
-    version,
+    version = VERSION,
     about = "DNS-over-TLS (RFC 7858) in front of a plain DNS resolver"
 )]
 pub struct Cli {
@@ -32,6 +42,12 @@ pub enum Command {
     /// Check a DoT server (dotgate or any other) the way Android, stubby and
     /// systemd-resolved connect, and say what will fail and why.
     Check(CheckArgs),
+    /// Print a completion script for SHELL on stdout, e.g.
+    /// `dotgate completions bash > /etc/bash_completion.d/dotgate`.
+    Completions(CompletionsArgs),
+    /// Print the man page, dotgate(1), on stdout (`dotgate manpage | man -l -`),
+    /// or write one page per subcommand into a folder.
+    Manpage(ManpageArgs),
 }
 
 #[derive(Debug, Args)]
@@ -106,9 +122,20 @@ pub struct ServeArgs {
     /// Upstream resolver; repeatable. `IP[:PORT]` (UDP, TCP when truncated; port 53),
     /// `tcp://IP[:PORT]` (pipelined TCP only) or `tls://NAME[@IP][:PORT]` (DNS over
     /// TLS, port 853, certificate checked for NAME). Default: the nameservers of
-    /// /etc/resolv.conf.
+    /// --resolv-conf, as they are (systemd-resolved's stub 127.0.0.53 included).
     #[arg(long, env = "DOTGATE_UPSTREAM", value_delimiter = ',')]
     pub upstream: Vec<String>,
+
+    /// The resolv.conf whose nameservers are the upstreams when no --upstream is
+    /// given (and the bootstrap resolver's fallback), e.g.
+    /// /run/systemd/resolve/resolv.conf for systemd-resolved's own uplinks.
+    #[arg(
+        long,
+        env = "DOTGATE_RESOLV_CONF",
+        value_name = "FILE",
+        default_value = crate::config::RESOLV_CONF
+    )]
+    pub resolv_conf: PathBuf,
 
     /// How queries are spread over the healthy upstreams: `first-available` (in
     /// order, the first healthy one), `round-robin` or `least-outstanding` (fewest
@@ -361,4 +388,27 @@ pub struct CheckArgs {
     /// Skip the 20 s idle-connection wait (ends within about 15 s).
     #[arg(long)]
     pub quick: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: Shell,
+}
+
+/// The shells `dotgate completions` writes scripts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[derive(Debug, Args)]
+pub struct ManpageArgs {
+    /// Write dotgate.1 and one page per subcommand (dotgate-serve.1, ...) into
+    /// this existing folder instead of printing dotgate.1.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }

@@ -11,6 +11,7 @@ pub mod client_id;
 pub mod duration;
 pub mod file;
 pub mod proxy;
+pub mod system_resolver;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -653,7 +654,7 @@ mod tests {
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Serve(a) => *a,
-            Command::Query(_) | Command::Check(_) => unreachable!(),
+            _ => unreachable!(),
         }
     }
 

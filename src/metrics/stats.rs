@@ -17,7 +17,7 @@
 //! To add a counter: add an `IntCounter` field, create it in [`Stats::new`]
 //! with its name and help (`registrar.counter(NAME, HELP)?`, or a child of a
 //! `registrar.counter_vec`), count it with `stats.field.inc()`, and list it
-//! in [`Stats::log_summary`] (and in the README's metric list).
+//! in [`Stats::log_summary`] (and in the metric list of docs/operations.md).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -318,7 +318,7 @@ pub enum NotReady {
 impl Stats {
     /// Every metric, at zero, registered in a new registry of its own. The
     /// names, help texts and labels here are what `/metrics` shows (the
-    /// README's metric list follows them). Fails only if two metrics share a
+    /// metric list of docs/operations.md follows them). Fails only if two metrics share a
     /// name or one is malformed: a bug, caught by every test that builds one.
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();

@@ -192,3 +192,45 @@ async fn impossible_proxy_networks_are_refused_naming_the_flag() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The quick start's command has no `--upstream`: dotgate forwards to the
+/// nameserver of resolv.conf (here one the test writes, naming a scripted
+/// upstream on port 53 of a loopback address no real resolver uses, so
+/// nothing reaches the machine's own resolver), answers through it, and says
+/// in its log which resolver it chose and from which file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs to bind port 53 on 127.x.y.z (root, as CI runs it); run with --include-ignored"]
+async fn without_upstream_the_resolv_conf_nameserver_answers_and_is_logged() {
+    let ip = std::net::Ipv4Addr::new(127, 53, rand::random::<u8>(), rand::random::<u8>() | 1);
+    let addr = std::net::SocketAddr::from((ip, 53));
+    let up = Upstream::start_on(addr)
+        .await
+        .unwrap_or_else(|e| panic!("cannot bind {addr} ({e}): this test needs root"));
+    let dir = TempDir::new();
+    let resolv_conf = dir.path().join("resolv.conf");
+    std::fs::write(
+        &resolv_conf,
+        format!(
+            "# written by the test\nsearch example.test\nnameserver {ip}\noptions edns0 trust-ad\n"
+        ),
+    )
+    .unwrap();
+    let server =
+        Process::start_without_upstream(&["--resolv-conf", resolv_conf.to_str().unwrap()]).await;
+    let mut client = server.client().await;
+    let name = "system.resolver.test.";
+    client.send(&query(7, name, RecordType::A)).await;
+    match client.read(Duration::from_secs(5)).await {
+        Read::Frame(bytes) => assert_answer(&crate::harness::parse(&bytes), 7, name, RecordType::A),
+        other => panic!("no answer: {other:?}\n{}", server.logs()),
+    }
+    assert!(
+        up.received().iter().any(|q| q.name == name),
+        "the query did not reach the resolv.conf nameserver"
+    );
+    let expected = format!(
+        "no --upstream: forwarding to the system resolver {addr} from {} (set --upstream to choose)",
+        resolv_conf.display()
+    );
+    assert!(server.logs().contains(&expected), "{}", server.logs());
+}

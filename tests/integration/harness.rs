@@ -311,7 +311,12 @@ impl Pki {
 // ---------- dotgate in-process ----------
 
 /// `dotgate serve` arguments for this PKI and upstream, plus `extra`.
-fn serve_args(pki: &Pki, listen: &str, upstream: SocketAddr, extra: &[&str]) -> Vec<String> {
+fn serve_args(
+    pki: &Pki,
+    listen: &str,
+    upstream: Option<SocketAddr>,
+    extra: &[&str],
+) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "serve".into(),
         "--listen".into(),
@@ -320,9 +325,10 @@ fn serve_args(pki: &Pki, listen: &str, upstream: SocketAddr, extra: &[&str]) -> 
         pki.cert.display().to_string(),
         "--key".into(),
         pki.key.display().to_string(),
-        "--upstream".into(),
-        upstream.to_string(),
     ];
+    if let Some(upstream) = upstream {
+        args.extend(["--upstream".into(), upstream.to_string()]);
+    }
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }
@@ -348,7 +354,7 @@ impl Server {
     /// As [`Server::start`], serving the certificate of `pki`.
     pub async fn start_with_pki(pki: Pki, upstream: SocketAddr, extra: &[&str]) -> Server {
         let mut argv = vec!["dotgate".to_string()];
-        argv.extend(serve_args(&pki, "127.0.0.1:0", upstream, extra));
+        argv.extend(serve_args(&pki, "127.0.0.1:0", Some(upstream), extra));
         Server::start_argv(pki, argv).await
     }
 
@@ -530,19 +536,25 @@ impl Process {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Process {
-        Process::spawn(pki, upstream, extra, env, None).await
+        Process::spawn(pki, Some(upstream), extra, env, None).await
+    }
+
+    /// Like [`Process::start`] without `--upstream`: dotgate picks its
+    /// upstreams itself (give it `--resolv-conf`, never the machine's own).
+    pub async fn start_without_upstream(extra: &[&str]) -> Process {
+        Process::spawn(Pki::new(), None, extra, &[], None).await
     }
 
     /// Like [`Process::start`], with the process's file-descriptor limit
     /// (RLIMIT_NOFILE, soft and hard) set to `nofile` before it runs, as
     /// `prlimit --nofile` or systemd's `LimitNOFILE` would.
     pub async fn start_with_nofile(upstream: SocketAddr, extra: &[&str], nofile: u64) -> Process {
-        Process::spawn(Pki::new(), upstream, extra, &[], Some(nofile)).await
+        Process::spawn(Pki::new(), Some(upstream), extra, &[], Some(nofile)).await
     }
 
     async fn spawn(
         pki: Pki,
-        upstream: SocketAddr,
+        upstream: Option<SocketAddr>,
         extra: &[&str],
         env: &[(&str, &str)],
         nofile: Option<u64>,

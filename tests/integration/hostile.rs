@@ -303,7 +303,7 @@ async fn stalled_handshakes_are_closed_at_the_handshake_timeout() {
 /// (100): every refusal is fast and counted by reason, the process's memory
 /// stays within a ceiling derived from what an idle TLS connection costs,
 /// and every admitted connection keeps being served. dotgate refuses the
-/// newcomer at the cap rather than evicting an idle connection (README,
+/// newcomer at the cap rather than evicting an idle connection (docs/operations.md,
 /// "Connection caps").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_caps_are_refused_fast_counted_and_cost_nothing() {

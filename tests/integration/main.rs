@@ -23,6 +23,7 @@ mod identity;
 mod keepalive;
 mod lifetime;
 mod limits;
+mod manual;
 mod metrics;
 mod pool;
 mod process;

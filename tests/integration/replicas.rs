@@ -1,4 +1,4 @@
-//! Replicas behind a real L4 load balancer, as README.md's deployment notes
+//! Replicas behind a real L4 load balancer, as the deployment notes (docs/deployment.md)
 //! promise: HAProxy (Debian's package) in front of three dotgate processes,
 //! each on its own loopback address, sending PROXY protocol v2 from an
 //! address of its own and sharing one `--ticket-key-file`. A session made

@@ -173,6 +173,20 @@ impl Upstream {
         panic!("no port free for both UDP and TCP: {last_error:?}");
     }
 
+    /// Serves UDP and TCP on `addr` (e.g. port 53 of a loopback address, as
+    /// a resolv.conf `nameserver` line names it); the bind's error when the
+    /// port cannot be had.
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<Upstream> {
+        let udp = try_bind_udp(addr)?;
+        let tcp = TcpListener::bind(addr).await?;
+        let state = Arc::new(State::default());
+        let tasks = vec![
+            tokio::spawn(udp_loop(Arc::new(udp), state.clone())),
+            tokio::spawn(tcp_loop(tcp, state.clone())),
+        ];
+        Ok(Upstream { addr, state, tasks })
+    }
+
     /// Every query received so far, in arrival order.
     pub fn received(&self) -> Vec<Received> {
         self.state.log.lock().unwrap().clone()
