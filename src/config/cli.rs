@@ -253,8 +253,9 @@ pub struct ServeArgs {
     #[arg(long, env = "DOTGATE_CLIENT_ID_DOMAIN", value_name = "DOMAIN")]
     pub client_id_domain: Option<String>,
 
-    /// Serve only this client ID (repeatable; needs --client-id-domain): other
-    /// clients fail the TLS handshake with the alert access_denied.
+    /// Serve only this client ID (repeatable; needs --client-id-domain, or DoH with
+    /// the ID in the path): other DoT clients fail the TLS handshake with the alert
+    /// access_denied, other DoH requests get 404.
     #[arg(
         long,
         env = "DOTGATE_CLIENT_ID",
@@ -280,9 +281,9 @@ pub struct ServeArgs {
     #[arg(long, env = "DOTGATE_UPSTREAM_ECS", value_name = "V4LEN,V6LEN")]
     pub upstream_ecs: Option<String>,
 
-    /// Expect a PROXY protocol header (v1 or v2) before TLS on every connection, as
-    /// sent by a load balancer; the client address it carries is used for the
-    /// per-address limits and in logs.
+    /// Expect a PROXY protocol header (v1 or v2) before TLS on every connection of
+    /// --listen, --doh-listen and --doh-listen-plain, as sent by a load balancer; the
+    /// client address it carries is used for the per-address limits and in logs.
     #[arg(long, env = "DOTGATE_PROXY_PROTOCOL")]
     pub proxy_protocol: bool,
 

@@ -393,7 +393,7 @@ impl Server {
     /// As [`Server::start_doh`], serving the certificate of `pki`.
     pub async fn start_doh_with_pki(pki: Pki, upstream: SocketAddr, extra: &[&str]) -> Server {
         let mut argv = vec!["dotgate".to_string()];
-        argv.extend(serve_args(&pki, "127.0.0.1:0", upstream, extra));
+        argv.extend(serve_args(&pki, "127.0.0.1:0", Some(upstream), extra));
         // Tells the configuration that DoH is served (the sockets are bound
         // below, on port 0).
         argv.extend(["--doh-listen".to_string(), "127.0.0.1:0".to_string()]);
