@@ -206,30 +206,7 @@ impl Attacker {
 
     /// As [`Attacker::connect`], over TLS 1.2 when `tls12`.
     async fn connect_with(addr: SocketAddr, pki: &Pki, tls12: bool) -> Attacker {
-        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
-        provider.cipher_suites.retain(|s| {
-            [
-                rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
-                rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-                rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-            ]
-            .contains(&s.suite())
-        });
-        let version = if tls12 {
-            &rustls::version::TLS12
-        } else {
-            &rustls::version::TLS13
-        };
-        let mut config: ClientConfig =
-            (*pki.client_config_with(provider, &[version], &[b"dot"], true)).clone();
-        config.enable_secret_extraction = true;
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        tcp.set_nodelay(true).unwrap();
-        let name = ServerName::try_from(TLS_NAME.to_string()).unwrap();
-        let mut tls = TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .expect("handshake");
+        let mut tls = Attacker::handshake(addr, pki, tls12, b"dot").await;
         tls.write_all(&frame(&encode(&query(
             1,
             "before.attack.test.",
@@ -247,6 +224,99 @@ impl Attacker {
             "before.attack.test.",
             RecordType::A,
         );
+        Attacker::take_keys(tls, tls12)
+    }
+
+    /// As [`Attacker::connect`] on a DoH listener over HTTP/2: the preface
+    /// and SETTINGS sent, the server's SETTINGS read, then the keys taken.
+    async fn connect_h2(addr: SocketAddr, pki: &Pki) -> Attacker {
+        let mut tls = Attacker::handshake(addr, pki, false, b"h2").await;
+        // The preface, then an empty SETTINGS frame.
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        tls.write_all(&hello).await.unwrap();
+        let mut settings = [0u8; 9];
+        tls.read_exact(&mut settings).await.unwrap();
+        assert_eq!(settings[3], 4, "the server's SETTINGS first");
+        let mut payload = vec![0u8; usize::from(settings[2]) | usize::from(settings[1]) << 8];
+        tls.read_exact(&mut payload).await.unwrap();
+        Attacker::take_keys(tls, false)
+    }
+
+    /// As [`Attacker::connect`] on a DoH listener: ALPN `http/1.1`, and one
+    /// GET answered before the keys are taken.
+    async fn connect_doh(addr: SocketAddr, pki: &Pki) -> Attacker {
+        use base64::Engine;
+        let mut tls = Attacker::handshake(addr, pki, false, b"http/1.1").await;
+        let dns = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(encode(&query(
+            0,
+            "before.attack.test.",
+            RecordType::A,
+        )));
+        let request = format!("GET /dns-query?dns={dns} HTTP/1.1\r\nhost: {TLS_NAME}\r\n\r\n");
+        tls.write_all(request.as_bytes()).await.unwrap();
+        // The response: its headers, then as many bytes as they announce.
+        let mut got = Vec::new();
+        let complete = loop {
+            let mut chunk = [0u8; 4096];
+            let n = tls.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before the response: {got:?}");
+            got.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&got).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length: usize = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .expect("a content-length");
+                if got.len() >= end + 4 + length {
+                    break text[..end].to_string();
+                }
+            }
+        };
+        assert!(complete.starts_with("HTTP/1.1 200"), "{complete}");
+        Attacker::take_keys(tls, false)
+    }
+
+    /// A completed handshake of a client that offers `alpn` and lets its
+    /// traffic secrets be taken.
+    async fn handshake(
+        addr: SocketAddr,
+        pki: &Pki,
+        tls12: bool,
+        alpn: &[u8],
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        provider.cipher_suites.retain(|s| {
+            [
+                rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
+                rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            ]
+            .contains(&s.suite())
+        });
+        let version = if tls12 {
+            &rustls::version::TLS12
+        } else {
+            &rustls::version::TLS13
+        };
+        let mut config: ClientConfig =
+            (*pki.client_config_with(provider, &[version], &[alpn], true)).clone();
+        config.enable_secret_extraction = true;
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let name = ServerName::try_from(TLS_NAME.to_string()).unwrap();
+        TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .expect("handshake")
+    }
+
+    /// The TCP stream under `tls` and the keys of both directions.
+    fn take_keys(tls: tokio_rustls::client::TlsStream<TcpStream>, tls12: bool) -> Attacker {
         let (tcp, conn) = tls.into_inner();
         let secrets = conn.dangerous_extract_secrets().expect("secrets");
         Attacker {
@@ -404,6 +474,44 @@ async fn a_tls12_renegotiation_hello_that_never_completes_is_refused_at_its_limi
     attacker.finish().await.assert_fatal(DECODE_ERROR);
     let scrape = scrape(metrics).await;
     assert_eq!(value(&scrape, "dotgate_tls_handshake_too_large_total"), 1.0);
+}
+
+/// The same KeyUpdate flood on a DoH connection (HTTP/1.1 after one GET):
+/// hyper drops a stream that fails, so the alert must be sent before it
+/// sees the error. The client gets `decode_error` and a FIN, not a reset,
+/// and the listener goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_doh_connection_that_fails_its_tls_gets_the_alert_and_a_fin() {
+    let up = Upstream::start().await;
+    let metrics = metrics_addr();
+    let server = Server::start_doh(up.addr, &["--metrics-listen", &metrics.to_string()]).await;
+    let doh = server.doh.expect("a DoH listener");
+    for (round, h2) in [false, true].into_iter().enumerate() {
+        let mut attacker = if h2 {
+            Attacker::connect_h2(doh, &server.pki).await
+        } else {
+            Attacker::connect_doh(doh, &server.pki).await
+        };
+        assert!(
+            attacker
+                .send(HANDSHAKE, &[24, 0x00, 0xff, 0xff], 16_000)
+                .await
+        );
+        for _ in 0..100 {
+            if !attacker.send(HANDSHAKE, &[1], 16_000).await {
+                break;
+            }
+        }
+        attacker.finish().await.assert_fatal(DECODE_ERROR);
+        wait_for_series(
+            metrics,
+            "dotgate_tls_handshake_too_large_total",
+            round as f64 + 1.0,
+        )
+        .await;
+    }
+    // The listener goes on serving.
+    Attacker::connect_doh(doh, &server.pki).await;
 }
 
 /// The same flood from 50 connections at once against the real binary: its

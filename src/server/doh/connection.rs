@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::activity::Activity;
+use super::alert_first::AlertFirst;
 use super::exchange::{self, Context};
 use crate::metrics::stats::CloseReason;
 use crate::server::client::Client;
@@ -91,8 +92,8 @@ where
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(exchange::respond(req, &ctx).await) }
     });
-    let io = TokioIo::new(io);
-    match protocol {
+    let io = TokioIo::new(AlertFirst::new(io, shared.stats.clone()));
+    let ended = match protocol {
         Protocol::Http1 => {
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -124,6 +125,17 @@ where
             })
             .await
         }
+    };
+    match ended {
+        Ok(reason) => reason,
+        Err(e) => {
+            tracing::debug!(error = %e, "DoH connection failed");
+            if e.is_timeout() {
+                CloseReason::ReadTimeout
+            } else {
+                CloseReason::Error
+            }
+        }
     }
 }
 
@@ -137,15 +149,16 @@ struct Limits {
 }
 
 /// Drives `conn` until it ends, asking it to close gracefully at the first
-/// of the idle timeout, the maximum age or request count, or shutdown; it
-/// is dropped if it has not ended `close_within` after that.
+/// of the idle timeout, the maximum age, or shutdown; it is dropped if it
+/// has not ended `close_within` after that. The error of a connection that
+/// failed before any of those is returned.
 async fn run<C>(
     conn: C,
     activity: &Activity,
     limits: Limits,
     shutdown: &CancellationToken,
     graceful: impl Fn(Pin<&mut C>),
-) -> CloseReason
+) -> hyper::Result<CloseReason>
 where
     C: Future<Output = hyper::Result<()>>,
 {
@@ -164,17 +177,15 @@ where
         let reason = tokio::select! {
             biased;
             ended = conn.as_mut() => {
-                return closing.unwrap_or_else(|| match ended {
-                    Ok(()) => CloseReason::Client,
-                    Err(e) if e.is_timeout() => CloseReason::ReadTimeout,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "DoH connection failed");
-                        CloseReason::Error
-                    }
-                });
+                return match (closing, ended) {
+                    // Whatever the way out, the reason it was asked to close.
+                    (Some(reason), _) => Ok(reason),
+                    (None, Ok(())) => Ok(CloseReason::Client),
+                    (None, Err(e)) => Err(e),
+                };
             }
             _ = &mut forced, if closing.is_some() => {
-                return closing.unwrap_or(CloseReason::Error);
+                return Ok(closing.unwrap_or(CloseReason::Error));
             }
             _ = &mut stopping, if closing.is_none() => CloseReason::Shutdown,
             _ = &mut too_old, if closing.is_none() => CloseReason::Retired,

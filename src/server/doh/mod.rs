@@ -5,13 +5,15 @@
 //! HTTP/2 server over the stream, [`exchange`] turns each request into a
 //! query for [`crate::server::respond::answer`] and its reply into a
 //! response, judged by the pure rules of [`request`]; [`activity`] tells
-//! the connection when it is idle.
+//! the connection when it is idle, and [`alert_first`] makes sure a TLS
+//! failure's alert reaches the client although hyper drops a failed stream.
 //!
 //! What differs from DoT stays here: status codes instead of closing, the
 //! message ID as the client sent it (0 for most GETs: restored like any
 //! other), `cache-control`, client IDs in the path, and no EDNS keepalive.
 
 pub mod activity;
+pub mod alert_first;
 pub mod connection;
 pub mod exchange;
 pub mod request;
