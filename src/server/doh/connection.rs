@@ -3,7 +3,9 @@
 //! limits DoT has (idle, read and write timeouts, in-flight requests,
 //! retirement, the drain) and those HTTP/2 needs against floods.
 //!
-//! hyper owns the framing; this module owns the connection's life. It
+//! hyper owns the framing; this module owns the connection's life. A
+//! request head or HTTP/2 frame begun and not finished within
+//! `--read-timeout` ([`super::watch`]) closes the connection at once. It
 //! closes gracefully (HTTP/2 GOAWAY, or the end of keep-alive on HTTP/1.1)
 //! when the connection has been idle, has lived `--max-connection-age`, or
 //! on shutdown (`--max-queries-per-connection` is DoT's: an HTTP client
@@ -26,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::activity::Activity;
 use super::exchange::{self, Context};
+use super::watch::Watched;
 use crate::metrics::stats::CloseReason;
 use crate::server::client::Client;
 use crate::server::connection::{retire_after, Shared};
@@ -81,6 +84,7 @@ where
         idle: timeouts.idle,
         close_within: timeouts.idle + LINGER,
         max_age: shared.max_age,
+        read: timeouts.read,
     };
     let ctx = Arc::new(Context {
         client,
@@ -89,16 +93,23 @@ where
     });
     let service = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
+        // An HTTP/1.1 request head is whole once hyper hands it over (on
+        // HTTP/2 the frames say so).
+        if protocol == Protocol::Http1 {
+            ctx.activity.message_ended();
+        }
         async move { Ok::<_, Infallible>(exchange::respond(req, &ctx).await) }
     });
-    let io = TokioIo::new(io);
+    let io = TokioIo::new(Watched::new(io, protocol, activity.clone()));
     match protocol {
         Protocol::Http1 => {
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
-                // A request's headers must arrive within the read timeout
-                // once begun (slow loris).
-                .header_read_timeout(timeouts.read)
+                // Not hyper's: it runs while a keep-alive connection waits
+                // for its next request too, and would close it at the read
+                // timeout instead of the idle timeout. The read timeout of
+                // a head begun is judged below (slow loris).
+                .header_read_timeout(None)
                 .keep_alive(true)
                 .max_buf_size(MAX_HTTP1_BUFFER)
                 .serve_connection(io, service);
@@ -134,11 +145,14 @@ struct Limits {
     /// From the decision to close to the connection's end, at most.
     close_within: Duration,
     max_age: Option<Duration>,
+    /// How long something the client began may take to finish.
+    read: Duration,
 }
 
 /// Drives `conn` until it ends, asking it to close gracefully at the first
 /// of the idle timeout, the maximum age or request count, or shutdown; it
-/// is dropped if it has not ended `close_within` after that.
+/// is dropped if it has not ended `close_within` after that, and at once
+/// when what the client began is not finished within the read timeout.
 async fn run<C>(
     conn: C,
     activity: &Activity,
@@ -156,6 +170,8 @@ where
     tokio::pin!(stopping);
     let idle = tokio::time::sleep(limits.idle);
     tokio::pin!(idle);
+    let unfinished = tokio::time::sleep(limits.read);
+    tokio::pin!(unfinished);
     // Far enough never to fire before it is set.
     let forced = tokio::time::sleep(Duration::from_secs(86_400 * 365));
     tokio::pin!(forced);
@@ -175,6 +191,17 @@ where
             }
             _ = &mut forced, if closing.is_some() => {
                 return closing.unwrap_or(CloseReason::Error);
+            }
+            _ = &mut unfinished => {
+                let now = Instant::now();
+                match activity.read_deadline(limits.read) {
+                    Some(deadline) if deadline <= now => return CloseReason::ReadTimeout,
+                    Some(deadline) => unfinished.as_mut().reset(deadline),
+                    // Looked at again when something begun now would run
+                    // out of time.
+                    None => unfinished.as_mut().reset(now + limits.read),
+                }
+                continue;
             }
             _ = &mut stopping, if closing.is_none() => CloseReason::Shutdown,
             _ = &mut too_old, if closing.is_none() => CloseReason::Retired,

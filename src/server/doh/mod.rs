@@ -5,7 +5,8 @@
 //! HTTP/2 server over the stream, [`exchange`] turns each request into a
 //! query for [`crate::server::respond::answer`] and its reply into a
 //! response, judged by the pure rules of [`request`]; [`activity`] tells
-//! the connection when it is idle.
+//! the connection when it is idle, and [`watch`] when the client has begun
+//! something it has not finished (the read timeout).
 //!
 //! What differs from DoT stays here: status codes instead of closing, the
 //! message ID as the client sent it (0 for most GETs: restored like any
@@ -15,5 +16,6 @@ pub mod activity;
 pub mod connection;
 pub mod exchange;
 pub mod request;
+pub mod watch;
 
 pub use connection::{serve, Protocol};
