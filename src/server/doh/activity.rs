@@ -2,7 +2,8 @@
 //! ended: what its idle timer judges by. HTTP has no DNS framing to watch,
 //! so a connection is idle when no request is being answered and none has
 //! ended for the idle timeout (a client's PINGs or half-sent headers do not
-//! keep it open).
+//! keep it open). It also holds when the client began a request head that
+//! has not ended yet (see [`super::watch`]), which the read timeout judges.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -15,6 +16,10 @@ pub struct Activity {
     active: AtomicUsize,
     /// Milliseconds from `start` to the end of the latest request.
     last_end_ms: AtomicU64,
+    /// One more than the milliseconds from `start` to the first byte of a
+    /// request head (HTTP/1.1) or header block or frame (HTTP/2) not yet
+    /// complete; 0 when there is none.
+    begun_ms: AtomicU64,
 }
 
 impl Activity {
@@ -23,6 +28,38 @@ impl Activity {
             start: Instant::now(),
             active: AtomicUsize::new(0),
             last_end_ms: AtomicU64::new(0),
+            begun_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether a request is being answered.
+    pub fn is_busy(&self) -> bool {
+        self.active.load(Ordering::Relaxed) > 0
+    }
+
+    /// The client has begun something that must be complete within the
+    /// read timeout; an earlier beginning not yet ended is kept.
+    pub fn message_begun(&self) {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        let _ = self.begun_ms.compare_exchange(
+            0,
+            now.saturating_add(1),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// What the client began is complete.
+    pub fn message_ended(&self) {
+        self.begun_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// When what the client began runs out of `read` time, if it began
+    /// something not yet complete.
+    pub fn read_deadline(&self, read: std::time::Duration) -> Option<Instant> {
+        match self.begun_ms.load(Ordering::Relaxed) {
+            0 => None,
+            begun => Some(self.start + std::time::Duration::from_millis(begun - 1) + read),
         }
     }
 
@@ -81,5 +118,23 @@ mod tests {
             activity.idle_deadline(idle),
             Some(start + Duration::from_secs(40))
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_read_deadline_counts_from_the_first_beginning() {
+        let activity = Activity::new();
+        let start = Instant::now();
+        let read = Duration::from_secs(5);
+        assert_eq!(activity.read_deadline(read), None);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        activity.message_begun();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        activity.message_begun();
+        assert_eq!(
+            activity.read_deadline(read),
+            Some(start + Duration::from_secs(7))
+        );
+        activity.message_ended();
+        assert_eq!(activity.read_deadline(read), None);
     }
 }

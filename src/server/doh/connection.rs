@@ -3,7 +3,9 @@
 //! limits DoT has (idle, read and write timeouts, in-flight requests,
 //! retirement, the drain) and those HTTP/2 needs against floods.
 //!
-//! hyper owns the framing; this module owns the connection's life. It
+//! hyper owns the framing; this module owns the connection's life. A
+//! request head or HTTP/2 frame begun and not finished within
+//! `--read-timeout` ([`super::watch`]) closes the connection at once. It
 //! closes gracefully (HTTP/2 GOAWAY, or the end of keep-alive on HTTP/1.1)
 //! when the connection has been idle, has lived `--max-connection-age`, or
 //! on shutdown (`--max-queries-per-connection` is DoT's: an HTTP client
@@ -27,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::activity::Activity;
 use super::alert_first::AlertFirst;
 use super::exchange::{self, Context};
+use super::watch::Watched;
 use crate::metrics::stats::CloseReason;
 use crate::server::client::Client;
 use crate::server::connection::{retire_after, Shared};
@@ -82,6 +85,7 @@ where
         idle: timeouts.idle,
         close_within: timeouts.idle + LINGER,
         max_age: shared.max_age,
+        read: timeouts.read,
     };
     let ctx = Arc::new(Context {
         client,
@@ -90,16 +94,27 @@ where
     });
     let service = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
+        // An HTTP/1.1 request head is whole once hyper hands it over (on
+        // HTTP/2 the frames say so).
+        if protocol == Protocol::Http1 {
+            ctx.activity.message_ended();
+        }
         async move { Ok::<_, Infallible>(exchange::respond(req, &ctx).await) }
     });
-    let io = TokioIo::new(AlertFirst::new(io, shared.stats.clone()));
+    let io = TokioIo::new(Watched::new(
+        AlertFirst::new(io, shared.stats.clone()),
+        protocol,
+        activity.clone(),
+    ));
     let ended = match protocol {
         Protocol::Http1 => {
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
-                // A request's headers must arrive within the read timeout
-                // once begun (slow loris).
-                .header_read_timeout(timeouts.read)
+                // Not hyper's: it runs while a keep-alive connection waits
+                // for its next request too, and would close it at the read
+                // timeout instead of the idle timeout. The read timeout of
+                // a head begun is judged below (slow loris).
+                .header_read_timeout(None)
                 .keep_alive(true)
                 .max_buf_size(MAX_HTTP1_BUFFER)
                 .serve_connection(io, service);
@@ -146,12 +161,15 @@ struct Limits {
     /// From the decision to close to the connection's end, at most.
     close_within: Duration,
     max_age: Option<Duration>,
+    /// How long something the client began may take to finish.
+    read: Duration,
 }
 
 /// Drives `conn` until it ends, asking it to close gracefully at the first
 /// of the idle timeout, the maximum age, or shutdown; it is dropped if it
-/// has not ended `close_within` after that. The error of a connection that
-/// failed before any of those is returned.
+/// has not ended `close_within` after that, and at once when what the
+/// client began is not finished within the read timeout. The error of a
+/// connection that failed before any of those is returned.
 async fn run<C>(
     conn: C,
     activity: &Activity,
@@ -169,6 +187,8 @@ where
     tokio::pin!(stopping);
     let idle = tokio::time::sleep(limits.idle);
     tokio::pin!(idle);
+    let unfinished = tokio::time::sleep(limits.read);
+    tokio::pin!(unfinished);
     // Far enough never to fire before it is set.
     let forced = tokio::time::sleep(Duration::from_secs(86_400 * 365));
     tokio::pin!(forced);
@@ -186,6 +206,17 @@ where
             }
             _ = &mut forced, if closing.is_some() => {
                 return Ok(closing.unwrap_or(CloseReason::Error));
+            }
+            _ = &mut unfinished => {
+                let now = Instant::now();
+                match activity.read_deadline(limits.read) {
+                    Some(deadline) if deadline <= now => return Ok(CloseReason::ReadTimeout),
+                    Some(deadline) => unfinished.as_mut().reset(deadline),
+                    // Looked at again when something begun now would run
+                    // out of time.
+                    None => unfinished.as_mut().reset(now + limits.read),
+                }
+                continue;
             }
             _ = &mut stopping, if closing.is_none() => CloseReason::Shutdown,
             _ = &mut too_old, if closing.is_none() => CloseReason::Retired,

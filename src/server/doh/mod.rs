@@ -5,8 +5,9 @@
 //! HTTP/2 server over the stream, [`exchange`] turns each request into a
 //! query for [`crate::server::respond::answer`] and its reply into a
 //! response, judged by the pure rules of [`request`]; [`activity`] tells
-//! the connection when it is idle, and [`alert_first`] makes sure a TLS
-//! failure's alert reaches the client although hyper drops a failed stream.
+//! the connection when it is idle, and [`watch`] when the client has begun
+//! something it has not finished (the read timeout); [`alert_first`] makes
+//! sure a TLS failure is counted and its alert sent whatever hyper does.
 //!
 //! What differs from DoT stays here: status codes instead of closing, the
 //! message ID as the client sent it (0 for most GETs: restored like any
@@ -17,5 +18,6 @@ pub mod alert_first;
 pub mod connection;
 pub mod exchange;
 pub mod request;
+pub mod watch;
 
 pub use connection::{serve, Protocol};
