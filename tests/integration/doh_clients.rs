@@ -455,3 +455,72 @@ async fn curl_doh_url_resolves_a_page_through_dotgate() {
     assert_eq!(page.served(), 1);
     assert_eq!(up.received().len(), asked_before);
 }
+
+// ---------- h2load ----------
+
+/// The figure before `label` on h2load's summary line that starts with
+/// `line`: in "requests: 20000 total, ... 0 failed, 0 errored", the one
+/// before "failed" is 0.
+fn h2load_figure(stdout: &str, line: &str, label: &str) -> u64 {
+    let summary = stdout
+        .lines()
+        .find(|l| l.starts_with(line))
+        .unwrap_or_else(|| panic!("no {line:?} line in h2load's output:\n{stdout}"));
+    let words: Vec<&str> = summary
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|w| !w.is_empty())
+        .collect();
+    words
+        .windows(2)
+        .find(|pair| pair[1] == label)
+        .and_then(|pair| pair[0].parse().ok())
+        .unwrap_or_else(|| panic!("no figure for {label:?} in {summary:?}"))
+}
+
+/// h2load (nghttp2's load generator): 20,000 POSTs over 16 HTTP/2
+/// connections with 32 streams each; every one answered with a 2xx, none
+/// failed or errored, and each went to the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs h2load (package nghttp2-client); run with --include-ignored"]
+async fn h2load_20000_posts_all_answered() {
+    const REQUESTS: u64 = 20_000;
+    let h2load = tool("h2load", "nghttp2-client");
+    let up = Upstream::start().await;
+    let server = DohProcess::start(up.addr, &[]).await;
+    let dir = crate::harness::TempDir::new();
+    let body = dir.path().join("query.bin");
+    std::fs::write(
+        &body,
+        encode(&query(0, "load.h2load.doh.test.", RecordType::A)),
+    )
+    .unwrap();
+    let mut command = Command::new(h2load);
+    command
+        .args(["-n", &REQUESTS.to_string(), "-c", "16", "-m", "32", "-d"])
+        .arg(&body)
+        .args([
+            "-H",
+            "content-type: application/dns-message",
+            // Bounds the run: no request may wait longer than this.
+            "--connection-inactivity-timeout=30",
+        ])
+        .arg(server.url());
+    let started = Instant::now();
+    let stdout = run_ok(command, &server.server).await;
+    let took = started.elapsed();
+    let figure = |line, label| h2load_figure(&stdout, line, label);
+    assert_eq!(figure("requests:", "total"), REQUESTS, "{stdout}");
+    assert_eq!(figure("requests:", "succeeded"), REQUESTS, "{stdout}");
+    assert_eq!(figure("requests:", "failed"), 0, "{stdout}");
+    assert_eq!(figure("requests:", "errored"), 0, "{stdout}");
+    assert_eq!(figure("requests:", "timeout"), 0, "{stdout}");
+    assert_eq!(figure("status codes:", "2xx"), REQUESTS, "{stdout}");
+    assert_eq!(up.received().len() as u64, REQUESTS);
+    eprintln!(
+        "h2load: {REQUESTS} POSTs in {took:?}\n{}",
+        stdout
+            .lines()
+            .find(|l| l.starts_with("finished in"))
+            .unwrap_or_default()
+    );
+}
