@@ -335,6 +335,150 @@ async fn curl_sees_every_error_status() {
     );
 }
 
+/// One HTTP/2 frame as read off the wire.
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+/// HTTP/2 frame types and flags this test uses (RFC 9113 section 6).
+const DATA: u8 = 0;
+const HEADERS: u8 = 1;
+const RST_STREAM: u8 = 3;
+const SETTINGS: u8 = 4;
+const WINDOW_UPDATE: u8 = 8;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const ACK: u8 = 0x1;
+
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap();
+    let mut out = len.to_be_bytes()[1..].to_vec();
+    out.extend([kind, flags]);
+    out.extend(stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Reads the next frame (within [`crate::harness::REPLY_WAIT`]),
+/// acknowledging the server's SETTINGS on the way.
+async fn next_frame<S>(io: &mut S) -> Frame
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let read = async {
+        loop {
+            let mut head = [0u8; 9];
+            io.read_exact(&mut head).await?;
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            io.read_exact(&mut payload).await?;
+            let frame = Frame {
+                kind: head[3],
+                flags: head[4],
+                stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
+                payload,
+            };
+            if frame.kind == SETTINGS && frame.flags & ACK == 0 {
+                io.write_all(&h2_frame(SETTINGS, ACK, 0, &[])).await?;
+                continue;
+            }
+            return Ok::<_, std::io::Error>(frame);
+        }
+    };
+    tokio::time::timeout(crate::harness::REPLY_WAIT, read)
+        .await
+        .expect("a frame in time")
+        .expect("the connection stays open")
+}
+
+/// What curl 7.88 needs to show a refusal over HTTP/2: the refusal of a
+/// request whose body is still coming (a PUT, here) is sent once the body
+/// has ended, not before with a reset stream, which curl reports as "Stream
+/// error in the HTTP/2 framing layer" (exit 92) instead of the status.
+/// Spoken frame by frame, so that the order is seen: the server reads the
+/// first part of the body (its WINDOW_UPDATE for the stream) before it
+/// answers, and answers after the body ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_waits_for_the_request_body_over_http2() {
+    use hickory_proto::rr::RecordType as T;
+    let up = Upstream::start().await;
+    let server = crate::harness::Server::start_doh(up.addr, &[]).await;
+    let tcp = TcpStream::connect(server.doh.expect("a DoH listener"))
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from(TLS_NAME).unwrap();
+    let mut io = tokio_rustls::TlsConnector::from(crate::doh::tls_client(&server.pki, &[b"h2"]))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+
+    // HPACK without Huffman: :method PUT (name index 2), :scheme https
+    // (index 7), :path (name index 4), :authority (name index 1),
+    // content-type (name index 31).
+    let literal = |prefix: &[u8], value: &str| {
+        let mut out = prefix.to_vec();
+        out.push(u8::try_from(value.len()).unwrap());
+        out.extend_from_slice(value.as_bytes());
+        out
+    };
+    let mut block = literal(&[0x02], "PUT");
+    block.push(0x87);
+    block.extend(literal(&[0x04], PATH));
+    block.extend(literal(&[0x01], TLS_NAME));
+    block.extend(literal(&[0x0f, 0x10], "application/dns-message"));
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(h2_frame(SETTINGS, 0, 0, &[]));
+    hello.extend(h2_frame(HEADERS, END_HEADERS, 1, &block));
+    // 40,000 bytes of body (more than half the stream window, so that a
+    // server that reads them says so), the end not yet sent.
+    let mut body = encode(&query(0, "put.doh.test.", T::A));
+    body.resize(40_000, 0);
+    for chunk in body.chunks(16_384) {
+        hello.extend(h2_frame(DATA, 0, 1, chunk));
+    }
+    io.write_all(&hello).await.unwrap();
+    io.flush().await.unwrap();
+
+    let first = loop {
+        let frame = next_frame(&mut io).await;
+        if frame.stream == 1 {
+            break frame;
+        }
+    };
+    assert_eq!(
+        first.kind, WINDOW_UPDATE,
+        "while the body was still coming the server sent frame type {} (1: HEADERS, 3: RST_STREAM) on the stream",
+        first.kind
+    );
+
+    io.write_all(&h2_frame(DATA, END_STREAM, 1, &[]))
+        .await
+        .unwrap();
+    io.flush().await.unwrap();
+    let mut reply = Vec::new();
+    let mut headers = false;
+    loop {
+        let frame = next_frame(&mut io).await;
+        if frame.stream != 1 {
+            continue;
+        }
+        assert_ne!(frame.kind, RST_STREAM, "the refusal was reset");
+        headers |= frame.kind == HEADERS;
+        if frame.kind == DATA {
+            reply.extend_from_slice(&frame.payload);
+        }
+        if frame.flags & END_STREAM != 0 {
+            break;
+        }
+    }
+    assert!(headers);
+    assert_eq!(reply, b"only GET and POST are served here\n");
+    assert!(up.received().is_empty());
+}
+
 /// A web server on 127.0.0.1 that answers every request with [`PAGE_TEXT`]
 /// and keeps the head of each request it served.
 struct Page {
