@@ -14,6 +14,7 @@ mod check;
 mod config;
 mod deploy;
 mod doh;
+mod doh_clients;
 mod doh_hostile;
 mod edns;
 mod faults;

@@ -38,8 +38,8 @@
 //! A test can also stop and restart the upstream on the same port
 //! ([`Upstream::stop`], [`Upstream::restart`]: queries in flight are never
 //! answered), reset its TCP connections ([`Upstream::reset_tcp`]), slow every
-//! reply ([`Upstream::set_delay`]) and fix the A answer of a name
-//! ([`Upstream::set_address`]).
+//! reply ([`Upstream::set_delay`]) and fix the address of a name (its A
+//! answer, and no AAAA: [`Upstream::set_address`]).
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -248,7 +248,9 @@ impl Upstream {
             .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
-    /// Answers A queries for `name` with `ip` and this TTL.
+    /// Answers A queries for `name` with `ip` and this TTL, and AAAA
+    /// queries with no address (NODATA): a client that takes both connects
+    /// to `ip` only.
     pub fn set_address(&self, name: &str, ip: Ipv4Addr, ttl: u32) {
         self.state
             .addresses
@@ -555,9 +557,12 @@ fn receive(state: &State, bytes: &[u8], transport: Transport, source_port: u16) 
     }
     let name = lower_fqdn(&q.name().to_ascii());
     let fixed = state.addresses.lock().unwrap().get(&name).copied();
-    if let (Some((ip, ttl)), RecordType::A) = (fixed, q.query_type()) {
+    let rtype = q.query_type();
+    if let (Some((ip, ttl)), RecordType::A | RecordType::AAAA) = (fixed, rtype) {
         let mut reply = reply_to(&query);
-        reply.add_answer(Record::from_rdata(q.name().clone(), ttl, RData::A(A(ip))));
+        if rtype == RecordType::A {
+            reply.add_answer(Record::from_rdata(q.name().clone(), ttl, RData::A(A(ip))));
+        }
         state.log.lock().unwrap().push(Received {
             transport,
             id: query.metadata.id,

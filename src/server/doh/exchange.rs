@@ -8,6 +8,7 @@ use std::sync::Arc;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::http::request::Parts;
 use hyper::{Request, Response, StatusCode};
 
 use super::activity::Activity;
@@ -33,10 +34,15 @@ pub struct Context {
 /// Answers one request; never fails (every refusal is a status).
 pub async fn respond(req: Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> {
     let _busy = ctx.activity.begin();
-    let response = match dns_reply(req, ctx).await {
+    let (parts, body) = req.into_parts();
+    let mut body = Some(body);
+    let response = match dns_reply(&parts, &mut body, ctx).await {
         Ok(reply) => dns_response(reply),
         Err(refusal) => {
             tracing::debug!(client = %ctx.client, status = refusal.status(), error = %refusal, "DoH request refused");
+            if let Some(unread) = body.filter(|_| refusal != Refusal::TooLarge) {
+                drain(unread, ctx.shared.timeouts.read).await;
+            }
             refusal_response(refusal)
         }
     };
@@ -46,10 +52,15 @@ pub async fn respond(req: Request<Incoming>, ctx: &Context) -> Response<Full<Byt
     response
 }
 
-/// The DNS reply to a request, or why there is none.
-async fn dns_reply(req: Request<Incoming>, ctx: &Context) -> Result<Vec<u8>, Refusal> {
+/// The DNS reply to a request, or why there is none. A POST's body is
+/// taken from `body` when it is read; a refusal made before leaves it there.
+async fn dns_reply(
+    req: &Parts,
+    body: &mut Option<Incoming>,
+    ctx: &Context,
+) -> Result<Vec<u8>, Refusal> {
     let shared = &*ctx.shared;
-    let route = request::route(&shared.doh_path, req.uri().path())?;
+    let route = request::route(&shared.doh_path, req.uri.path())?;
     let path_id = match route {
         Route::Plain => None,
         Route::WithId(id) => Some(id),
@@ -64,10 +75,10 @@ async fn dns_reply(req: Request<Incoming>, ctx: &Context) -> Result<Vec<u8>, Ref
             return Err(Refusal::NotFound);
         }
     };
-    let message = match Method::of(req.method().as_str())? {
-        Method::Get => request::get_message(req.uri().query())?,
+    let message = match Method::of(req.method.as_str())? {
+        Method::Get => request::get_message(req.uri.query())?,
         Method::Post => {
-            let headers = req.headers();
+            let headers = &req.headers;
             if !request::is_dns_message(headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes)) {
                 return Err(Refusal::UnsupportedMediaType);
             }
@@ -78,7 +89,10 @@ async fn dns_reply(req: Request<Incoming>, ctx: &Context) -> Result<Vec<u8>, Ref
             if announced.is_some_and(|len| len > MAX_MESSAGE as u64) {
                 return Err(Refusal::TooLarge);
             }
-            read_body(req.into_body(), shared.timeouts.read).await?
+            match body.take() {
+                Some(body) => read_body(body, shared.timeouts.read).await?,
+                None => return Err(Refusal::BadMessage),
+            }
         }
     };
     request::check_message(&message)?;
@@ -110,6 +124,18 @@ async fn read_body(body: Incoming, limit: std::time::Duration) -> Result<Vec<u8>
         // read the status, which says so all the same.
         Err(_) => Err(Refusal::BadMessage),
     }
+}
+
+/// Reads and drops what is left of the body of a refused request (at most
+/// [`MAX_MESSAGE`] bytes, within the read timeout) before the refusal is
+/// sent. Answering while the body is still coming is allowed (RFC 9113
+/// section 8.1: the server then resets the stream with NO_ERROR), but curl
+/// 7.88 (Debian 12's) takes that reset for an error and shows "Stream error
+/// in the HTTP/2 framing layer" instead of the status; on HTTP/1.1, an
+/// unread body ends the keep-alive. A body that is too large, or too slow,
+/// is left as it is.
+async fn drain(body: Incoming, limit: std::time::Duration) {
+    let _ = tokio::time::timeout(limit, Limited::new(body, MAX_MESSAGE).collect()).await;
 }
 
 /// 200 with the reply; cacheable for its smallest TTL when it is an
