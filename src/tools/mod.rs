@@ -1,9 +1,11 @@
 //! The subcommands besides `serve`: [`query`] (`dotgate query`, a
-//! pipelining DoT client), [`check`] (`dotgate check`, a probe of a DoT
-//! server) and [`validate`] (`dotgate serve --check-config`). Built on
-//! [`crate::proto`], [`crate::tls`] and [`crate::config`], never on
-//! [`crate::server`].
+//! pipelining DoT client that also speaks DoH), [`check`] (`dotgate check`,
+//! a probe of a DoT or DoH server) and [`validate`] (`dotgate serve
+//! --check-config`); [`doh`] is the HTTPS client both use for `https://`
+//! servers. Built on [`crate::proto`], [`crate::tls`] and
+//! [`crate::config`], never on [`crate::server`].
 
 pub mod check;
+pub mod doh;
 pub mod query;
 pub mod validate;
