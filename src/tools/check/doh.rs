@@ -70,7 +70,15 @@ pub async fn run(opts: &Options, path: &str) -> Result<Report, ClientError> {
     };
 
     let (check, addrs) = super::resolve_step(opts, &budget).await;
-    checks.push(check);
+    checks.push(match opts.host.parse::<std::net::IpAddr>() {
+        // The DoT wording speaks of Android's setting, which is not DoH's.
+        Ok(ip) if opts.address.is_none() => Check::pass(
+            "resolve",
+            DOH,
+            format!("{ip} is an address: nothing to resolve"),
+        ),
+        _ => check,
+    });
     if addrs.is_empty() {
         return Ok(finish(target, checks, "not run: no address to connect to"));
     }
@@ -644,6 +652,52 @@ mod tests {
         let answered = status(200);
         assert_eq!(answered.status, Status::Warn);
         assert!(answered.reason.contains("an answer"));
+    }
+
+    #[test]
+    fn options_and_report_name_the_url() {
+        let o = Options::new(
+            "https://[::1]:8443/dns-query/kid",
+            None,
+            Trust::Insecure,
+            None,
+            true,
+        )
+        .unwrap();
+        assert_eq!((o.host.as_str(), o.port), ("::1", 8443));
+        assert_eq!(o.doh_path.as_deref(), Some("/dns-query/kid"));
+        assert_eq!(o.tls_name, "::1");
+        assert!(Options::new("https://dns.example:x/", None, Trust::Insecure, None, true).is_err());
+        let dot = Options::new("dns.example", None, Trust::Insecure, None, true).unwrap();
+        assert_eq!(dot.doh_path, None);
+
+        let target = Target {
+            host: "::1".into(),
+            port: 8443,
+            tls_name: "dns.test".into(),
+            address: None,
+            quick: true,
+            doh_path: Some("/dns-query".into()),
+        };
+        let report = Report::new(
+            target,
+            vec![
+                Check::pass("post", DOH, "ok"),
+                Check::pass("alpn", DOH, "ok"),
+            ],
+            Duration::ZERO,
+        );
+        let text = report.to_text();
+        assert!(
+            text.starts_with("dotgate check https://[::1]:8443/dns-query (TLS name dns.test"),
+            "{text}"
+        );
+        // DoH order, and the one DoH summary.
+        assert!(text.find("PASS alpn").unwrap() < text.find("PASS post").unwrap());
+        assert!(text.contains("\nDoH clients (browsers, Windows 11, iOS and macOS): should work\n"));
+        let json = report.to_json();
+        assert_eq!(json["target"]["url"], "https://[::1]:8443/dns-query");
+        assert_eq!(json["summary"].as_array().unwrap().len(), 1);
     }
 
     #[test]
