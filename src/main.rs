@@ -15,6 +15,7 @@ use tracing_subscriber::EnvFilter;
 use dotgate::config::cli::{CheckArgs, Cli, Command, QueryArgs, ServeArgs};
 use dotgate::config::{system_resolver, Config, UpstreamSpec};
 use dotgate::server::{Listener, ListenerKind};
+use dotgate::tools::doh::{self, DohClient, DohUrl};
 use dotgate::tools::manual;
 use dotgate::tools::query::{self, ServerSpec, Trust};
 
@@ -243,17 +244,37 @@ async fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
         Some((server, words)) if server.starts_with('@') => (server, words),
         _ => bail!("the first argument must be the server, written @SERVER[:PORT]"),
     };
-    let spec: ServerSpec = server.parse()?;
+    // `@https://...`: DoH; anything else is a DoT server.
+    let doh_url = match server.strip_prefix('@') {
+        Some(url) if DohUrl::is_url(url) => Some(url.parse::<DohUrl>()?),
+        _ => None,
+    };
+    let spec: ServerSpec = match &doh_url {
+        Some(url) => ServerSpec {
+            host: url.host.clone(),
+            port: url.port,
+        },
+        None => server.parse()?,
+    };
     let questions = query::parse_questions(words)?;
     if questions.is_empty() {
         bail!("no question: give at least one NAME after the server");
+    }
+    if args.get && doh_url.is_none() {
+        bail!("--get is for DoH servers (@https://HOST[:PORT]/PATH)");
     }
     let trust = match (&args.ca, args.insecure) {
         (_, true) => Trust::Insecure,
         (Some(path), false) => Trust::Ca(path.clone()),
         (None, false) => Trust::System,
     };
-    let config = query::client_config(&trust)?;
+    let config = match &doh_url {
+        Some(_) => doh::for_https(query::tls_config(
+            &trust,
+            &[&rustls::version::TLS13, &rustls::version::TLS12],
+        )?),
+        None => query::client_config(&trust)?,
+    };
     let tls_name = args.tls_name.clone().unwrap_or_else(|| spec.host.clone());
     let limit = args.timeout.0;
     let addrs = match &args.bootstrap {
@@ -288,10 +309,24 @@ async fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
                 continue;
             }
         };
-        let answers = query::pipeline(stream, &questions, limit).await?;
+        let (answers, transport) = match &doh_url {
+            None => (
+                query::pipeline(stream, &questions, limit).await?,
+                "TLS".to_string(),
+            ),
+            Some(url) => {
+                let client = tokio::time::timeout(limit, DohClient::start(stream, url))
+                    .await
+                    .map_err(|_| query::ClientError::Timeout)??;
+                (
+                    query::ask_https(&client, &questions, args.get, limit).await?,
+                    format!("{url}, {}", client.version.label()),
+                )
+            }
+        };
         let mut missing = 0;
         for answer in &answers {
-            print!("{}", query::format_answer(answer, addr));
+            print!("{}", query::format_answer(answer, addr, &transport));
             println!();
             missing += usize::from(answer.reply.is_none());
         }

@@ -37,10 +37,12 @@ pub struct Cli {
 pub enum Command {
     /// Accept DNS-over-TLS connections and forward queries to an upstream resolver.
     Serve(Box<ServeArgs>),
-    /// Send queries to a DoT server, pipelined over one connection, and print the replies.
+    /// Send queries to a DoT server (pipelined over one connection) or a DoH
+    /// server (`@https://HOST[:PORT]/PATH`, one HTTP/2 stream each), and print the replies.
     Query(QueryArgs),
     /// Check a DoT server (dotgate or any other) the way Android, stubby and
-    /// systemd-resolved connect, and say what will fail and why.
+    /// systemd-resolved connect, or a DoH server (`https://HOST[:PORT]/PATH`) the
+    /// way browsers do, and say what will fail and why.
     Check(CheckArgs),
     /// Print a completion script for SHELL on stdout, e.g.
     /// `dotgate completions bash > /etc/bash_completion.d/dotgate`.
@@ -357,15 +359,23 @@ pub struct QueryArgs {
     #[arg(long, value_name = "IP[:PORT]")]
     pub bootstrap: Option<String>,
 
-    /// `@SERVER[:PORT]` (port 853 by default), then `NAME [TYPE]` pairs; TYPE defaults to A.
+    /// Over DoH, ask with GET requests (ID 0, cacheable) instead of POST.
+    #[arg(long)]
+    pub get: bool,
+
+    /// `@SERVER[:PORT]` (DoT, port 853 by default) or `@https://HOST[:PORT]/PATH`
+    /// (DoH, port 443 and `/dns-query` by default), then `NAME [TYPE]` pairs; TYPE
+    /// defaults to A.
     #[arg(required = true, num_args = 2.., value_name = "@SERVER[:PORT] NAME [TYPE]")]
     pub args: Vec<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// The server: `HOST[:PORT]` (port 853 by default); HOST is a name or an address.
-    #[arg(value_name = "HOST[:PORT]")]
+    /// The server: `HOST[:PORT]` for DoT (port 853 by default), or
+    /// `https://HOST[:PORT]/PATH` for DoH (port 443 and `/dns-query` by default);
+    /// HOST is a name or an address.
+    #[arg(value_name = "HOST[:PORT] | https://HOST[:PORT]/PATH")]
     pub server: String,
 
     /// The name the certificate must cover (default: HOST), as set in Android's

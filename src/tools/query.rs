@@ -1,6 +1,8 @@
-//! The DoT client behind `dotgate query`: one verified TLS connection, every
-//! question sent at once without waiting (pipelining, as RFC 7858 intends),
-//! replies matched by ID in whatever order they arrive.
+//! The client behind `dotgate query`: one verified TLS connection, every
+//! question sent at once without waiting, replies matched by ID and
+//! question. Over DoT the questions are pipelined (as RFC 7858 intends) and
+//! replies taken in whatever order they arrive; over DoH ([`ask_https`])
+//! each is its own request, HTTP/2 streams side by side.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -20,6 +22,7 @@ pub use crate::tls::client::{
     client_config, dial, handshake, roots_from_file, system_roots, tls_config, DialError, Trust,
     TrustError,
 };
+use crate::tools::doh::{DohClient, HttpReply};
 
 /// Port of DNS over TLS (RFC 7858 §3.1).
 pub const DOT_PORT: u16 = 853;
@@ -145,6 +148,25 @@ pub struct Answer {
     pub question: Question,
     /// The reply and the time from sending all queries to its arrival.
     pub reply: Option<(Message, Duration)>,
+    /// Why there is no reply, when more is known than that none came (an
+    /// HTTP status, a content type).
+    pub failure: Option<String>,
+}
+
+/// The query for `q` with ID `id` and RD set, and the wire bytes of its
+/// question (to match the reply's against).
+fn encode_question(q: &Question, id: u16) -> Result<(Vec<u8>, Vec<u8>), ClientError> {
+    let mut msg = Message::query();
+    msg.metadata.id = id;
+    msg.metadata.recursion_desired = true;
+    msg.add_query(Query::query(q.name.clone(), q.rtype));
+    let bytes = msg
+        .to_vec()
+        .map_err(|e| ClientError::Encode(e.to_string()))?;
+    let question = dns::parse_query(&bytes)
+        .map(|info| bytes[info.question].to_vec())
+        .map_err(|e| ClientError::Encode(e.to_string()))?;
+    Ok((bytes, question))
 }
 
 /// Sends every question at once over `stream`, then reads replies until all
@@ -160,17 +182,8 @@ pub async fn pipeline(
     let first_id: u16 = rand::random();
     for (index, q) in questions.iter().enumerate() {
         let id = first_id.wrapping_add(index as u16);
-        let mut msg = Message::query();
-        msg.metadata.id = id;
-        msg.metadata.recursion_desired = true;
-        msg.add_query(Query::query(q.name.clone(), q.rtype));
-        let bytes = msg
-            .to_vec()
-            .map_err(|e| ClientError::Encode(e.to_string()))?;
+        let (bytes, question) = encode_question(q, id)?;
         out.extend_from_slice(&dns::frame(&bytes));
-        let question = dns::parse_query(&bytes)
-            .map(|info| bytes[info.question].to_vec())
-            .map_err(|e| ClientError::Encode(e.to_string()))?;
         waiting.insert(id, (index, question));
     }
     let (read_half, mut write_half) = tokio::io::split(stream);
@@ -182,6 +195,7 @@ pub async fn pipeline(
         .map(|q| Answer {
             question: q.clone(),
             reply: None,
+            failure: None,
         })
         .collect();
     let mut reader: FrameReader<ReadHalf<_>> = FrameReader::new(read_half);
@@ -214,12 +228,101 @@ pub async fn pipeline(
     Ok(answers)
 }
 
-/// Formats one answer the way dig does, closely enough for a person to read.
-pub fn format_answer(answer: &Answer, server: SocketAddr) -> String {
+/// Asks every question over DoH at once, one request each, HTTP/2 streams
+/// side by side (HTTP/1.1 requests one after the other): POSTs with
+/// distinct IDs, or with `get` GETs with ID 0, as RFC 8484 §4.1 advises for
+/// HTTP caches. A reply counts when it is a 200 of type
+/// `application/dns-message` with the request's ID and question; what else
+/// came is said in [`Answer::failure`]. Every request ends within `timeout`.
+pub async fn ask_https(
+    client: &DohClient,
+    questions: &[Question],
+    get: bool,
+    timeout: Duration,
+) -> Result<Vec<Answer>, ClientError> {
+    let first_id: u16 = rand::random();
+    let mut asks = Vec::with_capacity(questions.len());
+    for (index, q) in questions.iter().enumerate() {
+        let id = if get {
+            0
+        } else {
+            first_id.wrapping_add(index as u16)
+        };
+        asks.push((q, encode_question(q, id)?));
+    }
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let asks = asks.into_iter().map(|(q, (bytes, question))| async move {
+        let sent = async {
+            if get {
+                client.get(&bytes).await
+            } else {
+                client.post(&bytes).await
+            }
+        };
+        let outcome = match tokio::time::timeout_at(deadline, sent).await {
+            Ok(Ok(reply)) => https_reply(&reply, &bytes, &question),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no response within {} ms", timeout.as_millis())),
+        };
+        match outcome {
+            Ok(msg) => Answer {
+                question: q.clone(),
+                reply: Some((msg, started.elapsed())),
+                failure: None,
+            },
+            Err(why) => Answer {
+                question: q.clone(),
+                reply: None,
+                failure: Some(why),
+            },
+        }
+    });
+    Ok(futures_util::future::join_all(asks).await)
+}
+
+/// The DNS reply in an HTTP response to `query`, or what is wrong with it.
+fn https_reply(reply: &HttpReply, query: &[u8], question: &[u8]) -> Result<Message, String> {
+    if reply.status != 200 {
+        return Err(format!(
+            "HTTP status {} ({})",
+            reply.status,
+            reply.content_type.as_deref().unwrap_or("no content-type")
+        ));
+    }
+    if !reply.is_dns_message() {
+        return Err(format!(
+            "HTTP 200 of content-type {}, not {}",
+            reply.content_type.as_deref().unwrap_or("(none)"),
+            crate::tools::doh::DNS_MESSAGE
+        ));
+    }
+    let id = dns::id(query);
+    if reply.body.len() < dns::HEADER_LEN || dns::id(&reply.body) != id {
+        return Err(format!(
+            "the reply does not carry the query's ID {id} (RFC 8484 §4.1)"
+        ));
+    }
+    if dns::match_reply(&reply.body, question) == dns::ReplyMatch::Mismatch {
+        return Err("the reply is not for the question asked".into());
+    }
+    Message::from_vec(&reply.body).map_err(|e| format!("the reply does not parse: {e}"))
+}
+
+/// Formats one answer the way dig does, closely enough for a person to
+/// read; `transport` names how it came (`TLS`, `HTTPS, HTTP/2`).
+pub fn format_answer(answer: &Answer, server: SocketAddr, transport: &str) -> String {
     let mut s = String::new();
     let q = &answer.question;
     let Some((msg, elapsed)) = &answer.reply else {
-        let _ = writeln!(s, ";; {} {}: no reply", q.name, q.rtype);
+        match &answer.failure {
+            Some(why) => {
+                let _ = writeln!(s, ";; {} {}: no reply: {why}", q.name, q.rtype);
+            }
+            None => {
+                let _ = writeln!(s, ";; {} {}: no reply", q.name, q.rtype);
+            }
+        }
         return s;
     };
     let h = &msg.metadata;
@@ -273,7 +376,7 @@ pub fn format_answer(answer: &Answer, server: SocketAddr) -> String {
         }
     }
     let _ = writeln!(s, "\n;; Query time: {} msec", elapsed.as_millis());
-    let _ = writeln!(s, ";; SERVER: {server} (TLS)");
+    let _ = writeln!(s, ";; SERVER: {server} ({transport})");
     s
 }
 

@@ -16,6 +16,7 @@ mod deploy;
 mod doh;
 mod doh_clients;
 mod doh_hostile;
+mod doh_tools;
 mod edns;
 mod faults;
 mod framing;

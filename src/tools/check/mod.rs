@@ -20,6 +20,7 @@
 //! order; splitting them by theme (TLS, DNS, EDNS) is left for a later phase.
 
 pub mod cert;
+pub mod doh;
 pub mod probes;
 pub mod report;
 #[cfg(test)]
@@ -35,6 +36,7 @@ use rustls::{ClientConfig, HandshakeKind, RootCertStore, SupportedProtocolVersio
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::time::Instant;
 
+use crate::tools::doh::{DohError, DohUrl};
 use crate::tools::query::{self, ClientError, DialError, ServerSpec, Trust};
 use probes::{Budget, Conn, ConnectError, Plaintext, Recv};
 pub use report::{Check, Clients, Report, Status, Target};
@@ -64,18 +66,31 @@ pub struct Options {
     pub address: Option<IpAddr>,
     /// Skip the 20 s idle wait.
     pub quick: bool,
+    /// The path of a DoH server (`https://HOST[:PORT]/PATH`): the checks are
+    /// then [`doh`]'s. `None` for DoT.
+    pub doh_path: Option<String>,
 }
 
 impl Options {
-    /// From `HOST[:PORT]` (an `@` before it is accepted, as in `query`).
+    /// From `HOST[:PORT]` (an `@` before it is accepted, as in `query`), or
+    /// from a DoH server's `https://HOST[:PORT]/PATH`.
     pub fn new(
         server: &str,
         tls_name: Option<String>,
         trust: Trust,
         address: Option<IpAddr>,
         quick: bool,
-    ) -> Result<Options, ClientError> {
-        let spec: ServerSpec = server.parse()?;
+    ) -> Result<Options, CheckError> {
+        let (spec, doh_path) = if DohUrl::is_url(server) {
+            let url: DohUrl = server.parse()?;
+            let spec = ServerSpec {
+                host: url.host,
+                port: url.port,
+            };
+            (spec, Some(url.path))
+        } else {
+            (server.parse()?, None)
+        };
         Ok(Options {
             tls_name: tls_name.unwrap_or_else(|| spec.host.clone()),
             host: spec.host,
@@ -83,8 +98,18 @@ impl Options {
             trust,
             address,
             quick,
+            doh_path,
         })
     }
+}
+
+/// Why `dotgate check` could not be run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Url(#[from] DohError),
 }
 
 /// A TLS client configuration that accepts any certificate (it is judged
@@ -128,15 +153,9 @@ impl Ctx {
     }
 }
 
-/// Runs every check. An error is a problem with the command line or this
-/// machine (an unreadable CA file, no system roots), not with the server.
-pub async fn run(opts: &Options) -> Result<Report, ClientError> {
-    let started = Instant::now();
-    let budget = Budget::new(if opts.quick {
-        QUICK_BUDGET
-    } else {
-        FULL_BUDGET
-    });
+/// The name the certificate must cover, the trust anchors and how to name
+/// them in the report.
+fn trust_of(opts: &Options) -> Result<(ServerName<'static>, RootCertStore, String), ClientError> {
     let name = ServerName::try_from(opts.tls_name.clone())
         .map_err(|_| DialError::BadTlsName(opts.tls_name.clone()))?;
     let (roots, trust_label) = match &opts.trust {
@@ -146,6 +165,22 @@ pub async fn run(opts: &Options) -> Result<Report, ClientError> {
         ),
         Trust::System | Trust::Insecure => (query::system_roots()?, "the system roots".to_string()),
     };
+    Ok((name, roots, trust_label))
+}
+
+/// Runs every check. An error is a problem with the command line or this
+/// machine (an unreadable CA file, no system roots), not with the server.
+pub async fn run(opts: &Options) -> Result<Report, ClientError> {
+    if let Some(path) = &opts.doh_path {
+        return doh::run(opts, path).await;
+    }
+    let started = Instant::now();
+    let budget = Budget::new(if opts.quick {
+        QUICK_BUDGET
+    } else {
+        FULL_BUDGET
+    });
+    let (name, roots, trust_label) = trust_of(opts)?;
     let roots = Arc::new(roots);
     let mut target = Target {
         host: opts.host.clone(),
@@ -153,6 +188,7 @@ pub async fn run(opts: &Options) -> Result<Report, ClientError> {
         tls_name: opts.tls_name.clone(),
         address: None,
         quick: opts.quick,
+        doh_path: None,
     };
     let mut checks = Vec::new();
     let finish = |target: Target, mut checks: Vec<Check>, reason: &str| {
@@ -222,7 +258,12 @@ pub async fn run(opts: &Options) -> Result<Report, ClientError> {
 
 /// Adds a SKIP for every check not yet in `checks`.
 fn skip_rest(checks: &mut Vec<Check>, reason: &str) {
-    for id in report::ORDER {
+    skip_rest_of(checks, report::ORDER, reason);
+}
+
+/// [`skip_rest`] for the checks of `order` (a DoH report's).
+fn skip_rest_of(checks: &mut Vec<Check>, order: &[&'static str], reason: &str) {
+    for id in order {
         if !checks.iter().any(|c| c.id == *id) {
             checks.push(Check::skip(id, Clients::NONE, reason));
         }
@@ -392,7 +433,12 @@ fn plaintext_check(plain: &Plaintext) -> Check {
 }
 
 fn version_name(conn: &Conn) -> String {
-    match conn.tls().protocol_version() {
+    tls_version_name(conn.tls())
+}
+
+/// "TLS 1.3", "TLS 1.2".
+fn tls_version_name(tls: &rustls::ClientConnection) -> String {
+    match tls.protocol_version() {
         Some(rustls::ProtocolVersion::TLSv1_3) => "TLS 1.3".into(),
         Some(rustls::ProtocolVersion::TLSv1_2) => "TLS 1.2".into(),
         Some(other) => format!("{other:?}"),
@@ -401,8 +447,12 @@ fn version_name(conn: &Conn) -> String {
 }
 
 fn suite_name(conn: &Conn) -> String {
-    conn.tls()
-        .negotiated_cipher_suite()
+    tls_suite_name(conn.tls())
+}
+
+/// The negotiated cipher suite's name.
+fn tls_suite_name(tls: &rustls::ClientConnection) -> String {
+    tls.negotiated_cipher_suite()
         .map(|s| format!("{:?}", s.suite()))
         .unwrap_or_default()
 }

@@ -164,16 +164,28 @@ pub async fn connect(
     config: Arc<ClientConfig>,
     budget: &Budget,
 ) -> Result<Conn, ConnectError> {
+    let (stream, handshake_time) = connect_tls(addr, name, config, budget).await?;
+    Ok(Conn {
+        reader: FrameReader::new(stream),
+        handshake_time,
+    })
+}
+
+/// As [`connect`], the TLS stream itself and the handshake's time (for
+/// HTTP on top, `dotgate check https://...`).
+pub async fn connect_tls(
+    addr: SocketAddr,
+    name: &ServerName<'static>,
+    config: Arc<ClientConfig>,
+    budget: &Budget,
+) -> Result<(TlsStream<TcpStream>, Duration), ConnectError> {
     let tcp = tcp_connect(addr, budget).await?;
     let limit = budget
         .limit(HANDSHAKE_TIMEOUT)
         .ok_or(ConnectError::OutOfTime)?;
     let started = Instant::now();
     match tokio::time::timeout(limit, query::handshake(tcp, name.clone(), config)).await {
-        Ok(Ok(stream)) => Ok(Conn {
-            reader: FrameReader::new(stream),
-            handshake_time: started.elapsed(),
-        }),
+        Ok(Ok(stream)) => Ok((stream, started.elapsed())),
         Ok(Err(DialError::Handshake { source, .. })) => Err(ConnectError::Tls(source)),
         Ok(Err(DialError::Io(e))) => Err(ConnectError::Tls(e)),
         Ok(Err(other)) => Err(ConnectError::Tls(std::io::Error::other(other.to_string()))),

@@ -40,6 +40,10 @@ impl Clients {
     pub const STUBBY: Clients = Clients(4);
     pub const RESOLVED: Clients = Clients(8);
     pub const ALL: Clients = Clients(15);
+    /// The DoH clients (browsers, Windows 11, iOS and macOS): a DoH report
+    /// has only this one, since all of them verify the certificate and
+    /// RFC 8484 §4.1 has every server take both GET and POST.
+    pub const DOH: Clients = Clients(16);
     /// The clients that verify the certificate: Android strict, stubby (with
     /// an authentication name), systemd-resolved with DNSOverTLS=yes.
     pub const VERIFYING: Clients = Clients(1 | 4 | 8);
@@ -68,9 +72,17 @@ impl Clients {
         (Clients::RESOLVED, "systemd-resolved", "systemd-resolved"),
     ];
 
+    /// The clients of a DoH report, as [`Clients::EACH`] for DoT.
+    pub const EACH_DOH: [(Clients, &'static str, &'static str); 1] = [(
+        Clients::DOH,
+        "doh",
+        "DoH clients (browsers, Windows 11, iOS and macOS)",
+    )];
+
     fn ids(self) -> Vec<&'static str> {
         Clients::EACH
             .iter()
+            .chain(Clients::EACH_DOH.iter())
             .filter(|(c, _, _)| self.contains(*c))
             .map(|(_, id, _)| *id)
             .collect()
@@ -159,6 +171,26 @@ pub const ORDER: &[&str] = &[
     "padding",
 ];
 
+/// The order of a DoH report's lines (`dotgate check https://...`).
+pub const DOH_ORDER: &[&str] = &[
+    "resolve",
+    "reachable",
+    "tls",
+    "alpn",
+    "chain",
+    "intermediates",
+    "expiry",
+    "name",
+    "eku",
+    "key",
+    "signature",
+    "post",
+    "get",
+    "id",
+    "cache-control",
+    "bad-request",
+];
+
 /// The certificate checks that explain a failed chain verification.
 pub const CHAIN_CAUSES: &[&str] = &["intermediates", "expiry", "name", "eku", "key", "signature"];
 
@@ -171,6 +203,39 @@ pub struct Target {
     /// The address the checks ran against, once known.
     pub address: Option<std::net::SocketAddr>,
     pub quick: bool,
+    /// The path of a DoH server (`https://HOST:PORT/PATH`); `None` for DoT.
+    pub doh_path: Option<String>,
+}
+
+impl Target {
+    /// The lines of this target's report, in order.
+    pub fn order(&self) -> &'static [&'static str] {
+        match self.doh_path {
+            Some(_) => DOH_ORDER,
+            None => ORDER,
+        }
+    }
+
+    /// The clients its summaries are about.
+    fn clients(&self) -> &'static [(Clients, &'static str, &'static str)] {
+        match self.doh_path {
+            Some(_) => &Clients::EACH_DOH,
+            None => &Clients::EACH,
+        }
+    }
+
+    /// `HOST:PORT`, or the URL of a DoH server.
+    fn server(&self) -> String {
+        match &self.doh_path {
+            Some(path) => crate::tools::doh::DohUrl {
+                host: self.host.clone(),
+                port: self.port,
+                path: path.clone(),
+            }
+            .to_string(),
+            None => format!("{}:{}", self.host, self.port),
+        }
+    }
 }
 
 /// How one client would fare.
@@ -214,7 +279,8 @@ pub struct Report {
 impl Report {
     /// Puts the checks in report order.
     pub fn new(target: Target, mut checks: Vec<Check>, elapsed: Duration) -> Report {
-        let position = |id: &str| ORDER.iter().position(|o| *o == id).unwrap_or(ORDER.len());
+        let order = target.order();
+        let position = |id: &str| order.iter().position(|o| *o == id).unwrap_or(order.len());
         checks.sort_by_key(|c| position(c.id));
         Report {
             target,
@@ -233,7 +299,8 @@ impl Report {
     }
 
     pub fn summaries(&self) -> Vec<Summary> {
-        Clients::EACH
+        self.target
+            .clients()
             .iter()
             .map(|(client, id, label)| {
                 let concerns = |c: &&Check| c.clients.contains(*client);
@@ -270,10 +337,7 @@ impl Report {
 
     fn heading(&self) -> String {
         let t = &self.target;
-        let mut s = format!(
-            "dotgate check {}:{} (TLS name {}",
-            t.host, t.port, t.tls_name
-        );
+        let mut s = format!("dotgate check {} (TLS name {}", t.server(), t.tls_name);
         if let Some((id, domain)) = super::client_id_of(&t.tls_name) {
             // What a server with `--client-id-domain DOMAIN` sees.
             let _ = write!(s, ", client ID {id:?} under {domain}");
@@ -350,6 +414,8 @@ impl Report {
             "target": {
                 "host": t.host,
                 "port": t.port,
+                "protocol": if t.doh_path.is_some() { "doh" } else { "dot" },
+                "url": t.doh_path.is_some().then(|| t.server()),
                 "tls_name": t.tls_name,
                 "client_id": super::client_id_of(&t.tls_name).map(|(id, _)| id),
                 "address": t.address.map(|a| a.to_string()),
@@ -381,6 +447,7 @@ mod tests {
                 tls_name: "dns.test".into(),
                 address: None,
                 quick: true,
+                doh_path: None,
             },
             checks,
             Duration::from_millis(1500),

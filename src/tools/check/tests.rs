@@ -507,6 +507,7 @@ fn skip_rest_fills_in_every_missing_check_once() {
             tls_name: "dns.test".into(),
             address: None,
             quick: true,
+            doh_path: None,
         },
         checks,
         Duration::ZERO,
