@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client_id;
 pub mod duration;
 pub mod file;
+pub mod forwarded;
 pub mod proxy;
 pub mod system_resolver;
 
@@ -164,6 +165,9 @@ pub struct DohSettings {
     pub listen_plain: Vec<SocketAddr>,
     /// The path of the endpoint: starts with `/`, no trailing `/`.
     pub path: String,
+    /// `--doh-trusted-proxy`, `--doh-forwarded-header`: whose forwarding
+    /// header names the client.
+    pub forwarded: forwarded::Forwarding,
 }
 
 impl DohSettings {
@@ -472,6 +476,10 @@ fn doh_settings(args: &ServeArgs) -> Result<DohSettings, ConfigError> {
         listen: args.doh_listen.clone(),
         listen_plain: args.doh_listen_plain.clone(),
         path: path.to_string(),
+        forwarded: forwarded::Forwarding {
+            trusted: args.doh_trusted_proxy.clone(),
+            header: args.doh_forwarded_header,
+        },
     })
 }
 

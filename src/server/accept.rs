@@ -198,6 +198,7 @@ pub async fn run_with_metrics(
         client_ids,
         tell_upstream: config.tell_upstream,
         doh_path: config.doh.path.clone(),
+        forwarding: config.doh.forwarded.clone(),
         read_limits: ReadLimits {
             read_timeout: Some(config.timeouts.read),
             budget: Some(MessageBudget::new(config.limits.message_memory, {
@@ -368,7 +369,7 @@ impl AcceptLoop {
             let stats = &self.shared.stats;
             // Judged first, before a slot or any byte is read; behind PROXY
             // the client is only known from the header.
-            if !self.proxy.enabled && !self.shared.allow.allows(peer.ip()) {
+            if !self.proxy.enabled && !allowed_at_accept(self.kind, &self.shared, peer) {
                 stats.refused_not_allowed.inc();
                 tracing::debug!(%peer, "not in --allow-from: closed");
                 drop(tcp);
@@ -416,6 +417,14 @@ impl AcceptLoop {
             ));
         }
     }
+}
+
+/// `--allow-from` at accept (or after the PROXY header). A trusted DoH
+/// proxy (`--doh-trusted-proxy`) passes here: each of its requests is
+/// judged for the client it names instead (`doh::exchange`).
+fn allowed_at_accept(kind: ListenerKind, shared: &Shared, client: SocketAddr) -> bool {
+    shared.allow.allows(client.ip())
+        || (kind.transport() == Transport::Doh && shared.forwarding.trusts(client.ip()))
 }
 
 /// Admits `client` under the per-address limits, counting the connection
@@ -516,7 +525,7 @@ async fn handle(
             }
         }
         tracing::debug!(%client, proxy = %peer, "PROXY header read");
-        if !shared.allow.allows(client.ip()) {
+        if !allowed_at_accept(kind, &shared, client) {
             stats.refused_not_allowed.inc();
             tracing::debug!(%client, proxy = %peer, "not in --allow-from: closed");
             return;
