@@ -14,6 +14,7 @@ mod check;
 mod config;
 mod deploy;
 mod doh;
+mod doh_acme;
 mod doh_proxy;
 mod edns;
 mod faults;
