@@ -68,12 +68,6 @@ async fn ask(
     id: u16,
     headers: &[(&str, &str)],
 ) -> (Reply, Option<Vec<Vec<u8>>>) {
-    // An HTTP/1.1 connection takes the next request only once it has
-    // finished the last one.
-    match http {
-        Http::H1(send) => send.ready().await.expect("the connection is open"),
-        Http::H2(send) => send.ready().await.expect("the connection is open"),
-    }
     let reply = http.send(post_with(name, id, headers)).await;
     let seen = up
         .received()
