@@ -10,7 +10,7 @@
 //!   upstream/  pool, policy, health, origin, reply, udp, tcp, stream, per_client, dot, connect
 //!   acme/      --acme: store, client, challenge (http01, alpn01, dns01), order, renew
 //!   tls/       server configs, server_stream, records, identity, reload, tickets, chain, client
-//!   config/    cli (clap), file (TOML), duration, proxy, access, client_id -> one Config
+//!   config/    cli (clap), file (TOML), duration, proxy, forwarded, access, client_id -> one Config
 //!   metrics/   stats (counters), exposition, the /metrics, /healthz, /readyz server
 //!   proto/     dns, edns, framing, message_reader, proxy_header: pure wire code
 //! ```

@@ -4,6 +4,12 @@
 //! critical acmeIdentifier extension (the SHA-256 of the key
 //! authorization). Handshakes for any other name or ALPN fail; nothing is
 //! ever read or written after the handshake.
+//!
+//! Without `--acme-tls-alpn-listen`, the DoH listeners answer instead
+//! (they hold port 443): with the same [`Certs`] and [`server_config`],
+//! chosen for a ClientHello that offers `acme-tls/1` (`tls::ServerConfigs`),
+//! and through [`answer`] while there is no certificate yet
+//! (`server::no_cert`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,8 +19,10 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use rustls_pki_types::PrivateKeyDer;
+use std::net::SocketAddr;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
+
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -70,10 +78,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl ResolvesServerCert for Certs {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let offers_acme = hello
-            .alpn()
-            .is_some_and(|mut offered| offered.any(|p| p == ALPN_ACME_TLS));
-        if !offers_acme {
+        if !offers_acme(&hello) {
             return None;
         }
         let name = hello.server_name()?.to_ascii_lowercase();
@@ -94,19 +99,53 @@ pub fn server_config(certs: &Certs) -> Result<Arc<ServerConfig>, AlpnError> {
 /// Serves `certs` on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, config: Arc<ServerConfig>, shutdown: CancellationToken) {
     let acceptor = TlsAcceptor::from(config);
-    accept_bounded(listener, MAX_CONNECTIONS, "TLS-ALPN-01", shutdown, move |tcp, peer| {
-        let acceptor = acceptor.clone();
-        async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(mut stream)) => {
-                    let name = stream.get_ref().1.server_name().unwrap_or("").to_string();
-                    tracing::info!(%name, "TLS-ALPN-01: answered the ACME server's validation handshake");
-                    let _ = stream.shutdown().await;
-                }
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS-ALPN-01 handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS-ALPN-01 handshake timed out"),
+    accept_bounded(
+        listener,
+        MAX_CONNECTIONS,
+        "TLS-ALPN-01",
+        shutdown,
+        move |tcp, peer| {
+            let acceptor = acceptor.clone();
+            async move {
+                answer(&acceptor, tcp, peer, "").await;
             }
-        }
-    })
+        },
+    )
     .await;
+}
+
+/// One validation connection: the handshake within the timeout, then a
+/// clean close. True when the handshake succeeded (the ACME server was
+/// shown a validation certificate). `place` ends the log line.
+pub async fn answer(acceptor: &TlsAcceptor, tcp: TcpStream, peer: SocketAddr, place: &str) -> bool {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(mut stream)) => {
+            answered(stream.get_ref().1.server_name(), place);
+            let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.shutdown()).await;
+            true
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS-ALPN-01 handshake failed");
+            false
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS-ALPN-01 handshake timed out");
+            false
+        }
+    }
+}
+
+/// Logs a validation handshake for `name`; `place` says where, when not on
+/// `--acme-tls-alpn-listen`.
+pub fn answered(name: Option<&str>, place: &str) {
+    let name = name.unwrap_or("");
+    tracing::info!(%name, "TLS-ALPN-01: answered the ACME server's validation handshake{place}");
+}
+
+/// True when a ClientHello offers `acme-tls/1`: only an ACME server's
+/// validation does.
+pub fn offers_acme(hello: &ClientHello<'_>) -> bool {
+    hello
+        .alpn()
+        .is_some_and(|mut offered| offered.any(|p| p == ALPN_ACME_TLS))
 }

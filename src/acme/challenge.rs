@@ -28,8 +28,15 @@ pub enum ChallengeError {
 
 /// The responder of the configured challenge.
 pub enum Responder {
-    Http { tokens: Tokens, listen: SocketAddr },
-    TlsAlpn { certs: Certs, listen: SocketAddr },
+    Http {
+        tokens: Tokens,
+        listen: SocketAddr,
+    },
+    /// `listen` is `None` when the DoH listeners present `certs`.
+    TlsAlpn {
+        certs: Certs,
+        listen: Option<SocketAddr>,
+    },
     Dns(Updater),
 }
 
@@ -42,10 +49,13 @@ pub struct Presented {
 
 impl Responder {
     /// Binds the listener the challenge needs and serves it until
-    /// `shutdown`; for DNS-01, reads the TSIG key.
+    /// `shutdown`; for DNS-01, reads the TSIG key. TLS-ALPN-01 on the DoH
+    /// listeners binds nothing: it puts its certificates in `on_doh`, which
+    /// those listeners present.
     pub async fn start(
         settings: &AcmeSettings,
         shutdown: &CancellationToken,
+        on_doh: &Certs,
     ) -> Result<Responder, ChallengeError> {
         match &settings.challenge {
             Challenge::Http01 { listen } => {
@@ -57,14 +67,20 @@ impl Responder {
                     listen: *listen,
                 })
             }
-            Challenge::TlsAlpn01 { listen } => {
+            Challenge::TlsAlpn01 { listen: None } => Ok(Responder::TlsAlpn {
+                certs: on_doh.clone(),
+                listen: None,
+            }),
+            Challenge::TlsAlpn01 {
+                listen: Some(listen),
+            } => {
                 let listener = bind(*listen, "TLS-ALPN-01 (--acme-tls-alpn-listen)")?;
                 let certs = Certs::default();
                 let config = alpn01::server_config(&certs)?;
                 tokio::spawn(alpn01::serve(listener, config, shutdown.clone()));
                 Ok(Responder::TlsAlpn {
                     certs,
-                    listen: *listen,
+                    listen: Some(*listen),
                 })
             }
             Challenge::Dns01 { server, tsig_key } => {
@@ -88,9 +104,15 @@ impl Responder {
             Responder::Http { listen, .. } => format!(
                 "http-01: the ACME server fetches http://NAME/.well-known/acme-challenge/... on port 80, answered on {listen}"
             ),
-            Responder::TlsAlpn { listen, .. } => format!(
+            Responder::TlsAlpn {
+                listen: Some(listen),
+                ..
+            } => format!(
                 "tls-alpn-01: the ACME server connects to NAME on port 443 with ALPN acme-tls/1, answered on {listen}"
             ),
+            Responder::TlsAlpn { listen: None, .. } => {
+                "tls-alpn-01: the ACME server connects to NAME on port 443 with ALPN acme-tls/1, answered on the DoH listener (--doh-listen)".to_string()
+            }
             Responder::Dns(updater) => format!(
                 "dns-01: a TXT record _acme-challenge.NAME added by RFC 2136 update to {}",
                 updater.server()

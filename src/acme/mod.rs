@@ -68,11 +68,13 @@ pub fn check(settings: &AcmeSettings) -> Vec<String> {
 /// With a stored certificate that covers the names and has not expired,
 /// returns at once. Without one, orders one first, retrying until it comes
 /// or `shutdown` (then `Ok(false)`: nothing to serve). The challenge
-/// responder is started here and runs for the process's life.
+/// responder is started here and runs for the process's life; TLS-ALPN-01
+/// on the DoH listeners presents its certificates through `on_doh`.
 pub async fn prepare(
     settings: &AcmeSettings,
     stats: &Stats,
     shutdown: &CancellationToken,
+    on_doh: &alpn01::Certs,
 ) -> Result<bool, AcmeError> {
     let store = Store::open(&settings.dir)?;
     let orders = IntCounterVec::new(
@@ -85,7 +87,7 @@ pub async fn prepare(
     stats.registry().register(Box::new(orders.clone()))?;
     // The trust is checked now, so that a bad --acme-ca stops start-up.
     client::HttpsClient::new(settings.ca.as_deref())?;
-    let responder = Responder::start(settings, shutdown).await?;
+    let responder = Responder::start(settings, shutdown, on_doh).await?;
     let mut renewer = Renewer {
         settings: settings.clone(),
         store: store.clone(),

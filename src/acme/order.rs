@@ -69,7 +69,7 @@ fn hint(kind: &str, name: &str) -> String {
     let name = name.trim_start_matches("*.");
     match kind {
         "http-01" => format!("TCP port 80 of {name}, from the internet, must reach dotgate's --acme-http-listen"),
-        "tls-alpn-01" => format!("TCP port 443 of {name}, from the internet, must reach dotgate's --acme-tls-alpn-listen"),
+        "tls-alpn-01" => format!("TCP port 443 of {name}, from the internet, must reach dotgate's --acme-tls-alpn-listen (or, without it, its --doh-listen)"),
         "dns-01" => format!("_acme-challenge.{name} TXT must be served by the authoritative servers of its zone, where --acme-dns-update adds it"),
         _ => "pick a challenge the server offers with --acme-challenge".into(),
     }

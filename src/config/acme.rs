@@ -51,8 +51,9 @@ pub struct AcmeArgs {
 
     /// How the ACME server checks that the names are ours: `http-01` (port 80
     /// must reach --acme-http-listen), `tls-alpn-01` (port 443 must reach
-    /// --acme-tls-alpn-listen) or `dns-01` (a TXT record by RFC 2136 update;
-    /// the only one for `*.` names).
+    /// --acme-tls-alpn-listen, or the --doh-listen listener when that flag is
+    /// not given) or `dns-01` (a TXT record by RFC 2136 update; the only one
+    /// for `*.` names).
     #[arg(
         long,
         env = "DOTGATE_ACME_CHALLENGE",
@@ -71,8 +72,9 @@ pub struct AcmeArgs {
     )]
     pub acme_http_listen: SocketAddr,
 
-    /// Address of the TLS-ALPN-01 responder (default `[::]:443` with
-    /// `--acme-challenge tls-alpn-01`, else none).
+    /// Address of the TLS-ALPN-01 responder (default with `--acme-challenge
+    /// tls-alpn-01`: the --doh-listen listeners when DoH is served, which answer
+    /// ALPN acme-tls/1 themselves; else `[::]:443`).
     #[arg(long, env = "DOTGATE_ACME_TLS_ALPN_LISTEN", value_name = "ADDR")]
     pub acme_tls_alpn_listen: Option<SocketAddr>,
 
@@ -149,7 +151,9 @@ pub enum Challenge {
         listen: SocketAddr,
     },
     TlsAlpn01 {
-        listen: SocketAddr,
+        /// `--acme-tls-alpn-listen` (or `[::]:443`); `None` when the DoH
+        /// listeners answer instead (see [`Challenge::answer_on_doh`]).
+        listen: Option<SocketAddr>,
     },
     Dns01 {
         server: SocketAddr,
@@ -164,6 +168,21 @@ impl Challenge {
             Challenge::TlsAlpn01 { .. } => ChallengeKind::TlsAlpn01,
             Challenge::Dns01 { .. } => ChallengeKind::Dns01,
         }
+    }
+
+    /// TLS-ALPN-01 without `--acme-tls-alpn-listen` while `--doh-listen`
+    /// is served: the DoH listener answers the ACME server's `acme-tls/1`
+    /// handshakes itself, since it is the one holding port 443 (a second
+    /// listener could not bind it). Other challenges are left as they are.
+    pub fn answer_on_doh(&mut self) {
+        if let Challenge::TlsAlpn01 { listen } = self {
+            *listen = None;
+        }
+    }
+
+    /// True when the DoH listeners answer TLS-ALPN-01.
+    pub fn on_doh_listener(&self) -> bool {
+        matches!(self, Challenge::TlsAlpn01 { listen: None })
     }
 }
 
@@ -224,10 +243,10 @@ impl AcmeSettings {
                 listen: args.acme_http_listen,
             },
             ChallengeKind::TlsAlpn01 => Challenge::TlsAlpn01 {
-                listen: match args.acme_tls_alpn_listen {
+                listen: Some(match args.acme_tls_alpn_listen {
                     Some(addr) => addr,
                     None => DEFAULT_TLS_ALPN_LISTEN,
-                },
+                }),
             },
             ChallengeKind::Dns01 => {
                 let (Some(server), Some(key)) = (&args.acme_dns_update, &args.acme_tsig_key) else {
@@ -320,7 +339,7 @@ mod tests {
         assert_eq!(
             s.challenge,
             Challenge::TlsAlpn01 {
-                listen: "[::]:443".parse().unwrap()
+                listen: Some("[::]:443".parse().unwrap())
             }
         );
         assert!(settings(&[]).unwrap().is_none());

@@ -94,6 +94,29 @@ pub struct ServeArgs {
     )]
     pub doh_listen_plain: Vec<SocketAddr>,
 
+    /// Peers (CIDR, e.g. `127.0.0.1` or `10.0.0.0/8`) whose `--doh-forwarded-header`
+    /// names the client on DoH listeners: the right-most address not in this list
+    /// is the client, for --allow-from (judged per request: 403), ECS, PROXY toward
+    /// the upstream and logs. Repeatable. Default: none (headers are ignored).
+    #[arg(
+        long,
+        env = "DOTGATE_DOH_TRUSTED_PROXY",
+        value_delimiter = ',',
+        value_name = "CIDR"
+    )]
+    pub doh_trusted_proxy: Vec<crate::config::proxy::Cidr>,
+
+    /// The header a --doh-trusted-proxy names the client in: `x-forwarded-for`
+    /// or `forwarded` (RFC 7239, its `for=`); only the one your proxy writes,
+    /// since a client can send the other.
+    #[arg(
+        long,
+        env = "DOTGATE_DOH_FORWARDED_HEADER",
+        value_name = "HEADER",
+        default_value = "x-forwarded-for"
+    )]
+    pub doh_forwarded_header: crate::config::forwarded::ForwardedHeader,
+
     /// The URL path DoH is served at; `PATH/ID` carries a client ID.
     #[arg(
         long,

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client_id;
 pub mod duration;
 pub mod file;
+pub mod forwarded;
 pub mod proxy;
 pub mod system_resolver;
 
@@ -164,6 +165,9 @@ pub struct DohSettings {
     pub listen_plain: Vec<SocketAddr>,
     /// The path of the endpoint: starts with `/`, no trailing `/`.
     pub path: String,
+    /// `--doh-trusted-proxy`, `--doh-forwarded-header`: whose forwarding
+    /// header names the client.
+    pub forwarded: forwarded::Forwarding,
 }
 
 impl DohSettings {
@@ -317,7 +321,12 @@ impl Config {
         if args.listen.is_empty() {
             return Err(ConfigError::NoListen);
         }
-        let acme = crate::config::acme::AcmeSettings::from_args(&args.acme)?;
+        let mut acme = crate::config::acme::AcmeSettings::from_args(&args.acme)?;
+        if let Some(acme) = acme.as_mut() {
+            if args.acme.acme_tls_alpn_listen.is_none() && !args.doh_listen.is_empty() {
+                acme.challenge.answer_on_doh();
+            }
+        }
         let cert = match (&args.cert, &args.key, &args.self_signed, &acme) {
             (None, None, None, Some(acme)) => CertSource::Files {
                 cert: acme.cert_path(),
@@ -472,6 +481,10 @@ fn doh_settings(args: &ServeArgs) -> Result<DohSettings, ConfigError> {
         listen: args.doh_listen.clone(),
         listen_plain: args.doh_listen_plain.clone(),
         path: path.to_string(),
+        forwarded: forwarded::Forwarding {
+            trusted: args.doh_trusted_proxy.clone(),
+            header: args.doh_forwarded_header,
+        },
     })
 }
 
@@ -687,6 +700,46 @@ mod tests {
                 let _ = std::fs::remove_dir_all(&self.0);
             }
         }
+    }
+
+    /// TLS-ALPN-01 is answered on the DoH listener when DoH is served and
+    /// no --acme-tls-alpn-listen is given; an explicit address wins, and
+    /// without DoH the default stays [::]:443.
+    #[test]
+    fn tls_alpn01_goes_to_the_doh_listener_unless_told_otherwise() {
+        let acme = |extra: &[&str]| {
+            let mut flags = vec!["--upstream", "127.0.0.1", "--acme", "dns.example.org"];
+            flags.extend_from_slice(extra);
+            Config::from_args(&args(&flags), Path::new("/nonexistent"))
+                .unwrap()
+                .acme
+                .unwrap()
+                .challenge
+        };
+        let alpn = ["--acme-challenge", "tls-alpn-01"];
+        let doh = ["--doh-listen", "[::]:443"];
+        assert!(acme(&[&alpn[..], &doh[..]].concat()).on_doh_listener());
+        let own = acme(
+            &[
+                &alpn[..],
+                &doh[..],
+                &["--acme-tls-alpn-listen", "[::]:8443"],
+            ]
+            .concat(),
+        );
+        assert_eq!(
+            own,
+            acme::Challenge::TlsAlpn01 {
+                listen: Some("[::]:8443".parse().unwrap())
+            }
+        );
+        assert_eq!(
+            acme(&alpn),
+            acme::Challenge::TlsAlpn01 {
+                listen: Some("[::]:443".parse().unwrap())
+            }
+        );
+        assert!(!acme(&doh).on_doh_listener(), "http-01 stays http-01");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::acme::alpn01;
 use crate::config::proxy::ProxySettings;
 use crate::config::Config;
 use crate::metrics::http;
@@ -45,6 +46,8 @@ pub enum ServeError {
     Acme(#[from] crate::acme::AcmeError),
     #[error(transparent)]
     ClientIds(#[from] crate::config::client_id::ClientIdError),
+    #[error(transparent)]
+    AcmeAlpn(#[from] crate::acme::alpn01::AlpnError),
 }
 
 /// A bound listening socket, what it serves, and whether its connections
@@ -144,17 +147,27 @@ pub async fn run_with_metrics(
         };
         tokio::spawn(http::serve(listener, endpoint, shutdown.clone()));
     }
+    // TLS-ALPN-01 answered on the DoH listeners (no --acme-tls-alpn-listen):
+    // the responder's certificates and configuration, shared with them.
+    let acme_certs = alpn01::Certs::default();
+    let acme_on_doh = match &config.acme {
+        Some(acme) if acme.challenge.on_doh_listener() => Some(alpn01::server_config(&acme_certs)?),
+        _ => None,
+    };
     // --acme: a certificate in --acme-dir before the files are loaded below.
     if let Some(acme) = &config.acme {
         // Meanwhile connections are closed at once rather than left in the
         // backlog, where no timeout runs.
-        let prepare = crate::acme::prepare(acme, &stats, &shutdown);
-        if !super::no_cert::refuse_until(&listeners, &stats, prepare).await? {
+        let prepare = crate::acme::prepare(acme, &stats, &shutdown, &acme_certs);
+        if !super::no_cert::refuse_until(&listeners, &stats, acme_on_doh.clone(), prepare).await? {
             return Ok(());
         }
     }
     // Loads and checks the certificate, and starts its reloader (R3, R6).
-    let configs = tls::setup(&config, &shutdown, &stats)?;
+    let mut configs = tls::setup(&config, &shutdown, &stats)?;
+    if let Some(acme) = acme_on_doh {
+        configs.answer_acme(acme);
+    }
     let upstream = Pool::new(
         &config.upstreams,
         &config.pool,
@@ -198,6 +211,7 @@ pub async fn run_with_metrics(
         client_ids,
         tell_upstream: config.tell_upstream,
         doh_path: config.doh.path.clone(),
+        forwarding: config.doh.forwarded.clone(),
         read_limits: ReadLimits {
             read_timeout: Some(config.timeouts.read),
             budget: Some(MessageBudget::new(config.limits.message_memory, {
@@ -368,7 +382,7 @@ impl AcceptLoop {
             let stats = &self.shared.stats;
             // Judged first, before a slot or any byte is read; behind PROXY
             // the client is only known from the header.
-            if !self.proxy.enabled && !self.shared.allow.allows(peer.ip()) {
+            if !self.proxy.enabled && !allowed_at_accept(self.kind, &self.shared, peer) {
                 stats.refused_not_allowed.inc();
                 tracing::debug!(%peer, "not in --allow-from: closed");
                 drop(tcp);
@@ -416,6 +430,14 @@ impl AcceptLoop {
             ));
         }
     }
+}
+
+/// `--allow-from` at accept (or after the PROXY header). A trusted DoH
+/// proxy (`--doh-trusted-proxy`) passes here: each of its requests is
+/// judged for the client it names instead (`doh::exchange`).
+fn allowed_at_accept(kind: ListenerKind, shared: &Shared, client: SocketAddr) -> bool {
+    shared.allow.allows(client.ip())
+        || (kind.transport() == Transport::Doh && shared.forwarding.trusts(client.ip()))
 }
 
 /// Admits `client` under the per-address limits, counting the connection
@@ -516,7 +538,7 @@ async fn handle(
             }
         }
         tracing::debug!(%client, proxy = %peer, "PROXY header read");
-        if !shared.allow.allows(client.ip()) {
+        if !allowed_at_accept(kind, &shared, client) {
             stats.refused_not_allowed.inc();
             tracing::debug!(%client, proxy = %peer, "not in --allow-from: closed");
             return;
@@ -600,6 +622,18 @@ async fn handle(
     if let Some(version) = version {
         let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         stats.count_handshake(version, resumed);
+    }
+    if session.alpn_protocol() == Some(alpn01::ALPN_ACME_TLS) {
+        // The ACME server's TLS-ALPN-01 validation: the handshake was the
+        // whole answer (RFC 8737 §3); close cleanly.
+        alpn01::answered(
+            hello.server_name.as_deref(),
+            " on the DoH listener, while serving",
+        );
+        use tokio::io::AsyncWriteExt;
+        let mut tls = tls;
+        let _ = tokio::time::timeout(shared.timeouts.handshake, tls.shutdown()).await;
+        return;
     }
     let protocol = if session.alpn_protocol() == Some(tls::ALPN_H2) {
         doh::Protocol::Http2

@@ -74,6 +74,10 @@ pub struct Shared {
     pub tell_upstream: ClientToUpstream,
     /// `--doh-path`: where DoH listeners answer.
     pub doh_path: String,
+    /// `--doh-trusted-proxy`: DoH peers whose forwarding header names the
+    /// client; `--allow-from` is judged on each of their requests instead
+    /// of at accept.
+    pub forwarding: crate::config::forwarded::Forwarding,
 }
 
 /// Largest batch of replies coalesced into one write.

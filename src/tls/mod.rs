@@ -32,6 +32,7 @@ use rustls::server::{ClientHello, ProducesTickets, ServerSessionMemoryCache};
 use rustls::{CipherSuite, ServerConfig};
 use tokio_util::sync::CancellationToken;
 
+use crate::acme::alpn01;
 use crate::config::{CertSource, Config, TlsSettings, TlsVersion};
 use crate::metrics::stats::{Stats, Transport};
 use crate::proto::framing::ALPN_DOT;
@@ -58,6 +59,9 @@ pub struct ServerConfigs {
     with_alpn: [Arc<ServerConfig>; 2],
     without_alpn: [Arc<ServerConfig>; 2],
     doh: [Arc<ServerConfig>; 2],
+    /// TLS-ALPN-01 on the DoH listeners: for a DoH ClientHello offering
+    /// `acme-tls/1` (see [`ServerConfigs::answer_acme`]).
+    acme: Option<Arc<ServerConfig>>,
     current: Arc<CurrentCert>,
 }
 
@@ -183,8 +187,16 @@ impl ServerConfigs {
             with_alpn: pair(&[ALPN_DOT])?,
             without_alpn: pair(&[])?,
             doh: pair(&[ALPN_H2, ALPN_HTTP1])?,
+            acme: None,
             current,
         })
+    }
+
+    /// Answers TLS-ALPN-01 on the DoH listeners: a DoH ClientHello that
+    /// offers `acme-tls/1` gets `config` (the ACME responder's, which shows
+    /// the validation certificate of the name asked for, or fails).
+    pub fn answer_acme(&mut self, config: Arc<ServerConfig>) {
+        self.acme = Some(config);
     }
 
     /// The certificate both configurations serve, for the reloader.
@@ -199,6 +211,9 @@ impl ServerConfigs {
     pub fn for_client(&self, hello: &ClientHello<'_>, transport: Transport) -> Arc<ServerConfig> {
         let order = SuiteOrder::for_client(hello) as usize;
         if transport == Transport::Doh {
+            if let Some(acme) = self.acme.as_ref().filter(|_| alpn01::offers_acme(hello)) {
+                return acme.clone();
+            }
             return self.doh[order].clone();
         }
         let offers_others_only = hello

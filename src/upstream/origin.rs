@@ -66,6 +66,17 @@ impl Origin {
         Self { proxy, subnet }
     }
 
+    /// This origin for another client address on the same connection: the
+    /// client a trusted reverse proxy names for one request (DoH's
+    /// forwarding headers). The local address and server name stay.
+    pub fn for_forwarded(&self, settings: &ClientToUpstream, client: SocketAddr) -> Self {
+        let (local, sni) = match self.proxy_client() {
+            Some(p) => (p.local, p.authority.as_deref()),
+            None => (client, None),
+        };
+        Self::for_client(settings, client, local, sni)
+    }
+
     /// The origin of dotgate's own queries (health probes): a LOCAL PROXY
     /// header when PROXY is on, no client subnet.
     pub fn own(settings: &ClientToUpstream) -> Self {

@@ -108,9 +108,18 @@ impl Http {
     /// Sends `req` and reads the whole response.
     pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Reply {
         let exchange = async {
+            // An HTTP/1.1 connection takes the next request only once its
+            // task has seen the last response end: without waiting, a
+            // request sent right after one is refused as "not ready".
             let response = match self {
-                Http::H2(send) => send.send_request(req).await,
-                Http::H1(send) => send.send_request(req).await,
+                Http::H2(send) => match send.ready().await {
+                    Ok(()) => send.send_request(req).await,
+                    Err(e) => Err(e),
+                },
+                Http::H1(send) => match send.ready().await {
+                    Ok(()) => send.send_request(req).await,
+                    Err(e) => Err(e),
+                },
             }
             .expect("a response");
             let status = response.status();

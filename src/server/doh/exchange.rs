@@ -1,8 +1,12 @@
-//! One DoH request to one response: the RFC 8484 checks of
-//! [`super::request`], the client-ID gate, then the one query path
+//! One DoH request to one response: the client it is for (behind a
+//! trusted reverse proxy, the one its forwarding header names, see
+//! [`super::forwarded`]), the RFC 8484 checks of [`super::request`], the
+//! client-ID gate, then the one query path
 //! ([`crate::server::respond::answer`]) that DoT uses too, and the HTTP
 //! response around its reply.
 
+use std::borrow::Cow;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http_body_util::{BodyExt, Full, Limited};
@@ -12,6 +16,7 @@ use hyper::http::request::Parts;
 use hyper::{Request, Response, StatusCode};
 
 use super::activity::Activity;
+use super::forwarded;
 use super::request::{self, Method, Refusal, Route, DNS_MESSAGE, MAX_MESSAGE};
 use crate::metrics::stats::Transport;
 use crate::proto::dns;
@@ -20,6 +25,7 @@ use crate::server::client::Client;
 use crate::server::client_ids::Judgement;
 use crate::server::connection::Shared;
 use crate::server::respond;
+use crate::upstream::Origin;
 
 /// What every request of one connection shares.
 pub struct Context {
@@ -31,15 +37,62 @@ pub struct Context {
     pub activity: Arc<Activity>,
 }
 
+/// Who one request is for.
+struct Requester<'a> {
+    /// The client's address: the connection's, or the one a trusted
+    /// proxy's forwarding header names (port 0: headers rarely carry one).
+    addr: SocketAddr,
+    /// What the upstream is told about it.
+    origin: Cow<'a, Origin>,
+    /// The connection's peer is a trusted proxy: `--allow-from` was not
+    /// judged at accept, and is judged here on `addr`.
+    judge_here: bool,
+}
+
+impl<'a> Requester<'a> {
+    /// The client of `req`. Each request of a proxy's connection may be
+    /// for another client; the connection's caps (per-address connections
+    /// and handshakes) stay on the proxy's address, as they were taken at
+    /// accept.
+    fn of<B>(req: &Request<B>, ctx: &'a Context) -> Self {
+        let shared = &*ctx.shared;
+        let peer = ctx.client.addr;
+        let judge_here = shared.forwarding.trusts(peer.ip());
+        let named =
+            forwarded::client(&shared.forwarding, peer.ip(), req.headers()).unwrap_or_else(|e| {
+                tracing::debug!(client = %ctx.client, error = %e, "forwarding header ignored");
+                None
+            });
+        match named {
+            Some(ip) => {
+                let addr = SocketAddr::new(ip, 0);
+                Requester {
+                    addr,
+                    origin: Cow::Owned(
+                        ctx.client.origin.for_forwarded(&shared.tell_upstream, addr),
+                    ),
+                    judge_here,
+                }
+            }
+            None => Requester {
+                addr: peer,
+                origin: Cow::Borrowed(&ctx.client.origin),
+                judge_here,
+            },
+        }
+    }
+}
+
 /// Answers one request; never fails (every refusal is a status).
 pub async fn respond(req: Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> {
     let _busy = ctx.activity.begin();
+    let who = Requester::of(&req, ctx);
     let (parts, body) = req.into_parts();
     let mut body = Some(body);
-    let response = match dns_reply(&parts, &mut body, ctx).await {
+    let response = match dns_reply(&parts, &mut body, ctx, &who).await {
         Ok(reply) => dns_response(reply),
         Err(refusal) => {
-            tracing::debug!(client = %ctx.client, status = refusal.status(), error = %refusal, "DoH request refused");
+            tracing::debug!(client = %who.addr, peer = %ctx.client, status = refusal.status(), error = %refusal, "DoH request refused");
             if let Some(unread) = body.filter(|_| refusal != Refusal::TooLarge) {
                 drain(unread, ctx.shared.timeouts.read).await;
             }
@@ -58,8 +111,14 @@ async fn dns_reply(
     req: &Parts,
     body: &mut Option<Incoming>,
     ctx: &Context,
+    who: &Requester<'_>,
 ) -> Result<Vec<u8>, Refusal> {
     let shared = &*ctx.shared;
+    // First, as at accept: a client outside the list learns nothing more.
+    if who.judge_here && !shared.allow.allows(who.addr.ip()) {
+        shared.stats.refused_not_allowed.inc();
+        return Err(Refusal::Forbidden);
+    }
     let route = request::route(&shared.doh_path, req.uri.path())?;
     let path_id = match route {
         Route::Plain => None,
@@ -102,7 +161,7 @@ async fn dns_reply(
     let _in_flight = shared.stats.query_in_flight();
     Ok(respond::answer(
         &shared.upstream,
-        &ctx.client.origin,
+        &who.origin,
         &shared.stats,
         Transport::Doh,
         message,

@@ -17,6 +17,7 @@ pub mod activity;
 pub mod alert_first;
 pub mod connection;
 pub mod exchange;
+pub mod forwarded;
 pub mod request;
 pub mod watch;
 

@@ -46,6 +46,9 @@ pub enum Refusal {
     TooLarge,
     #[error("the request body did not arrive within the read timeout")]
     Timeout,
+    /// The client a trusted proxy names is outside `--allow-from`.
+    #[error("this client is not served here")]
+    Forbidden,
 }
 
 impl Refusal {
@@ -58,6 +61,7 @@ impl Refusal {
             Refusal::UnsupportedMediaType => 415,
             Refusal::TooLarge => 413,
             Refusal::Timeout => 408,
+            Refusal::Forbidden => 403,
         }
     }
 }
