@@ -387,8 +387,26 @@ def tls_stream_seeds():
     return {"tls_stream": t}
 
 
+def doh_request_seeds():
+    """Selector byte, then path, query, content type and forwarding header
+    separated by NUL bytes (tests/fuzz_props/mod.rs, doh_request)."""
+    def req(selector, *parts):
+        return bytes([selector]) + b"\0".join(parts)
+    t = {}
+    t["get"] = req(0, b"/dns-query", b"dns=AAABAAABAAAAAAAAA3d3dwdleGFtcGxlA2NvbQAAAQAB",
+                   b"application/dns-message", b"192.0.2.7, 10.0.0.1")
+    t["id-padded"] = req(1, b"/dns-query/alice", b"ct&dns=AAE=&x=1",
+                         b"Application/DNS-Message; charset=x",
+                         b'for=192.0.2.9;proto=https, for="[2001:db8::1]:443"')
+    t["bad"] = req(2, b"/dns-query/a/b", b"dns=***", b"text/plain", b"unknown, _hidden")
+    t["untrusted"] = req(3, b"/", b"name=x", b"", b"for=10.1.1.1")
+    t["v6"] = req(0, b"/dns-queryx", b"dns=", b"application/dns-message-x",
+                  b"[::ffff:192.0.2.1]:80, 2001:DB8:0:0::1")
+    return {"doh_request": t}
+
+
 def main():
-    for target, files in {**seeds(), **tls_stream_seeds()}.items():
+    for target, files in {**seeds(), **tls_stream_seeds(), **doh_request_seeds()}.items():
         d = os.path.join(CORPUS, target)
         os.makedirs(d, exist_ok=True)
         for fname, data in files.items():

@@ -140,6 +140,11 @@ fn proxy_corpus() {
     replay_target("proxy");
 }
 
+#[test]
+fn doh_request_corpus() {
+    replay_target("doh_request");
+}
+
 /// The budget seeds reach what they are for: readers that wait for the
 /// shared message budget (a property of the seeds, not of dotgate; without
 /// it the budget properties could pass without ever being exercised).

@@ -41,6 +41,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("dns_reply", dns_reply),
     ("proxy", proxy),
     ("tls_stream", tls_stream::tls_stream),
+    ("doh_request", doh_request),
 ];
 
 const MAX_MESSAGE: usize = u16::MAX as usize;
@@ -1440,5 +1441,111 @@ fn check_v2(version_command: u8, family_transport: u8, payload: &[u8]) {
             let port = be16([payload[port_at], payload[port_at + 1]]);
             assert_eq!(addr, SocketAddr::new(ip, port));
         }
+    }
+}
+
+/// The DoH request rules (`server::doh::request`) and the forwarding
+/// header (`server::doh::forwarded`): every part of a request a peer
+/// writes. The input is split at NUL bytes into a path, a query string, a
+/// content type and a forwarding header; its first byte picks the header
+/// kind and whether the peer is a trusted proxy.
+pub fn doh_request(data: &[u8]) {
+    use base64::Engine;
+    use dotgate::config::forwarded::{ForwardedHeader, Forwarding};
+    use dotgate::server::doh::{forwarded, request};
+
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
+    let mut parts = rest.split(|&b| b == 0);
+    let path = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    let query = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    let content_type = parts.next().unwrap_or_default();
+    let forwarding_value = parts.next().unwrap_or_default();
+
+    // The path: the endpoint itself, or one segment after it.
+    let base = "/dns-query";
+    match request::route(base, &path) {
+        Ok(request::Route::Plain) => assert_eq!(path, base),
+        Ok(request::Route::WithId(id)) => {
+            assert_eq!(path, format!("{base}/{id}"));
+            assert!(!id.is_empty() && !id.contains('/'), "{id:?}");
+        }
+        Err(refusal) => {
+            assert_eq!(refusal, request::Refusal::NotFound);
+            assert_ne!(path, base);
+        }
+    }
+
+    // The dns parameter: what is decoded is what the first `dns=` carries.
+    let first_dns = query.split('&').find_map(|pair| pair.strip_prefix("dns="));
+    match request::get_message(Some(&query)) {
+        Ok(message) => {
+            assert!(message.len() <= request::MAX_MESSAGE);
+            let value = first_dns.expect("a message without a dns parameter");
+            let unpadded = value.trim_end_matches('=');
+            let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(unpadded)
+                .expect("accepted, so it decodes");
+            assert_eq!(decoded, message);
+            // A message dotgate can read is at least a header.
+            if request::check_message(&message).is_ok() {
+                assert!(message.len() >= dns::HEADER_LEN);
+            }
+        }
+        Err(request::Refusal::NoDnsParameter) => assert!(first_dns.is_none()),
+        Err(request::Refusal::BadBase64 | request::Refusal::TooLarge) => {
+            assert!(first_dns.is_some())
+        }
+        Err(other) => panic!("get_message refused with {other:?}"),
+    }
+
+    // The content type: the media type before any parameter, any case.
+    if request::is_dns_message(Some(content_type)) {
+        let text = std::str::from_utf8(content_type).expect("accepted, so UTF-8");
+        let media = text.split(';').next().unwrap_or_default().trim();
+        assert!(media.eq_ignore_ascii_case(request::DNS_MESSAGE), "{text:?}");
+    }
+
+    // The forwarding header: a trusted peer's names a client that the
+    // header holds; an untrusted peer's is never read.
+    let header = if selector & 1 == 0 {
+        ForwardedHeader::XForwardedFor
+    } else {
+        ForwardedHeader::Forwarded
+    };
+    let forwarding = Forwarding {
+        trusted: vec![
+            "127.0.0.0/8".parse().expect("a CIDR"),
+            "10.0.0.0/8".parse().expect("a CIDR"),
+        ],
+        header,
+    };
+    let peer: IpAddr = if selector & 2 == 0 {
+        Ipv4Addr::LOCALHOST.into()
+    } else {
+        Ipv4Addr::new(192, 0, 2, 1).into()
+    };
+    let mut headers = hyper::HeaderMap::new();
+    if let Ok(value) = hyper::header::HeaderValue::from_bytes(forwarding_value) {
+        headers.insert(header.name(), value);
+    }
+    match forwarded::client(&forwarding, peer, &headers) {
+        Ok(Some(ip)) => {
+            assert!(
+                forwarding.trusts(peer),
+                "an untrusted peer's header was read"
+            );
+            let text = String::from_utf8_lossy(forwarding_value).to_ascii_lowercase();
+            let shown = ip.to_string();
+            // An IPv4 address is in the header as written (an IPv6 one
+            // may be written in several forms).
+            assert!(
+                ip.is_ipv6() || text.contains(&shown),
+                "{ip} is not in {text:?}"
+            );
+        }
+        Ok(None) => {}
+        Err(_) => assert!(forwarding.trusts(peer)),
     }
 }

@@ -1,0 +1,8 @@
+//! Fuzz target `doh_request`: the properties are in tests/fuzz_props/mod.rs,
+//! shared with the stable replay of the corpora (tests/fuzz_replay.rs).
+#![no_main]
+
+#[path = "../../tests/fuzz_props/mod.rs"]
+mod props;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| props::doh_request(data));
