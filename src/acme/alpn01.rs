@@ -29,8 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::http::accept_bounded;
 use crate::tls::identity::provider;
 
-/// RFC 8737 §6.2.
-pub const ALPN_ACME_TLS: &[u8] = b"acme-tls/1";
+pub use crate::tls::ALPN_ACME_TLS;
 const MAX_CONNECTIONS: usize = 64;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -142,10 +141,4 @@ pub fn answered(name: Option<&str>, place: &str) {
     tracing::info!(%name, "TLS-ALPN-01: answered the ACME server's validation handshake{place}");
 }
 
-/// True when a ClientHello offers `acme-tls/1`: only an ACME server's
-/// validation does.
-pub fn offers_acme(hello: &ClientHello<'_>) -> bool {
-    hello
-        .alpn()
-        .is_some_and(|mut offered| offered.any(|p| p == ALPN_ACME_TLS))
-}
+pub use crate::tls::offers_acme;

@@ -32,7 +32,6 @@ use rustls::server::{ClientHello, ProducesTickets, ServerSessionMemoryCache};
 use rustls::{CipherSuite, ServerConfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::acme::alpn01;
 use crate::config::{CertSource, Config, TlsSettings, TlsVersion};
 use crate::metrics::stats::{Stats, Transport};
 use crate::proto::framing::ALPN_DOT;
@@ -50,6 +49,19 @@ pub const SESSION_CACHE_SIZE: usize = 8192;
 /// preferred, HTTP/1.1 is for clients such as curl `--http1.1`.
 pub const ALPN_H2: &[u8] = b"h2";
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+
+/// The ALPN protocol of TLS-ALPN-01 validations (RFC 8737 §6.2). Here, not
+/// in `acme`, because the DoH listeners' configurations pick the ACME
+/// responder's for it (`ServerConfigs::for_client`).
+pub const ALPN_ACME_TLS: &[u8] = b"acme-tls/1";
+
+/// True when a ClientHello offers `acme-tls/1`: only an ACME server's
+/// validation does.
+pub fn offers_acme(hello: &ClientHello<'_>) -> bool {
+    hello
+        .alpn()
+        .is_some_and(|mut offered| offered.any(|p| p == ALPN_ACME_TLS))
+}
 
 /// The server configurations for one identity, picked per ClientHello:
 /// DoT with or without ALPN, or DoH, and one of two orders of cipher suites.
@@ -211,7 +223,7 @@ impl ServerConfigs {
     pub fn for_client(&self, hello: &ClientHello<'_>, transport: Transport) -> Arc<ServerConfig> {
         let order = SuiteOrder::for_client(hello) as usize;
         if transport == Transport::Doh {
-            if let Some(acme) = self.acme.as_ref().filter(|_| alpn01::offers_acme(hello)) {
+            if let Some(acme) = self.acme.as_ref().filter(|_| offers_acme(hello)) {
                 return acme.clone();
             }
             return self.doh[order].clone();

@@ -29,19 +29,12 @@ use tokio_util::sync::CancellationToken;
 use super::activity::Activity;
 use super::alert_first::AlertFirst;
 use super::exchange::{self, Context};
+use super::protocol::Protocol;
 use super::watch::Watched;
 use crate::metrics::stats::CloseReason;
 use crate::server::client::Client;
 use crate::server::connection::{retire_after, Shared};
 use crate::tls::server_stream::LINGER;
-
-/// The HTTP version of a connection: HTTP/2 when ALPN chose `h2` (or a
-/// plain connection began with its preface), HTTP/1.1 otherwise.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    Http1,
-    Http2,
-}
 
 /// Header block a request may send, in bytes: DoH requests carry a few
 /// short headers (a GET's URI holds at most a 64 KiB message in base64).

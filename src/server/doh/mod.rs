@@ -18,7 +18,9 @@ pub mod alert_first;
 pub mod connection;
 pub mod exchange;
 pub mod forwarded;
+pub mod protocol;
 pub mod request;
 pub mod watch;
 
-pub use connection::{serve, Protocol};
+pub use connection::serve;
+pub use protocol::Protocol;

@@ -23,7 +23,7 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::activity::Activity;
-use super::connection::Protocol;
+use super::protocol::Protocol;
 
 /// The client connection preface of HTTP/2 (RFC 9113 §3.4), before the
 /// first frame.
