@@ -46,6 +46,10 @@ pub enum Refusal {
     TooLarge,
     #[error("the request body did not arrive within the read timeout")]
     Timeout,
+    /// Over `--max-qps-per-ip` or `--max-qps-per-client-id`, with
+    /// `--rate-limit-action drop` or `close`, or banned.
+    #[error("too many queries from this client: slow down")]
+    RateLimited,
 }
 
 impl Refusal {
@@ -58,6 +62,7 @@ impl Refusal {
             Refusal::UnsupportedMediaType => 415,
             Refusal::TooLarge => 413,
             Refusal::Timeout => 408,
+            Refusal::RateLimited => 429,
         }
     }
 }
