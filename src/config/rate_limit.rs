@@ -127,3 +127,116 @@ impl RateLimitSettings {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn settings(extra: &[&str]) -> Result<RateLimitSettings, String> {
+        let mut argv = vec!["dotgate", "serve"];
+        argv.extend_from_slice(extra);
+        let args = match Cli::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .command
+        {
+            Command::Serve(a) => *a,
+            _ => unreachable!(),
+        };
+        RateLimitSettings::from_args(&args).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn off_by_default_with_its_defaults() {
+        let s = settings(&[]).unwrap();
+        assert!(!s.enabled());
+        assert_eq!(s.v6_prefix, 56);
+        assert_eq!(s.action, Action::Refused);
+        assert_eq!(s.table_size, 65_536);
+        assert_eq!(s.ban, None);
+    }
+
+    #[test]
+    fn the_burst_defaults_to_one_second_and_bans_to_five_minutes() {
+        let s = settings(&["--max-qps-per-ip", "20", "--ban-after", "10s"]).unwrap();
+        assert_eq!(
+            s.per_ip,
+            Some(Rate {
+                per_sec: 20,
+                burst: 20
+            })
+        );
+        assert_eq!(
+            s.ban,
+            Some(BanSettings {
+                after: Duration::from_secs(10),
+                length: Duration::from_secs(300)
+            })
+        );
+        let s = settings(&[
+            "--max-qps-per-client-id",
+            "5",
+            "--max-qps-burst",
+            "50",
+            "--rate-limit-action",
+            "close",
+            "--rate-limit-exempt",
+            "10.0.0.0/8,fd00::/8",
+        ])
+        .unwrap();
+        assert_eq!(
+            s.per_client_id,
+            Some(Rate {
+                per_sec: 5,
+                burst: 50
+            })
+        );
+        assert_eq!(s.per_ip, None);
+        assert_eq!(s.action, Action::Close);
+        assert_eq!(s.exempt.len(), 2);
+    }
+
+    /// Each bad value is refused with an error that names the flag.
+    #[test]
+    fn bad_values_are_refused_with_the_flag_named() {
+        for (argv, needle) in [
+            (
+                &["--max-qps-per-ip", "0"][..],
+                "--max-qps-per-ip must be at least 1",
+            ),
+            (
+                &["--max-qps-burst", "10"],
+                "--max-qps-burst needs --max-qps-per-ip",
+            ),
+            (
+                &["--ban-after", "10s"],
+                "--ban-after needs --max-qps-per-ip",
+            ),
+            (
+                &["--max-qps-per-client-id", "5", "--ban-after", "10s"],
+                "--ban-after needs --max-qps-per-ip",
+            ),
+            (
+                &["--rate-limit-exempt", "10.0.0.0/8"],
+                "--rate-limit-exempt needs",
+            ),
+            (
+                &["--max-qps-per-ip", "5", "--rate-limit-v6-prefix", "129"],
+                "--rate-limit-v6-prefix 129",
+            ),
+            (
+                &["--max-qps-per-ip", "5", "--rate-limit-table-size", "0"],
+                "--rate-limit-table-size must be at least 1",
+            ),
+            (
+                &["--max-qps-per-ip", "5", "--ban-after", "0s"],
+                "--ban-after must be longer than zero",
+            ),
+            (&["--rate-limit-action", "block"], "invalid value 'block'"),
+        ] {
+            let error = settings(argv).expect_err(needle);
+            assert!(error.contains(needle), "{argv:?}: {error}");
+        }
+    }
+}

@@ -414,3 +414,133 @@ fn base64_url(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
+
+/// DoT with `--rate-limit-action drop`: queries over the limit get no
+/// reply at all (R11 deliberately broken), hold nothing in flight, and the
+/// connection goes on: the next query under the limit is answered, and
+/// the only replies ever read are those of served queries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dot_drop_sends_no_reply_and_leaks_nothing() {
+    let up = Upstream::start().await;
+    let metrics = metrics_addr();
+    let server = Server::start(
+        up.addr,
+        &[
+            "--max-qps-per-ip",
+            "5",
+            "--max-qps-burst",
+            "2",
+            "--rate-limit-action",
+            "drop",
+            "--metrics-listen",
+            &metrics.to_string(),
+        ],
+    )
+    .await;
+    let mut client = server.client().await;
+    for id in 1..=5u16 {
+        client
+            .send(&query(id, &format!("d{id}.test."), RecordType::A))
+            .await;
+    }
+    // Replies come in the order they are ready (R10).
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let reply = client.recv().await;
+        let id = reply.metadata.id;
+        assert_answer(&reply, id, &format!("d{id}.test."), RecordType::A);
+        ids.push(id);
+    }
+    ids.sort();
+    assert_eq!(ids, [1, 2]);
+    wait_for_series(
+        metrics,
+        "dotgate_rate_limited_queries_total{transport=\"dot\",limit=\"ip\"}",
+        3.0,
+    )
+    .await;
+    assert_eq!(
+        value(&scrape(metrics).await, "dotgate_queries_in_flight"),
+        0.0
+    );
+    // Ask again until the bucket has refilled (5 a second): the first reply
+    // read is the answer to a retry, never to a dropped query.
+    let mut answered = None;
+    for id in 100..150u16 {
+        let name = format!("r{id}.test.");
+        client.send(&query(id, &name, RecordType::A)).await;
+        match client.read(Duration::from_millis(100)).await {
+            crate::harness::Read::Frame(bytes) => {
+                let reply = crate::harness::parse(&bytes);
+                assert!(
+                    reply.metadata.id >= 100,
+                    "a dropped query was answered: {reply:?}"
+                );
+                answered = Some(reply.metadata.id);
+                break;
+            }
+            crate::harness::Read::Timeout => {}
+            other => panic!("the connection ended: {other:?}"),
+        }
+    }
+    assert!(answered.is_some(), "nothing answered within 5 s");
+    drop(client);
+    wait_for_series(metrics, "dotgate_connections_open", 0.0).await;
+    assert_eq!(
+        value(&scrape(metrics).await, "dotgate_queries_in_flight"),
+        0.0
+    );
+}
+
+/// DoT with `--rate-limit-action close`: the query over the limit closes
+/// the connection, after the replies in flight are written; counted as
+/// closed for `rate_limited`, and never sent upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dot_close_answers_what_is_in_flight_then_closes() {
+    let up = Upstream::start().await;
+    let metrics = metrics_addr();
+    let server = Server::start(
+        up.addr,
+        &[
+            "--max-qps-per-ip",
+            "1",
+            "--max-qps-burst",
+            "2",
+            "--rate-limit-action",
+            "close",
+            "--metrics-listen",
+            &metrics.to_string(),
+        ],
+    )
+    .await;
+    scrape(metrics).await;
+    let mut client = server.client().await;
+    let mut batch = Vec::new();
+    for id in 1..=3u16 {
+        batch.extend(crate::harness::frame(&encode(&query(
+            id,
+            &format!("c{id}.test."),
+            RecordType::A,
+        ))));
+    }
+    client.send_raw(&batch).await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let reply = client.recv().await;
+        ids.push(reply.metadata.id);
+    }
+    ids.sort();
+    assert_eq!(ids, [1, 2]);
+    assert!(
+        matches!(client.read(REPLY_WAIT).await, crate::harness::Read::Eof),
+        "closed cleanly after the replies in flight"
+    );
+    wait_for_series(
+        metrics,
+        "dotgate_connections_closed_total{reason=\"rate_limited\"}",
+        1.0,
+    )
+    .await;
+    let names: Vec<String> = up.received().iter().map(|q| q.name.clone()).collect();
+    assert!(!names.contains(&"c3.test.".to_string()), "{names:?}");
+}
