@@ -250,7 +250,7 @@ struct Slot {
 }
 
 /// A fixed-size, set-associative table of token buckets: a key hashes to
-/// one shard and, in it, one set of [`WAYS`] slots. A new key takes an
+/// one shard and, in it, one set of 8 slots (`WAYS`). A new key takes an
 /// empty slot of its set, else the least recently seen one that is not
 /// banned (else the least recently seen). Never allocates after
 /// [`Table::new`].
