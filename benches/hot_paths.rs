@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the pure functions every query goes through: framing,
 //! reading a message, parsing the query, the upstream rewrite (ID, OPT
 //! edits), reply matching, and the client's reply (ID restored, OPT
-//! mirrored, keepalive and padding of the TLS leg).
+//! mirrored, keepalive and padding of the TLS leg), and the rate limiter's
+//! judgement of a query under its limit.
 //!
 //! ```text
 //! cargo bench --bench hot_paths            # all, about 15 s
@@ -24,10 +25,13 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 
+use dotgate::config::rate_limit::{Action, BanSettings, Rate, RateLimitSettings};
+use dotgate::metrics::stats::Transport;
 use dotgate::proto::dns::{self, QueryInfo};
 use dotgate::proto::edns::LegOptions;
 use dotgate::proto::framing;
 use dotgate::proto::message_reader::{MessageReader, ReadLimits};
+use dotgate::server::rate_limit::RateLimiter;
 
 #[path = "common/messages.rs"]
 mod messages;
@@ -370,6 +374,37 @@ fn main() {
                 };
                 let leg = leg_for(&info);
                 (up, dns::client_reply(reply, &info, leg))
+            },
+        );
+    }
+
+    // ---- the rate limiter (--max-qps-per-ip), under the limit ----
+    let stats = dotgate::metrics::stats::Stats::new().expect("metrics");
+    let settings = RateLimitSettings {
+        per_ip: Some(Rate {
+            per_sec: 1_000_000,
+            burst: 1_000_000,
+        }),
+        per_client_id: None,
+        v6_prefix: 56,
+        action: Action::Refused,
+        exempt: Vec::new(),
+        ban: Some(BanSettings {
+            after: Duration::from_secs(10),
+            length: Duration::from_secs(300),
+        }),
+        table_size: 65_536,
+    };
+    let start = Instant::now();
+    let limiter = RateLimiter::new(&settings, &stats, start).expect("a limit");
+    for clients in [1u32, 10_000] {
+        let mut n = 0u32;
+        h.run(
+            &format!("RateLimiter::judge, under the limit, {clients} client(s) in turn"),
+            || {
+                n = (n + 1) % clients;
+                let addr = std::net::IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n));
+                limiter.judge(black_box(addr), None, Transport::Dot, Instant::now())
             },
         );
     }

@@ -253,6 +253,62 @@ pub struct ServeArgs {
     #[arg(long, env = "DOTGATE_MAX_HANDSHAKES_PER_IP_PER_SEC", value_name = "N")]
     pub max_handshakes_per_ip_per_sec: Option<u32>,
 
+    /// Queries per second per client address (after PROXY; IPv6 per
+    /// --rate-limit-v6-prefix), over every transport; over it, --rate-limit-action.
+    /// Off by default.
+    #[arg(long, env = "DOTGATE_MAX_QPS_PER_IP", value_name = "N")]
+    pub max_qps_per_ip: Option<u32>,
+
+    /// Queries a client may send at once above its rate (default: one second's worth).
+    #[arg(long, env = "DOTGATE_MAX_QPS_BURST", value_name = "B")]
+    pub max_qps_burst: Option<u32>,
+
+    /// Queries per second per client ID (TLS server name or DoH path). Off by default.
+    #[arg(long, env = "DOTGATE_MAX_QPS_PER_CLIENT_ID", value_name = "N")]
+    pub max_qps_per_client_id: Option<u32>,
+
+    /// IPv6 clients share one rate limit per prefix of this length (one site).
+    #[arg(
+        long,
+        env = "DOTGATE_RATE_LIMIT_V6_PREFIX",
+        value_name = "LEN",
+        default_value_t = 56
+    )]
+    pub rate_limit_v6_prefix: u8,
+
+    /// What a query over the limit gets: `refused` (a REFUSED reply), `drop` (no
+    /// reply; DoH: 429) or `close` (the connection is closed; DoH: 429, then closed).
+    #[arg(long, env = "DOTGATE_RATE_LIMIT_ACTION", default_value = "refused")]
+    pub rate_limit_action: crate::config::rate_limit::Action,
+
+    /// Never rate-limit nor ban clients of this network (CIDR); repeatable.
+    #[arg(
+        long,
+        env = "DOTGATE_RATE_LIMIT_EXEMPT",
+        value_delimiter = ',',
+        value_name = "CIDR"
+    )]
+    pub rate_limit_exempt: Vec<crate::config::proxy::Cidr>,
+
+    /// Ban an address that keeps going over --max-qps-per-ip for this long: its
+    /// connections are refused at accept for --ban-for. Off by default.
+    #[arg(long, env = "DOTGATE_BAN_AFTER", value_name = "D")]
+    pub ban_after: Option<Duration>,
+
+    /// How long a ban (--ban-after) lasts.
+    #[arg(long, env = "DOTGATE_BAN_FOR", value_name = "D", default_value = "5m")]
+    pub ban_for: Duration,
+
+    /// Addresses (and client IDs) the rate limiter tracks at most, in a fixed
+    /// table (64 bytes each); the least recently seen is forgotten first.
+    #[arg(
+        long,
+        env = "DOTGATE_RATE_LIMIT_TABLE_SIZE",
+        value_name = "N",
+        default_value_t = 65_536
+    )]
+    pub rate_limit_table_size: usize,
+
     /// Log filter, e.g. `info` or `dotgate=debug` (default: RUST_LOG, else `info`).
     #[arg(long, env = "DOTGATE_LOG_LEVEL")]
     pub log_level: Option<String>,

@@ -12,6 +12,7 @@ pub mod duration;
 pub mod file;
 pub mod forwarded;
 pub mod proxy;
+pub mod rate_limit;
 pub mod system_resolver;
 
 use std::net::{IpAddr, SocketAddr};
@@ -154,6 +155,8 @@ pub struct Config {
     pub tell_upstream: ClientToUpstream,
     /// `--doh-listen`, `--doh-listen-plain`, `--doh-path`.
     pub doh: DohSettings,
+    /// `--max-qps-per-ip` and the other rate-limit and ban flags.
+    pub rate_limit: rate_limit::RateLimitSettings,
 }
 
 /// Where and how DNS over HTTPS is served.
@@ -303,6 +306,13 @@ pub enum ConfigError {
     BadClientId(#[from] client_id::ClientIdError),
     #[error("{flag} must be at least 1")]
     Zero { flag: &'static str },
+    #[error("{flag} needs {needed}: it changes how that limit works")]
+    RateLimitFlagAlone {
+        flag: &'static str,
+        needed: &'static str,
+    },
+    #[error("--rate-limit-v6-prefix {0}: write a prefix length from 1 to 128 (56 for one site, 64 for one host's network)")]
+    BadV6Prefix(u8),
     #[error("{flag} must be longer than zero")]
     ZeroDuration { flag: &'static str },
 }
@@ -417,6 +427,7 @@ impl Config {
             return Err(ConfigError::ProxyFromWithoutProxy);
         }
         let doh = doh_settings(args)?;
+        let rate_limit = rate_limit::RateLimitSettings::from_args(args)?;
         let client_ids = client_id_settings(args, doh.enabled())?;
         let tell_upstream = ClientToUpstream {
             proxy_protocol: args.upstream_proxy_protocol,
@@ -459,6 +470,7 @@ impl Config {
             client_ids,
             tell_upstream,
             doh,
+            rate_limit,
         })
     }
 }

@@ -42,6 +42,9 @@ pub enum CloseReason {
     Retired,
     /// A message begun was not complete within `--read-timeout`.
     ReadTimeout,
+    /// A query over a rate limit with `--rate-limit-action close`, or from
+    /// a banned address.
+    RateLimited,
 }
 
 /// What dotgate counts. A child of a labelled family is a field of its own
@@ -72,6 +75,17 @@ pub struct Stats {
     pub refused_client_id: IntCounter,
     /// `--acme` has no certificate yet: closed at accept.
     pub refused_no_certificate: IntCounter,
+    /// The client's address is banned (`--ban-after`).
+    pub refused_banned: IntCounter,
+    /// Bans begun (`--ban-after`).
+    pub bans: IntCounter,
+    /// Addresses and client IDs the rate limiter tracks now.
+    pub rate_limit_entries: IntGauge,
+    /// Tracked entries forgotten to make room for a new one.
+    pub rate_limit_evictions: IntCounter,
+    /// Queries over a rate limit, by transport and limit; resolved by
+    /// [`Stats::rate_limited`].
+    rate_limited: IntCounterVec,
     /// Failed accepts on a DoT listener (out of file descriptors, mostly);
     /// each one is followed by a pause, see `server::AcceptErrors`.
     pub accept_errors: IntCounter,
@@ -81,6 +95,7 @@ pub struct Stats {
     pub closed_retired: IntCounter,
     pub closed_shutdown: IntCounter,
     pub closed_read_timeout: IntCounter,
+    pub closed_rate_limited: IntCounter,
     /// Reads that waited for room in the shared message budget.
     pub message_budget_waits: IntCounter,
     /// All failed handshakes; the three below split them by reason.
@@ -381,6 +396,24 @@ impl Stats {
             refused_not_allowed: refused.with_label_values(&["not_allowed"]),
             refused_client_id: refused.with_label_values(&["client_id"]),
             refused_no_certificate: refused.with_label_values(&["no_certificate"]),
+            refused_banned: refused.with_label_values(&["banned"]),
+            bans: r.counter(
+                "dotgate_bans_total",
+                "Client addresses banned for going over --max-qps-per-ip for --ban-after.",
+            )?,
+            rate_limit_entries: r.gauge(
+                "dotgate_rate_limit_entries",
+                "Client addresses and IDs the rate limiter tracks (at most --rate-limit-table-size each).",
+            )?,
+            rate_limit_evictions: r.counter(
+                "dotgate_rate_limit_evictions_total",
+                "Tracked addresses or IDs forgotten to make room for new ones (the least recently seen).",
+            )?,
+            rate_limited: r.counter_vec(
+                "dotgate_rate_limited_queries_total",
+                "Queries over a rate limit (never sent upstream), by transport and limit (ip, client_id, banned).",
+                &["transport", "limit"],
+            )?,
             accept_errors: r.counter(
                 "dotgate_accept_errors_total",
                 "Failed accepts on a DoT listener (e.g. out of file descriptors), each followed by a pause.",
@@ -391,6 +424,7 @@ impl Stats {
             closed_retired: closed.with_label_values(&["retired"]),
             closed_shutdown: closed.with_label_values(&["shutdown"]),
             closed_read_timeout: closed.with_label_values(&["read_timeout"]),
+            closed_rate_limited: closed.with_label_values(&["rate_limited"]),
             message_budget_waits: r.counter(
                 "dotgate_message_budget_waits_total",
                 "Reads of a large message that waited for room in --message-memory-mib.",
@@ -511,6 +545,7 @@ impl Stats {
             CloseReason::Retired => &self.closed_retired,
             CloseReason::Shutdown => &self.closed_shutdown,
             CloseReason::ReadTimeout => &self.closed_read_timeout,
+            CloseReason::RateLimited => &self.closed_rate_limited,
         }
         .inc();
     }
@@ -597,6 +632,17 @@ impl Stats {
         }
     }
 
+    /// The counter of queries over `limit` on `transport`. Resolved once,
+    /// when the limiter is built.
+    pub fn rate_limited(
+        &self,
+        transport: Transport,
+        limit: crate::server::rate_limit::Limit,
+    ) -> IntCounter {
+        self.rate_limited
+            .with_label_values(&[transport.as_str(), limit.as_str()])
+    }
+
     /// The query counter of a listed client ID (the label values are
     /// bounded by the ID list). Resolved once per connection.
     pub fn client_queries(&self, id: &str) -> IntCounter {
@@ -676,6 +722,8 @@ impl Stats {
             refused_not_allowed = self.refused_not_allowed.get(),
             refused_client_id = self.refused_client_id.get(),
             refused_no_certificate = self.refused_no_certificate.get(),
+            refused_banned = self.refused_banned.get(),
+            bans = self.bans.get(),
             accept_errors = self.accept_errors.get(),
             handshake_failures = self.handshake_failures.get(),
             queries = self.queries.iter().map(IntCounter::get).sum::<u64>(),

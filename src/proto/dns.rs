@@ -45,6 +45,7 @@ pub enum Rcode {
     NoError = 0,
     FormErr = 1,
     ServFail = 2,
+    Refused = 5,
     /// Extended (RFC 6891): the header carries 0, the OPT record 1.
     BadVers = edns::BADVERS,
 }

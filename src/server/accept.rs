@@ -26,6 +26,7 @@ use crate::server::connection::{self, Shared};
 use crate::server::doh;
 use crate::server::handshake::{self, HandshakeError};
 use crate::server::per_ip::{IpSlot, PerIp, Refusal};
+use crate::server::rate_limit::RateLimiter;
 use crate::tls::{self, ServerConfigs};
 use crate::upstream::{Origin, Pool, PoolError};
 
@@ -212,6 +213,7 @@ pub async fn run_with_metrics(
         tell_upstream: config.tell_upstream,
         doh_path: config.doh.path.clone(),
         forwarding: config.doh.forwarded.clone(),
+        rate_limit: RateLimiter::new(&config.rate_limit, &stats, std::time::Instant::now()),
         read_limits: ReadLimits {
             read_timeout: Some(config.timeouts.read),
             budget: Some(MessageBudget::new(config.limits.message_memory, {
@@ -388,6 +390,10 @@ impl AcceptLoop {
                 drop(tcp);
                 continue;
             }
+            if !self.proxy.enabled && banned(&self.shared, peer) {
+                drop(tcp);
+                continue;
+            }
             let Ok(global) = self.slots.clone().try_acquire_owned() else {
                 stats.refused_over_capacity.inc();
                 tracing::debug!(%peer, "over --max-connections: closed");
@@ -438,6 +444,20 @@ impl AcceptLoop {
 fn allowed_at_accept(kind: ListenerKind, shared: &Shared, client: SocketAddr) -> bool {
     shared.allow.allows(client.ip())
         || (kind.transport() == Transport::Doh && shared.forwarding.trusts(client.ip()))
+}
+
+/// True (and counted) when `client` is banned (`--ban-after`): its
+/// connection is closed before anything is read, or after the PROXY header.
+fn banned(shared: &Shared, client: SocketAddr) -> bool {
+    let banned = shared
+        .rate_limit
+        .as_ref()
+        .is_some_and(|limits| limits.banned(client.ip(), std::time::Instant::now()));
+    if banned {
+        shared.stats.refused_banned.inc();
+        tracing::debug!(%client, "banned: closed");
+    }
+    banned
 }
 
 /// Admits `client` under the per-address limits, counting the connection
@@ -541,6 +561,9 @@ async fn handle(
         if !allowed_at_accept(kind, &shared, client) {
             stats.refused_not_allowed.inc();
             tracing::debug!(%client, proxy = %peer, "not in --allow-from: closed");
+            return;
+        }
+        if banned(&shared, client) {
             return;
         }
         match admit(&per_ip, client, kind.transport(), stats) {

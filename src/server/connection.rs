@@ -50,6 +50,7 @@ use crate::proto::framing::FrameError;
 use crate::proto::message_reader::{MessageReader, ReadLimits};
 use crate::server::client::Client;
 use crate::server::client_ids::ClientIds;
+use crate::server::rate_limit::{Decision, RateLimiter};
 use crate::server::respond;
 use crate::tls::server_stream::{TlsFailure, LINGER};
 use crate::upstream::Pool;
@@ -78,6 +79,8 @@ pub struct Shared {
     /// client; `--allow-from` is judged on each of their requests instead
     /// of at accept.
     pub forwarding: crate::config::forwarded::Forwarding,
+    /// `--max-qps-per-ip` and the other per-client limits; `None` when off.
+    pub rate_limit: Option<RateLimiter>,
 }
 
 /// Largest batch of replies coalesced into one write.
@@ -160,12 +163,32 @@ where
                     }
                 };
                 queries_read += 1;
+                let decision = shared.rate_limit.as_ref().map_or(Decision::Serve, |limits| {
+                    limits.judge(client.addr.ip(), client.id.as_deref(), Transport::Dot, Instant::now())
+                });
+                match decision {
+                    Decision::Serve | Decision::Refuse => {}
+                    // No reply, deliberately (R11 does not hold for it):
+                    // the query is gone with its buffer, nothing is in
+                    // flight for it, and the client's own timeout ends
+                    // its wait.
+                    Decision::Drop => {
+                        shared.stats.count_query(Transport::Dot);
+                        continue;
+                    }
+                    // What is in flight is still answered below.
+                    Decision::Close => {
+                        shared.stats.count_query(Transport::Dot);
+                        break CloseReason::RateLimited;
+                    }
+                }
                 // The last query before retirement already learns of it.
                 let last = shared.max_queries.is_some_and(|max| queries_read >= max);
                 if last {
                     retiring.store(true, Ordering::Relaxed);
                 }
-                in_flight.push(answer_one(shared, &client, msg, &retiring));
+                let refused = decision == Decision::Refuse;
+                in_flight.push(answer_one(shared, &client, msg, &retiring, refused));
                 if last {
                     break CloseReason::Retired;
                 }
@@ -216,14 +239,22 @@ where
 }
 
 /// One query's way through the upstream, with when it was read (for
-/// `dotgate_query_duration_seconds`).
+/// `dotgate_query_duration_seconds`); REFUSED at once, without the
+/// upstream, when it is over a rate limit (`refused`).
 async fn answer_one(
     shared: &Shared,
     client: &Client,
     msg: Vec<u8>,
     retiring: &AtomicBool,
+    refused: bool,
 ) -> (Vec<u8>, Instant) {
     let received = Instant::now();
+    if refused {
+        return (
+            respond::refused(&shared.stats, Transport::Dot, &msg),
+            received,
+        );
+    }
     let _in_flight = shared.stats.query_in_flight();
     if let Some(queries) = &client.queries {
         queries.inc();

@@ -231,6 +231,7 @@ async fn shared(upstream: &Upstream, s: Settings) -> Arc<Shared> {
         tell_upstream: Default::default(),
         doh_path: "/dns-query".to_string(),
         forwarding: Default::default(),
+        rate_limit: None,
         read_limits: ReadLimits {
             read_timeout: Some(s.read),
             budget: Some(MessageBudget::new(64 << 20, Arc::new(|| {}))),

@@ -3,7 +3,8 @@
 //! (plaintext refusal, TLS) -> [`connection`] (framing, in-flight limit,
 //! idle, one writer) -> [`respond`] (the reply to each query); [`shutdown`]
 //! turns signals into the drain; [`no_cert`] closes connections at once
-//! while `--acme` waits for its first certificate.
+//! while `--acme` waits for its first certificate; [`rate_limit`] judges
+//! every query of every transport against the per-client limits and bans.
 //!
 //! [`doh`] is the second transport: its connections share accept and
 //! handshake with DoT's, then go to HTTP instead of [`connection`], and
@@ -19,6 +20,7 @@ pub mod doh;
 pub mod handshake;
 pub mod no_cert;
 pub mod per_ip;
+pub mod rate_limit;
 pub mod respond;
 pub mod shutdown;
 

@@ -7,6 +7,15 @@ use crate::proto::dns::{self, Rcode};
 use crate::proto::edns::{LegOptions, Request};
 use crate::upstream::{Origin, Pool, Reply, UpstreamError};
 
+/// The REFUSED reply to a query over a rate limit, made here and never
+/// sent upstream; counted as a query read and a reply.
+pub fn refused(stats: &Stats, transport: Transport, msg: &[u8]) -> Vec<u8> {
+    stats.count_query(transport);
+    stats.count_reply(Rcode::Refused as u16);
+    let info = dns::parse_query(msg).ok();
+    dns::error_reply(msg, info.as_ref(), Rcode::Refused as u16, LegOptions::NONE)
+}
+
 /// Produces the reply to one query: the upstream's answer, FORMERR for a
 /// query dotgate cannot read past the header, FORMERR or BADVERS for an OPT
 /// record it refuses, SERVFAIL when the upstream fails. Never fails itself.

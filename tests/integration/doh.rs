@@ -105,6 +105,14 @@ impl Http {
         }
     }
 
+    /// True once the server has closed the connection.
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Http::H2(send) => send.is_closed(),
+            Http::H1(send) => send.is_closed(),
+        }
+    }
+
     /// Sends `req` and reads the whole response.
     pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Reply {
         let exchange = async {

@@ -33,6 +33,7 @@ mod metrics;
 mod pool;
 mod process;
 mod proxy;
+mod rate_limit;
 mod replicas;
 mod tls;
 mod tls_attack;

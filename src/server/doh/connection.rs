@@ -73,6 +73,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
+    let close = CancellationToken::new();
     let timeouts = shared.timeouts;
     let limits = Limits {
         idle: timeouts.idle,
@@ -84,6 +85,7 @@ where
         client,
         shared: shared.clone(),
         activity: activity.clone(),
+        close: close.clone(),
     });
     let service = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
@@ -111,7 +113,7 @@ where
                 .keep_alive(true)
                 .max_buf_size(MAX_HTTP1_BUFFER)
                 .serve_connection(io, service);
-            run(conn, &activity, limits, &shutdown, |c| {
+            run(conn, &activity, limits, (&shutdown, &close), |c| {
                 c.graceful_shutdown()
             })
             .await
@@ -128,7 +130,7 @@ where
                 .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
                 .max_local_error_reset_streams(MAX_ERROR_RESETS);
             let conn = builder.serve_connection(io, service);
-            run(conn, &activity, limits, &shutdown, |c| {
+            run(conn, &activity, limits, (&shutdown, &close), |c| {
                 c.graceful_shutdown()
             })
             .await
@@ -159,7 +161,8 @@ struct Limits {
 }
 
 /// Drives `conn` until it ends, asking it to close gracefully at the first
-/// of the idle timeout, the maximum age, or shutdown; it is dropped if it
+/// of the idle timeout, the maximum age, shutdown, or `close` (a
+/// rate-limited client); it is dropped if it
 /// has not ended `close_within` after that, and at once when what the
 /// client began is not finished within the read timeout. The error of a
 /// connection that failed before any of those is returned.
@@ -167,7 +170,7 @@ async fn run<C>(
     conn: C,
     activity: &Activity,
     limits: Limits,
-    shutdown: &CancellationToken,
+    (shutdown, close): (&CancellationToken, &CancellationToken),
     graceful: impl Fn(Pin<&mut C>),
 ) -> hyper::Result<CloseReason>
 where
@@ -212,6 +215,7 @@ where
                 continue;
             }
             _ = &mut stopping, if closing.is_none() => CloseReason::Shutdown,
+            _ = close.cancelled(), if closing.is_none() => CloseReason::RateLimited,
             _ = &mut too_old, if closing.is_none() => CloseReason::Retired,
             _ = &mut idle, if closing.is_none() => {
                 let now = Instant::now();

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::http::request::Parts;
 use hyper::{Request, Response, StatusCode};
 
@@ -24,8 +24,10 @@ use crate::proto::edns::LegOptions;
 use crate::server::client::Client;
 use crate::server::client_ids::Judgement;
 use crate::server::connection::Shared;
+use crate::server::rate_limit::Decision;
 use crate::server::respond;
 use crate::upstream::Origin;
+use tokio_util::sync::CancellationToken;
 
 /// What every request of one connection shares.
 pub struct Context {
@@ -35,6 +37,9 @@ pub struct Context {
     pub shared: Arc<Shared>,
     /// The connection's requests in progress, for its idle timer.
     pub activity: Arc<Activity>,
+    /// Cancelled to close the connection gracefully (a rate-limited
+    /// client with `--rate-limit-action close`, or a banned one).
+    pub close: CancellationToken,
 }
 
 /// Who one request is for.
@@ -155,6 +160,30 @@ async fn dns_reply(
         }
     };
     request::check_message(&message)?;
+    if let Some(limits) = &shared.rate_limit {
+        // The client a trusted proxy names, or the connection's.
+        let addr = who.addr.ip();
+        let now = std::time::Instant::now();
+        match limits.judge(addr, id.as_deref(), Transport::Doh, now) {
+            Decision::Serve => {}
+            // A 200 carrying REFUSED, as DoT's reply would be.
+            Decision::Refuse => {
+                return Ok(respond::refused(&shared.stats, Transport::Doh, &message))
+            }
+            // An HTTP request must get a response: 429 stands for no reply.
+            Decision::Drop => {
+                shared.stats.count_query(Transport::Doh);
+                return Err(Refusal::RateLimited);
+            }
+            // 429, then GOAWAY (HTTP/2) or the end of keep-alive (HTTP/1.1)
+            // once the responses in progress are sent.
+            Decision::Close => {
+                shared.stats.count_query(Transport::Doh);
+                ctx.close.cancel();
+                return Err(Refusal::RateLimited);
+            }
+        }
+    }
     if let Some(id) = id.as_deref().filter(|_| shared.client_ids.is_private()) {
         shared.stats.client_queries(id).inc();
     }
@@ -224,6 +253,9 @@ fn refusal_response(refusal: Refusal) -> Response<Full<Bytes>> {
     );
     if refusal == Refusal::MethodNotAllowed {
         headers.insert(ALLOW, HeaderValue::from_static("GET, POST"));
+    }
+    if refusal == Refusal::RateLimited {
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
     }
     response
 }

@@ -49,6 +49,10 @@ pub enum Refusal {
     /// The client a trusted proxy names is outside `--allow-from`.
     #[error("this client is not served here")]
     Forbidden,
+    /// Over `--max-qps-per-ip` or `--max-qps-per-client-id`, with
+    /// `--rate-limit-action drop` or `close`, or banned.
+    #[error("too many queries from this client: slow down")]
+    RateLimited,
 }
 
 impl Refusal {
@@ -62,6 +66,7 @@ impl Refusal {
             Refusal::TooLarge => 413,
             Refusal::Timeout => 408,
             Refusal::Forbidden => 403,
+            Refusal::RateLimited => 429,
         }
     }
 }
