@@ -279,7 +279,7 @@ pub struct ServeArgs {
     /// What a query over the limit gets: `refused` (a REFUSED reply), `drop` (no
     /// reply; DoH: 429) or `close` (the connection is closed; DoH: 429, then closed).
     #[arg(long, env = "DOTGATE_RATE_LIMIT_ACTION", default_value = "refused")]
-    pub rate_limit_action: crate::config::rate_limit::Action,
+    pub rate_limit_action: RateLimitAction,
 
     /// Never rate-limit nor ban clients of this network (CIDR); repeatable.
     #[arg(
@@ -501,4 +501,18 @@ pub struct ManpageArgs {
     /// this existing folder instead of printing dotgate.1.
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+}
+
+/// What happens to a query over its client's limit (`--rate-limit-action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RateLimitAction {
+    /// A REFUSED reply at once (DoH: a 200 carrying it): the client knows
+    /// and stops waiting.
+    Refused,
+    /// No reply (DoT); DoH answers 429, since an HTTP request must get a
+    /// response.
+    Drop,
+    /// The connection is closed (DoH: 429, then the HTTP connection is
+    /// closed gracefully).
+    Close,
 }

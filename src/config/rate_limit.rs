@@ -11,19 +11,9 @@ use super::ConfigError;
 /// What a flag that tunes the limits needs beside it.
 const A_LIMIT: &str = "--max-qps-per-ip or --max-qps-per-client-id";
 
-/// What happens to a query over its client's limit (`--rate-limit-action`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Action {
-    /// A REFUSED reply at once (DoH: a 200 carrying it): the client knows
-    /// and stops waiting.
-    Refused,
-    /// No reply (DoT); DoH answers 429, since an HTTP request must get a
-    /// response.
-    Drop,
-    /// The connection is closed (DoH: 429, then the HTTP connection is
-    /// closed gracefully).
-    Close,
-}
+/// What happens to a query over its client's limit (`--rate-limit-action`);
+/// declared with the flags, whose values it is.
+pub use super::cli::RateLimitAction as Action;
 
 /// A token bucket's refill rate and size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -310,6 +310,31 @@ impl Transport {
     }
 }
 
+/// Which limit a query went over, for `dotgate_rate_limited_queries_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitLabel {
+    Ip = 0,
+    ClientId = 1,
+    /// The address is banned (`--ban-after`).
+    Banned = 2,
+}
+
+impl RateLimitLabel {
+    pub const ALL: [RateLimitLabel; 3] = [
+        RateLimitLabel::Ip,
+        RateLimitLabel::ClientId,
+        RateLimitLabel::Banned,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateLimitLabel::Ip => "ip",
+            RateLimitLabel::ClientId => "client_id",
+            RateLimitLabel::Banned => "banned",
+        }
+    }
+}
+
 /// A negotiated TLS version, for `dotgate_tls_handshakes_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsVersionLabel {
@@ -634,11 +659,7 @@ impl Stats {
 
     /// The counter of queries over `limit` on `transport`. Resolved once,
     /// when the limiter is built.
-    pub fn rate_limited(
-        &self,
-        transport: Transport,
-        limit: crate::server::rate_limit::Limit,
-    ) -> IntCounter {
+    pub fn rate_limited(&self, transport: Transport, limit: RateLimitLabel) -> IntCounter {
         self.rate_limited
             .with_label_values(&[transport.as_str(), limit.as_str()])
     }

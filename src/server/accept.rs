@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -20,11 +19,13 @@ use crate::metrics::http;
 use crate::metrics::stats::{HandshakeFailure, Stats, TlsVersionLabel, Transport};
 use crate::proto::message_reader::{MessageBudget, ReadLimits};
 use crate::proto::proxy_header;
+use crate::server::accept_errors::AcceptErrors;
 use crate::server::client::Client;
 use crate::server::client_ids::ClientIds;
 use crate::server::connection::{self, Shared};
 use crate::server::doh;
 use crate::server::handshake::{self, HandshakeError};
+use crate::server::listener::{Listener, ListenerKind};
 use crate::server::per_ip::{IpSlot, PerIp, Refusal};
 use crate::server::rate_limit::RateLimiter;
 use crate::tls::{self, ServerConfigs};
@@ -49,47 +50,6 @@ pub enum ServeError {
     ClientIds(#[from] crate::config::client_id::ClientIdError),
     #[error(transparent)]
     AcmeAlpn(#[from] crate::acme::alpn01::AlpnError),
-}
-
-/// A bound listening socket, what it serves, and whether its connections
-/// start with a PROXY protocol header.
-pub struct Listener {
-    pub socket: TcpListener,
-    pub proxy: bool,
-    pub kind: ListenerKind,
-}
-
-/// What a listener serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ListenerKind {
-    /// DNS over TLS (`--listen`, `--proxy-protocol-listen`).
-    Dot,
-    /// DNS over HTTPS, TLS with ALPN `h2` and `http/1.1` (`--doh-listen`).
-    Doh,
-    /// DNS over HTTP without TLS, for a reverse proxy that terminates TLS
-    /// in front (`--doh-listen-plain`).
-    DohPlain,
-}
-
-impl ListenerKind {
-    /// The transport its queries are counted under.
-    pub fn transport(self) -> Transport {
-        match self {
-            ListenerKind::Dot => Transport::Dot,
-            ListenerKind::Doh | ListenerKind::DohPlain => Transport::Doh,
-        }
-    }
-}
-
-impl Listener {
-    /// A DoT listener.
-    pub fn dot(socket: TcpListener, proxy: bool) -> Self {
-        Self {
-            socket,
-            proxy,
-            kind: ListenerKind::Dot,
-        }
-    }
 }
 
 /// Serves DoT on `listeners` until `shutdown` is cancelled, then drains.
@@ -299,64 +259,6 @@ struct AcceptLoop {
     tracker: TaskTracker,
     kind: ListenerKind,
     proxy: Arc<ProxySettings>,
-}
-
-/// Pause after an accept error (most often EMFILE or ENFILE: out of file
-/// descriptors), doubling up to the maximum and reset by the next success.
-/// The listener stays readable while connections wait in the backlog, so
-/// without a pause the loop would retry at once and spin a core; the
-/// maximum is short so that service resumes within a tenth of a second once
-/// descriptors are freed (an accept attempt that fails costs microseconds).
-const ACCEPT_BACKOFF_START: Duration = Duration::from_millis(1);
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(100);
-
-/// At most one warning per this long about failing accepts: a process out
-/// of descriptors would otherwise log ten lines a second until it recovers.
-const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(1);
-
-/// The accept loop's error pacing: the current pause, and when it last
-/// warned and how many errors it has not reported yet.
-pub(super) struct AcceptErrors {
-    backoff: Duration,
-    warned: Option<tokio::time::Instant>,
-    unreported: u64,
-}
-
-impl AcceptErrors {
-    pub(super) fn new() -> Self {
-        Self {
-            backoff: ACCEPT_BACKOFF_START,
-            warned: None,
-            unreported: 0,
-        }
-    }
-
-    pub(super) fn succeeded(&mut self) {
-        self.backoff = ACCEPT_BACKOFF_START;
-    }
-
-    /// Counts and (at most once per [`ACCEPT_WARN_EVERY`]) logs one failed
-    /// accept; returns how long to pause before the next attempt.
-    pub(super) fn failed(&mut self, error: &std::io::Error, stats: &Stats) -> Duration {
-        stats.accept_errors.inc();
-        self.unreported += 1;
-        let now = tokio::time::Instant::now();
-        if self
-            .warned
-            .is_none_or(|at| now.duration_since(at) >= ACCEPT_WARN_EVERY)
-        {
-            tracing::warn!(
-                %error,
-                failures = self.unreported,
-                "accepting connections failed; pausing up to {ACCEPT_BACKOFF_MAX:?} between attempts"
-            );
-            self.warned = Some(now);
-            self.unreported = 0;
-        }
-        let pause = self.backoff;
-        self.backoff = (self.backoff * 2).min(ACCEPT_BACKOFF_MAX);
-        pause
-    }
 }
 
 impl AcceptLoop {
@@ -722,46 +624,4 @@ async fn plain_protocol(tcp: &TcpStream, deadline: tokio::time::Instant) -> Opti
     } else {
         doh::Protocol::Http1
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn emfile() -> std::io::Error {
-        std::io::Error::from_raw_os_error(24)
-    }
-
-    /// The pause doubles from 1 ms to at most 100 ms, every failure is
-    /// counted, and a success starts over from 1 ms.
-    #[tokio::test(start_paused = true)]
-    async fn accept_errors_back_off_and_reset_on_success() {
-        let stats = Stats::new().unwrap();
-        let mut errors = AcceptErrors::new();
-        let pauses: Vec<u64> = (0..10)
-            .map(|_| errors.failed(&emfile(), &stats).as_millis() as u64)
-            .collect();
-        assert_eq!(pauses, [1, 2, 4, 8, 16, 32, 64, 100, 100, 100]);
-        assert_eq!(stats.accept_errors.get(), 10);
-        errors.succeeded();
-        assert_eq!(errors.failed(&emfile(), &stats), ACCEPT_BACKOFF_START);
-    }
-
-    /// One warning, then the failures of the next second are only tallied,
-    /// and reported with the next warning.
-    #[tokio::test(start_paused = true)]
-    async fn accept_errors_warn_at_most_once_a_second() {
-        let stats = Stats::new().unwrap();
-        let mut errors = AcceptErrors::new();
-        errors.failed(&emfile(), &stats);
-        assert_eq!(errors.unreported, 0, "the first failure is logged");
-        for _ in 0..5 {
-            tokio::time::advance(Duration::from_millis(100)).await;
-            errors.failed(&emfile(), &stats);
-        }
-        assert_eq!(errors.unreported, 5, "not logged within the second");
-        tokio::time::advance(ACCEPT_WARN_EVERY).await;
-        errors.failed(&emfile(), &stats);
-        assert_eq!(errors.unreported, 0, "logged again a second later");
-    }
 }

@@ -11,6 +11,7 @@
 //! reach the same [`respond`].
 
 pub mod accept;
+pub mod accept_errors;
 pub mod client;
 pub mod client_ids;
 pub mod connection;
@@ -18,10 +19,12 @@ pub mod connection;
 mod connection_tests;
 pub mod doh;
 pub mod handshake;
+pub mod listener;
 pub mod no_cert;
 pub mod per_ip;
 pub mod rate_limit;
 pub mod respond;
 pub mod shutdown;
 
-pub use accept::{run, run_listeners, run_with_metrics, Listener, ListenerKind, ServeError};
+pub use accept::{run, run_listeners, run_with_metrics, ServeError};
+pub use listener::{Listener, ListenerKind};

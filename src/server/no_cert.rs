@@ -24,7 +24,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use super::accept::{AcceptErrors, Listener, ListenerKind};
+use super::accept_errors::AcceptErrors;
+use super::listener::{Listener, ListenerKind};
 use crate::acme::alpn01;
 use crate::metrics::stats::Stats;
 

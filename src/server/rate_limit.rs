@@ -52,26 +52,9 @@ pub enum Decision {
     Close,
 }
 
-/// Which limit a query went over, for the metric's label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Limit {
-    Ip = 0,
-    ClientId = 1,
-    /// The address is banned (`--ban-after`).
-    Banned = 2,
-}
-
-impl Limit {
-    pub const ALL: [Limit; 3] = [Limit::Ip, Limit::ClientId, Limit::Banned];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Limit::Ip => "ip",
-            Limit::ClientId => "client_id",
-            Limit::Banned => "banned",
-        }
-    }
-}
+/// Which limit a query went over: the metric's label type, declared with
+/// the metrics.
+pub use crate::metrics::stats::RateLimitLabel as Limit;
 
 /// One bucket's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
