@@ -48,7 +48,7 @@ impl AcceptErrors {
         self.backoff = ACCEPT_BACKOFF_START;
     }
 
-    /// Counts and (at most once per [`ACCEPT_WARN_EVERY`]) logs one failed
+    /// Counts and (at most once a second) logs one failed
     /// accept; returns how long to pause before the next attempt.
     pub fn failed(&mut self, error: &std::io::Error, stats: &Stats) -> Duration {
         stats.accept_errors.inc();
