@@ -19,7 +19,8 @@
 #                   service; remove keeps /var/lib/dotgate, purge deletes it
 #
 # Needs: file, kdig, python3, qemu-user-static, lintian, buildah (root).
-# Environment: DOTGATE_DIST (default dist).
+# Environment: DOTGATE_DIST (default dist); DOTGATE_GIT_COMMIT, the commit
+# --version must name (default: HEAD, as build.sh).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -47,7 +48,7 @@ trap cleanup EXIT
 
 step "SHA256SUMS"
 (cd "$dist" && sha256sum --quiet -c SHA256SUMS) || die "a checksum does not match"
-commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+commit=${DOTGATE_GIT_COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)}
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
 
 # One loopback upstream and one certificate for every run below.
