@@ -91,8 +91,9 @@ build() {
   echo "$arch built in $(since "$t0") s: $(file -b "$bin")"
 }
 
+installed_targets=$(rustup target list --installed 2>/dev/null || true)
 for arch in $targets; do
-  rustup target list --installed 2>/dev/null | grep -qx "$(triple_of "$arch")" ||
+  grep -qx "$(triple_of "$arch")" <<<"$installed_targets" ||
     die "the Rust target $(triple_of "$arch") is not installed (rustup target add; .ci/run does)"
 done
 for arch in $targets; do build "$arch"; done
@@ -228,6 +229,6 @@ for pair in x86_64:amd64 aarch64:arm64; do
   case " $targets " in *" $arch "*) deb "$arch" "${pair#*:}" ;; esac
 done
 
-(cd "$dist" && sha256sum -- *.tar.gz *.deb >SHA256SUMS)
+(cd "$dist" && shopt -s nullglob && sha256sum -- *.tar.gz *.deb >SHA256SUMS)
 step "dist/ ($version, commit $DOTGATE_GIT_COMMIT)"
 (cd "$dist" && ls -l --time-style=+ -- * | awk '{ printf "%10d  %s\n", $5, $NF }')

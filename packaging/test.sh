@@ -119,6 +119,12 @@ run_tarball() {
 
 for tarball in "$dist"/dotgate-*-linux.tar.gz; do run_tarball "$tarball"; done
 
+if ! ls "$dist"/*.deb >/dev/null 2>&1; then
+  echo "note: no .deb in $dist (DOTGATE_TARGETS without x86_64 and aarch64): package checks skipped"
+  echo "packaging test: ok (tarballs only)"
+  exit 0
+fi
+
 # ---------- lintian ----------
 
 for deb in "$dist"/*.deb; do
