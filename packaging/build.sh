@@ -34,7 +34,9 @@ dist=${DOTGATE_DIST:-dist}
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
 [ -n "$version" ] || die "no version in Cargo.toml"
 deb_revision=1
-export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}
+# Not exported: cc-rs reads SOURCE_DATE_EPOCH, so a value that changes with
+# every commit would rebuild aws-lc (and all that depends on it) each time.
+epoch=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}
 # The commit --version names (build.rs), passed on so that a build from a
 # tarball without .git can still be told it.
 DOTGATE_GIT_COMMIT=${DOTGATE_GIT_COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)}
@@ -121,7 +123,7 @@ mkdir -p "$dist"
 tar_gz() {
   local out=$1 dir=$2 name=$3
   tar -C "$dir" --sort=name --owner=0 --group=0 --numeric-owner \
-    --mtime="@$SOURCE_DATE_EPOCH" --format=gnu -cf - "$name" | gzip -9n >"$out"
+    --mtime="@$epoch" --format=gnu -cf - "$name" | gzip -9n >"$out"
 }
 
 # ---------- the tarballs ----------
@@ -188,7 +190,7 @@ deb() {
   install -m 644 README.md "$root/usr/share/doc/dotgate/README.md"
   [ -f CHANGELOG.md ] && gzip -9n <CHANGELOG.md >"$root/usr/share/doc/dotgate/changelog.gz"
   printf 'dotgate (%s-%s) unstable; urgency=medium\n\n  * Built by packaging/build.sh from commit %s.\n\n -- dotgate maintainers <dotgate@example.org>  %s\n' \
-    "$version" "$deb_revision" "$DOTGATE_GIT_COMMIT" "$(date -u -R -d "@$SOURCE_DATE_EPOCH")" |
+    "$version" "$deb_revision" "$DOTGATE_GIT_COMMIT" "$(date -u -R -d "@$epoch")" |
     gzip -9n >"$root/usr/share/doc/dotgate/changelog.Debian.gz"
   install -m 644 packaging/debian/lintian-overrides "$root/usr/share/lintian/overrides/dotgate"
   for script in postinst prerm postrm; do
