@@ -74,15 +74,17 @@ def main():
     if offered:
         row(f"DoH p99 latency (ms) at {offered:,} QPS offered", lambda r: r["p99_ms"], 2, "lower",
             test="doh_latency")
-    idle = next((r["count"] for r in rows if r["test"] == "doh_idle"), None)
+    idle = {r["frontend"]: r["count"] for r in rows if r["test"] == "doh_idle"}
     if idle:
-        row(f"KiB per idle HTTP/2 connection ({idle:,} held)", lambda r: r["kib_per_conn"], 1,
+        held = f"{idle.get('dotgate', max(idle.values())):,} held" + "".join(
+            f"; {n} {c:,}" for n, c in idle.items() if c != idle.get("dotgate"))
+        row(f"KiB per idle HTTP/2 connection ({held})", lambda r: r["kib_per_conn"], 1,
             "lower", test="doh_idle")
     doh_rows = table[:]
 
     print(f"dotgate beside dnsdist, one run: {meta.get('date', '?')}, "
           f"{meta.get('rounds', '?')} round(s) of {meta.get('duration', '?')} s, medians")
-    print(f"dotgate {meta.get('dotgate', '?').split()[-1]}, dnsdist {meta.get('dnsdist', '?')}, "
+    print(f"dotgate {(meta.get('dotgate', '?').split() + ['?'])[1]}, dnsdist {meta.get('dnsdist', '?')}, "
           f"dnsperf {meta.get('dnsperf', '?')}, NSD {meta.get('nsd', '?')}, "
           f"OpenSSL {meta.get('openssl', '?')}, kernel {meta.get('kernel', '?')}, {meta.get('cpu', '?')}")
     if doh_rows:

@@ -372,7 +372,12 @@ addDOHLocal("127.0.0.1:${doh_port[dnsdist]}", "$tls/cert.pem", "$tls/key.pem", "
             {idleTimeout=300})
 EOF
 fi
-# unbound, for DoH only: a resolver forwarding everything to NSD without caching (TTL 0, no cache)
+# unbound, for DoH only: a resolver forwarding everything to NSD without caching (TTL 0, no cache).
+# It wants a descriptor for each of its TCP slots (and outgoing-range) at start, and shortens the
+# idle timeout of new connections once over half the slots are busy: so its slots are what the
+# descriptor limit allows, and its idle test holds at most half of them.
+unbound_slots=$(($(ulimit -n) - 1024 - 500))
+unbound_idle=$((idle_count < unbound_slots / 2 - 100 ? idle_count : unbound_slots / 2 - 100))
 cat > "$work/unbound.conf" <<EOF
 server:
   interface: 127.0.0.1@${doh_port[unbound]}
@@ -395,11 +400,11 @@ server:
   module-config: "iterator"
   do-not-query-localhost: no
   access-control: 127.0.0.0/8 allow
-  incoming-num-tcp: $((idle_count * 2 + 1000))
+  incoming-num-tcp: $unbound_slots
   tcp-idle-timeout: 300000
   http-max-streams: 128
-  num-queries-per-thread: 4096
-  outgoing-range: 4096
+  num-queries-per-thread: 1024
+  outgoing-range: 1024
   local-zone: "test." nodefault
   cache-max-ttl: 0
   cache-max-negative-ttl: 0
@@ -562,12 +567,13 @@ doh_run() {  # NAME ROUND RATE: one h2load run of DoH POSTs; RATE 0 = as fast as
 }
 
 doh_idle_run() {  # NAME: a fresh frontend holding idle_count idle HTTP/2 connections, one POST each
-  local name=$1 out=$work/doh-idle-$1.json
+  local name=$1 out=$work/doh-idle-$1.json count=$idle_count
+  [ "$name" != unbound ] || count=$unbound_idle
   start_frontend "$name"
   sleep 1
   wait_quiet
   timeout --foreground -k 5 300 taskset -c 0 python3 "$here/dohclients.py" idle --port "${doh_port[$name]}" \
-    --count "$idle_count" --pid "${pid[$name]}" > "$out" 2>&1 \
+    --count "$count" --pid "${pid[$name]}" > "$out" 2>&1 \
     || die "the DoH idle client failed against $name: $(tail -n 5 "$out")"
   alive "$name"
   stop_frontend "$name"
