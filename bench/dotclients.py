@@ -171,7 +171,7 @@ class Conn:
             if self.state == "send":
                 self.tls.sendall(self.out)
                 self.state = "reply"
-            while complete(self.buf) is None:
+            while not self.answered():
                 chunk = self.tls.recv(65536)
                 if not chunk:
                     return "failed"
@@ -185,6 +185,10 @@ class Conn:
         except (OSError, ssl.SSLError):
             return "failed"
         return None
+
+    def answered(self):
+        """The reply is all in self.buf (DoT: its length prefix says so)."""
+        return complete(self.buf) is not None
 
     def open(self):
         """For an idle connection: False once the server has closed it."""
@@ -202,15 +206,16 @@ class Conn:
             pass
 
 
-def run_conns(ctx, port, concurrency, deadline, total, on_done, session=lambda: None):
-    """Keep `concurrency` Conns in progress until deadline, or until `total`
-    were started (if given) and all have finished; each new Conn offers the
-    session `session()` gives, if any. Returns (done, failed)."""
+def run_conns(ctx, port, concurrency, deadline, total, on_done, session=lambda: None, conn=Conn):
+    """Keep `concurrency` connections (of class `conn`, DoT's Conn unless
+    told) in progress until deadline, or until `total` were started (if
+    given) and all have finished; each new one offers the session
+    `session()` gives, if any. Returns (done, failed)."""
     sel = selectors.DefaultSelector()
     started = done = failed = 0
     while time.monotonic() < deadline:
         while len(sel.get_map()) < concurrency and (total is None or started < total):
-            c = Conn(ctx, port, started, session())
+            c = conn(ctx, port, started, session())
             started += 1
             sel.register(c.tls, c.events, c)
         if not sel.get_map():
@@ -269,14 +274,16 @@ def handshakes(a):
     return 0
 
 
-def idle(a):
+def idle(a, ctx=None, conn=Conn):
+    """Idle connections of class `conn` (DoT's unless told, as for DoH)."""
     if raise_nofile() < a.count + 100:
         sys.exit(f"idle: the descriptor limit is below {a.count + 100}")
-    ctx = client_context()
+    ctx = ctx or client_context()
     held = []
     rss0 = rss_kib(a.pid)
     t0 = time.monotonic()
-    done, failed = run_conns(ctx, a.port, a.concurrency, t0 + a.timeout, a.count, held.append)
+    done, failed = run_conns(ctx, a.port, a.concurrency, t0 + a.timeout, a.count, held.append,
+                             conn=conn)
     opening = time.monotonic() - t0
     time.sleep(a.settle)
     alive = sum(c.open() for c in held)

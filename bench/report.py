@@ -6,13 +6,16 @@
 Each figure is the median over the rounds. "Per frontend core" divides the
 work done (queries answered, handshakes completed) by the CPU time the
 frontend used for it, so it does not depend on which side of the machine was
-the bottleneck. Notes under the table flag runs that are less trustworthy.
+the bottleneck. The DNS over HTTPS rows (h2load) get a table of their own,
+with unbound beside dnsdist when it was measured. Notes under the tables flag
+runs that are less trustworthy.
 """
 import json
 import statistics
 import sys
 
 FRONTENDS = ("dotgate", "dnsdist")
+DOH_FRONTENDS = ("dotgate", "dnsdist", "unbound")
 
 
 def median(values):
@@ -37,7 +40,7 @@ def main():
     table = []  # (label, {frontend: value}, digits, better)
 
     def row(label, value, digits=0, better="higher", test="qps", **match):
-        per = {n: median(value(r) for r in runs(test, n, **match)) for n in FRONTENDS}
+        per = {n: median(value(r) for r in runs(test, n, **match)) for n in DOH_FRONTENDS}
         if any(v is not None for v in per.values()):
             table.append((label, per, digits, better))
 
@@ -62,19 +65,33 @@ def main():
         row(f"KiB per idle TLS connection ({idle:,} held)", lambda r: r["kib_per_conn"], 1,
             "lower", test="idle")
 
+    dot_rows = table[:]
+    table.clear()
+    doh = f"{meta.get('doh_clients', '?')} HTTP/2 connections x {meta.get('doh_streams', '?')} streams"
+    row(f"DoH QPS ({doh}, POST)", lambda r: r["qps"], test="doh_qps")
+    row("DoH QPS per frontend core", per_core_q, test="doh_qps")
+    offered = next((r["offered"] for r in rows if r["test"] == "doh_latency"), None)
+    if offered:
+        row(f"DoH p99 latency (ms) at {offered:,} QPS offered", lambda r: r["p99_ms"], 2, "lower",
+            test="doh_latency")
+    idle = {r["frontend"]: r["count"] for r in rows if r["test"] == "doh_idle"}
+    if idle:
+        held = f"{idle.get('dotgate', max(idle.values())):,} held" + "".join(
+            f"; {n} {c:,}" for n, c in idle.items() if c != idle.get("dotgate"))
+        row(f"KiB per idle HTTP/2 connection ({held})", lambda r: r["kib_per_conn"], 1,
+            "lower", test="doh_idle")
+    doh_rows = table[:]
+
     print(f"dotgate beside dnsdist, one run: {meta.get('date', '?')}, "
           f"{meta.get('rounds', '?')} round(s) of {meta.get('duration', '?')} s, medians")
-    print(f"dotgate {meta.get('dotgate', '?').split()[-1]}, dnsdist {meta.get('dnsdist', '?')}, "
+    print(f"dotgate {(meta.get('dotgate', '?').split() + ['?'])[1]}, dnsdist {meta.get('dnsdist', '?')}, "
           f"dnsperf {meta.get('dnsperf', '?')}, NSD {meta.get('nsd', '?')}, "
           f"OpenSSL {meta.get('openssl', '?')}, kernel {meta.get('kernel', '?')}, {meta.get('cpu', '?')}")
-    print()
-    width = max(len(t[0]) for t in table) if table else 10
-    print(f"{'':{width}}  {'dotgate':>10}  {'dnsdist':>10}  {'dotgate/dnsdist':>15}")
-    for label, per, digits, better in table:
-        a, b = per["dotgate"], per["dnsdist"]
-        ratio = f"{a / b:.2f}" if a is not None and b else "-"
-        print(f"{label:{width}}  {fmt(a, digits):>10}  {fmt(b, digits):>10}  {ratio:>15}"
-              f"  ({better} is better)")
+    if doh_rows:
+        print(f"DoH: h2load {meta.get('h2load', '?').split('/')[-1]}"
+              + (f", unbound {meta['unbound']}" if meta.get("unbound") else ""))
+    print_table(dot_rows, FRONTENDS)
+    print_table(doh_rows, [n for n in DOH_FRONTENDS if any(p[n] is not None for _, p, _, _ in doh_rows)])
 
     notes = []
     busy = []
@@ -87,9 +104,14 @@ def main():
             notes.append(f"{what}: {r['lost']} queries lost")
         if r["test"] == "latency" and r["qps"] < 0.95 * r["offered"]:
             notes.append(f"{what}: {r['qps']:.0f} QPS answered of {r['offered']} offered")
-        if r.get("failed"):
+        if r["test"] == "doh_latency" and r["qps"] < 0.95 * r["offered"]:
+            notes.append(f"{what}: {r['qps']:.0f} QPS answered of {r['offered']} offered")
+        if r["test"].startswith("doh_") and (r.get("failed") or r.get("errored") or r.get("timeouts")):
+            notes.append(f"{what}: {r.get('failed', 0)} requests failed, {r.get('errored', 0)} errored, "
+                         f"{r.get('timeouts', 0)} timed out")
+        elif r.get("failed"):
             notes.append(f"{what}: {r['failed']} connections failed")
-        if r["test"] == "idle" and r["alive"] < r["count"]:
+        if r["test"] in ("idle", "doh_idle") and r["alive"] < r["count"]:
             notes.append(f"{what}: only {r['alive']} of {r['count']} connections stayed open")
         if "other_pct" in r:
             busy.append(r["other_pct"])
@@ -102,10 +124,11 @@ def main():
     if cap:
         kinds.append(("qps", {"quota_pct": cap}, f"qps capped at {cap}%"))
     kinds += [("handshakes", {}, "handshakes"), ("resumed", {}, "resumed"),
-              ("latency", {}, "latency")]
+              ("latency", {}, "latency"), ("doh_qps", {}, "doh qps"),
+              ("doh_latency", {}, "doh latency")]
     shares = []
     for test, match, label in kinds:
-        for n in FRONTENDS:
+        for n in DOH_FRONTENDS:
             share = median(100 * r["fe_cpu_s"] / r["wall_s"] for r in runs(test, n, **match))
             if share is not None:
                 shares.append(f"{label} {n} {share:.0f}%")
@@ -113,6 +136,23 @@ def main():
     print("frontend CPU use (% of one core, median): " + ", ".join(dict.fromkeys(shares)))
     for n in notes:
         print("note: " + n)
+
+
+def print_table(table, names):
+    """Rows of {frontend: value}, one column per name and dotgate's ratio to each other."""
+    if not table:
+        return
+    others = [n for n in names if n != "dotgate"]
+    width = max(len(t[0]) for t in table)
+    print()
+    print(f"{'':{width}}" + "".join(f"  {n:>10}" for n in names)
+          + "".join(f"  {'dotgate/' + n:>15}" for n in others))
+    for label, per, digits, better in table:
+        line = f"{label:{width}}" + "".join(f"  {fmt(per[n], digits):>10}" for n in names)
+        for n in others:
+            a, b = per["dotgate"], per[n]
+            line += f"  {(f'{a / b:.2f}' if a is not None and b else '-'):>15}"
+        print(f"{line}  ({better} is better)")
 
 
 if __name__ == "__main__":

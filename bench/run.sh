@@ -12,6 +12,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+export PYTHONDONTWRITEBYTECODE=1  # dohclients.py imports dotclients.py: leave no bytecode in bench/
 root=$(dirname "$here")
 
 dotgate=$root/target/release/dotgate
@@ -28,6 +29,9 @@ dnsdist_threads=2
 dnsdist_inflight=0
 port_base=18530
 quiet_wait=30
+doh=auto
+doh_clients=16
+doh_streams=32
 out=""
 keep=0
 
@@ -46,7 +50,12 @@ usage: bench/run.sh [options]
   --outstanding N       dnsperf's queries in flight, over all connections (default $outstanding)
   --dnsdist-threads N   dnsdist's TCP worker threads (default $dnsdist_threads)
   --dnsdist-inflight N  dnsdist's maxInFlight per connection (default $dnsdist_inflight: in order)
-  --port-base P         NSD on P, dotgate on P+1, dnsdist on P+2 (default $port_base)
+  --port-base P         NSD on P, DoT: dotgate on P+1, dnsdist on P+2; DoH: dotgate on P+3,
+                        dnsdist on P+4, unbound on P+5 (default $port_base)
+  --doh MODE            DNS over HTTPS tests: auto (also run them when h2load is installed),
+                        on (also, h2load required), only (no DoT tests), off (default $doh)
+  --doh-clients N       h2load's HTTP/2 connections (default $doh_clients)
+  --doh-streams N       h2load's streams in flight per connection (default $doh_streams)
   --quiet-wait S        before each timed run, wait up to S s for an idle machine (default $quiet_wait)
   --out DIR             write results.jsonl, table.txt and the logs into DIR
   --keep                keep the temporary directory
@@ -69,6 +78,9 @@ while [ $# -gt 0 ]; do
     --dnsdist-inflight) dnsdist_inflight=$2; shift 2 ;;
     --port-base) port_base=$2; shift 2 ;;
     --quiet-wait) quiet_wait=$2; shift 2 ;;
+    --doh) doh=$2; shift 2 ;;
+    --doh-clients) doh_clients=$2; shift 2 ;;
+    --doh-streams) doh_streams=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --keep) keep=1; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -80,11 +92,20 @@ log() { printf '%s %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 for v in rounds duration hs_seconds hs_concurrency idle_count fe_quota latency_pct clients \
-         outstanding dnsdist_threads dnsdist_inflight port_base quiet_wait; do
+         outstanding dnsdist_threads dnsdist_inflight port_base quiet_wait doh_clients doh_streams; do
   [[ ${!v} =~ ^[0-9]+$ ]] || die "--${v//_/-} wants a whole number, got '${!v}'"
 done
 ((rounds >= 1 && duration >= 1)) || die "--rounds and --duration must be at least 1"
 ((fe_quota <= 100)) || die "--fe-quota is a percentage of one core (1-100)"
+((doh_clients >= 1 && doh_streams >= 1)) || die "--doh-clients and --doh-streams must be at least 1"
+case $doh in
+  auto) if command -v h2load >/dev/null 2>&1; then doh=on; else doh=off; fi ;;
+  on|only) command -v h2load >/dev/null 2>&1 || die "--doh $doh needs h2load (Debian: apt-get install nghttp2-client)" ;;
+  off) ;;
+  *) die "--doh wants auto, on, only or off, got '$doh'" ;;
+esac
+dot=1
+[ "$doh" != only ] || dot=0
 
 missing=()
 for tool in dnsperf dnsdist nsd python3 openssl taskset timeout; do
@@ -97,8 +118,15 @@ dotgate=$(cd "$(dirname "$dotgate")" && pwd)/$(basename "$dotgate")
 
 nsd_port=$port_base
 declare -A port=([dotgate]=$((port_base + 1)) [dnsdist]=$((port_base + 2)))
+declare -A doh_port=([dotgate]=$((port_base + 3)) [dnsdist]=$((port_base + 4)) [unbound]=$((port_base + 5)))
 declare -A pid=()
 frontends=(dotgate dnsdist)
+# DoH beside dnsdist's and, when Debian's unbound is built with libnghttp2 (it has https-port), unbound's
+doh_frontends=(dotgate dnsdist)
+if [ "$doh" != off ] && command -v unbound >/dev/null 2>&1 && unbound -V 2>&1 | grep -q libnghttp2; then
+  doh_frontends+=(unbound)
+fi
+[ "$doh" != off ] || doh_frontends=()
 hz=$(getconf CLK_TCK)
 
 # ------------------------------------------------------------------ processes
@@ -275,7 +303,7 @@ record() {  # JSON object body: one line in results.jsonl
 # ------------------------------------------------------------------ set-up
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true  # idle connections: the frontends and the clients inherit this
 (($(ulimit -n) >= idle_count + 200)) || die "the descriptor limit ($(ulimit -n)) is too low for --idle-count $idle_count"
-for p in "$nsd_port" "${port[dotgate]}" "${port[dnsdist]}"; do
+for p in "$nsd_port" "${port[dotgate]}" "${port[dnsdist]}" "${doh_port[@]}"; do
   port_free "$p" || die "port $p on 127.0.0.1 is in use: pick others with --port-base"
 done
 ((fe_quota == 0)) || setup_cgroups
@@ -337,19 +365,79 @@ setMaxTCPQueuedConnections(20000)
 setTCPRecvTimeout(300)                    -- keep idle clients, as dotgate's --idle-timeout 300s
 setTCPSendTimeout(300)
 EOF
+if [ "$doh" != off ]; then
+  # DoH: h2o in its own thread, queries to the backend over UDP; idle clients kept as over DoT
+  cat >> "$work/dnsdist.conf" <<EOF
+addDOHLocal("127.0.0.1:${doh_port[dnsdist]}", "$tls/cert.pem", "$tls/key.pem", "/dns-query",
+            {idleTimeout=300})
+EOF
+fi
+# unbound, for DoH only: a resolver forwarding everything to NSD without caching (TTL 0, no cache).
+# It wants a descriptor for each of its TCP slots (and outgoing-range) at start, and shortens the
+# idle timeout of new connections once over half the slots are busy: so its slots are what the
+# descriptor limit allows, and its idle test holds at most half of them.
+unbound_slots=$(($(ulimit -n) - 1024 - 500))
+unbound_idle=$((idle_count < unbound_slots / 2 - 100 ? idle_count : unbound_slots / 2 - 100))
+cat > "$work/unbound.conf" <<EOF
+server:
+  interface: 127.0.0.1@${doh_port[unbound]}
+  https-port: ${doh_port[unbound]}
+  http-endpoint: "/dns-query"
+  tls-service-key: "$tls/key.pem"
+  tls-service-pem: "$tls/cert.pem"
+  do-ip6: no
+  do-udp: no
+  num-threads: 1
+  so-reuseport: no
+  do-daemonize: no
+  username: ""
+  chroot: ""
+  directory: "$work"
+  pidfile: ""
+  use-syslog: no
+  logfile: ""
+  verbosity: 0
+  module-config: "iterator"
+  do-not-query-localhost: no
+  access-control: 127.0.0.0/8 allow
+  incoming-num-tcp: $unbound_slots
+  tcp-idle-timeout: 300000
+  http-max-streams: 128
+  num-queries-per-thread: 1024
+  outgoing-range: 1024
+  local-zone: "test." nodefault
+  cache-max-ttl: 0
+  cache-max-negative-ttl: 0
+  prefetch: no
+forward-zone:
+  name: "."
+  forward-addr: 127.0.0.1@$nsd_port
+  forward-no-cache: yes
+EOF
 
 start_frontend() {  # NAME
+  local doh_args=()
+  [ "$doh" = off ] || doh_args=(--doh-listen "127.0.0.1:${doh_port[dotgate]}")
   case $1 in
     dotgate)
-      launch dotgate 1 "$dotgate" serve --listen "127.0.0.1:${port[dotgate]}" \
+      launch dotgate 1 "$dotgate" serve --listen "127.0.0.1:${port[dotgate]}" "${doh_args[@]}" \
         --cert "$tls/cert.pem" --key "$tls/key.pem" --upstream "127.0.0.1:$nsd_port" \
         --max-connections 20000 --max-connections-per-ip 20000 --idle-timeout 300s ;;
     dnsdist)
       launch dnsdist 1 dnsdist --supervised --disable-syslog -C "$work/dnsdist.conf" ;;
+    unbound)  # DoH only (unbound is not in the DoT tests)
+      launch unbound 1 unbound -d -c "$work/unbound.conf" ;;
   esac
-  timeout 30 python3 "$here/dotclients.py" check --port "${port[$1]}" --ca "$tls/ca.pem" --wait 20 \
-    || die "$1 did not answer over TLS on 127.0.0.1:${port[$1]}; the end of its log:
+  if [ "$1" != unbound ]; then
+    timeout 30 python3 "$here/dotclients.py" check --port "${port[$1]}" --ca "$tls/ca.pem" --wait 20 \
+      || die "$1 did not answer over TLS on 127.0.0.1:${port[$1]}; the end of its log:
 $(tail -n 20 "$work/$1.log")"
+  fi
+  if [ "$doh" != off ]; then
+    timeout 30 python3 "$here/dohclients.py" check --port "${doh_port[$1]}" --ca "$tls/ca.pem" --wait 20 \
+      || die "$1 did not answer over DoH on https://127.0.0.1:${doh_port[$1]}/dns-query; the end of its log:
+$(tail -n 20 "$work/$1.log")"
+  fi
 }
 
 stop_frontend() {  # NAME
@@ -368,6 +456,11 @@ stop_frontend() {  # NAME
   printf ',"hs_seconds":%d,"hs_concurrency":%d,"idle_count":%d,"latency_pct":%d' \
     "$hs_seconds" "$hs_concurrency" "$idle_count" "$latency_pct"
   printf ',"dnsdist_threads":%d,"dnsdist_inflight":%d' "$dnsdist_threads" "$dnsdist_inflight"
+  printf ',"doh":"%s","doh_clients":%d,"doh_streams":%d,"dot":%d' "$doh" "$doh_clients" "$doh_streams" "$dot"
+  if [ "$doh" != off ]; then
+    printf ',"h2load":"%s","unbound":"%s"' "$(h2load --version 2>&1 | awk '{ print $NF; exit }')" \
+      "$( ((${#doh_frontends[@]} > 2)) && unbound -V 2>&1 | awk 'NR == 1 { print $2 }')"
+  fi
 } > "$work/meta"
 record "$(cat "$work/meta")"
 
@@ -429,6 +522,74 @@ print("idle     %-7s %d of %d connections alive, RSS %d -> %d KiB: %s KiB each" 
     d["alive"], d["count"], d["rss_before_kib"], d["rss_after_kib"], d["kib_per_conn"]))' "$(cat "$out")" "$name")"
 }
 
+# ------------------------------------------------------------------ the DoH tests
+doh_query=$work/doh-query.bin
+timeout 10 python3 "$here/dohclients.py" query --out "$doh_query"
+
+h2load_num() {  # FIELD FILE: "requests: N total, N started, N done, N succeeded, N failed, ..." -> N of FIELD
+  awk -v k="$1" '/^requests:/ { for (i = 2; i < NF; i++) if ($(i + 1) ~ "^" k) { print $i + 0; exit } }' "$2"
+}
+
+p99_log_ms() {  # FILE: 99th percentile of h2load --log-file's third column (microseconds to the end of the response)
+  awk -F'\t' 'NF >= 3 && $2 >= 200 && $2 < 300 { print $3 }' "$1" | sort -g \
+    | awk '{ v[NR] = $1 } END { i = int(0.99 * NR); if (i < 0.99 * NR) i++; if (NR) printf "%.3f\n", v[i] / 1000; else print "null" }'
+}
+
+doh_run() {  # NAME ROUND RATE: one h2load run of DoH POSTs; RATE 0 = as fast as it goes
+  local name=$1 round=$2 rate=$3 test=doh_qps extra=() out qps completed failed errored timeouts p99=null
+  out=$work/h2load-$name-r$round-$rate.txt
+  if ((rate)); then
+    test=doh_latency
+    # --rps is per connection; the log has one line per request, for the percentile
+    extra=(--rps "$(awk -v r="$rate" -v c="$doh_clients" 'BEGIN { printf "%.1f", r / c }')" --log-file "$out.log")
+  fi
+  timed "$name" "$out" timeout --foreground -k 5 $((duration + 30)) h2load -t 1 -c "$doh_clients" \
+    -m "$doh_streams" -D "$duration" -d "$doh_query" -H "content-type: application/dns-message" \
+    -H "accept: application/dns-message" "${extra[@]}" "https://127.0.0.1:${doh_port[$name]}/dns-query" \
+    || die "h2load failed against $name: $(tail -n 5 "$out")"
+  qps=$(awk '/^finished in/ { sub(/,$/, "", $4); print $4 + 0; exit }' "$out")
+  completed=$(h2load_num succeeded "$out")
+  failed=$(h2load_num failed "$out")
+  errored=$(h2load_num errored "$out")
+  timeouts=$(h2load_num timeout "$out")
+  [[ -n $qps && -n $completed && -n $failed && -n $errored && -n $timeouts ]] \
+    || die "no summary in h2load's output: $(tail -n 5 "$out")"
+  if ((rate)); then
+    p99=$(p99_log_ms "$out.log")
+    ((keep)) || rm -f "$out.log"
+  fi
+  record "$(printf '"test":"%s","frontend":"%s","round":%d,"offered":%d,"qps":%s,"completed":%s,"failed":%s,"errored":%s,"timeouts":%s,"p99_ms":%s,"fe_cpu_s":%s,"wall_s":%s,"other_pct":%s,"irq_pct":%s' \
+    "$test" "$name" "$round" "$rate" "$qps" "$completed" "$failed" "$errored" "$timeouts" "$p99" "$fe_cpu_s" "$wall_s" "$other_pct" "$irq_pct")"
+  log "  $(printf '%-11s %-7s %6.0f QPS  failed %s, errored %s  p99 %s ms  frontend %.1f%% of a core  core 1: other processes %s%%, irq %s%%' \
+    "$test" "$name" "$qps" "$failed" "$errored" "$p99" "$(awk -v c="$fe_cpu_s" -v w="$wall_s" 'BEGIN { print 100 * c / w }')" \
+    "$other_pct" "$irq_pct")"
+  if ((rate == 0)); then echo "$qps" >> "$work/doh-saturated-$name"; fi
+}
+
+doh_idle_run() {  # NAME: a fresh frontend holding idle_count idle HTTP/2 connections, one POST each
+  local name=$1 out=$work/doh-idle-$1.json count=$idle_count
+  [ "$name" != unbound ] || count=$unbound_idle
+  start_frontend "$name"
+  sleep 1
+  wait_quiet
+  timeout --foreground -k 5 300 taskset -c 0 python3 "$here/dohclients.py" idle --port "${doh_port[$name]}" \
+    --count "$count" --pid "${pid[$name]}" > "$out" 2>&1 \
+    || die "the DoH idle client failed against $name: $(tail -n 5 "$out")"
+  alive "$name"
+  stop_frontend "$name"
+  record "$(printf '"test":"doh_idle","frontend":"%s",%s' "$name" "$(sed 's/^{//; s/}$//' "$out")")"
+  log "  $(python3 -c 'import json, sys; d = json.loads(sys.argv[1])
+print("doh_idle %-7s %d of %d connections alive, RSS %d -> %d KiB: %s KiB each" % (sys.argv[2],
+    d["alive"], d["count"], d["rss_before_kib"], d["rss_after_kib"], d["kib_per_conn"]))' "$(cat "$out")" "$name")"
+}
+
+doh_order() {  # ROUND: the DoH frontends, rotated by one each round
+  local n=${#doh_frontends[@]} i
+  for ((i = 0; i < n; i++)); do printf '%s ' "${doh_frontends[$(((i + $1 - 1) % n))]}"; done
+}
+
+# ------------------------------------------------------------------ the runs
+if ((dot)); then
 for name in "${frontends[@]}"; do start_frontend "$name"; done
 log "NSD on 127.0.0.1:$nsd_port, dotgate on :${port[dotgate]}, dnsdist on :${port[dnsdist]}"
 
@@ -464,6 +625,30 @@ for name in "${frontends[@]}"; do stop_frontend "$name"; done
 if ((idle_count > 0)); then
   log "idle connections: $idle_count per frontend, each frontend started afresh"
   for name in "${frontends[@]}"; do idle_run "$name"; done
+fi
+fi  # dot
+
+if ((${#doh_frontends[@]})); then
+  for name in "${doh_frontends[@]}"; do start_frontend "$name"; done
+  log "DoH: dotgate on https://127.0.0.1:${doh_port[dotgate]}/dns-query, dnsdist on :${doh_port[dnsdist]}$(
+    [ -z "${doh_port[unbound]:-}" ] || ((${#doh_frontends[@]} < 3)) || echo ", unbound on :${doh_port[unbound]}")"
+  for ((round = 1; round <= rounds; round++)); do
+    log "round $round of $rounds: DoH throughput (h2load, $doh_clients connections, $doh_streams streams each, POST)"
+    for name in $(doh_order "$round"); do doh_run "$name" "$round" 0; done
+  done
+  if ((latency_pct > 0)); then
+    rate=$(sort -g "$work/doh-saturated-dnsdist" | awk -v p="$latency_pct" '{ v[NR] = $1 } END { print int(v[int((NR + 1) / 2)] * p / 100) }')
+    ((rate > 0)) || die "no dnsdist DoH QPS to base the latency test on"
+    for ((round = 1; round <= rounds; round++)); do
+      log "round $round of $rounds: DoH latency at $rate QPS ($latency_pct% of dnsdist's median)"
+      for name in $(doh_order "$round"); do doh_run "$name" "$round" "$rate"; done
+    done
+  fi
+  for name in "${doh_frontends[@]}"; do stop_frontend "$name"; done
+  if ((idle_count > 0)); then
+    log "idle HTTP/2 connections: $idle_count per frontend, each frontend started afresh"
+    for name in "${doh_frontends[@]}"; do doh_idle_run "$name"; done
+  fi
 fi
 
 python3 "$here/report.py" "$results" | tee "$work/table.txt"
