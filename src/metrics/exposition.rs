@@ -304,6 +304,26 @@ mod tests {
         assert!((sum - 9.00305).abs() < 1e-6, "{sum}");
     }
 
+    /// DoH answers (200) and refusals land on their own series, and no
+    /// series exists before the first response.
+    #[test]
+    fn doh_responses_are_counted_by_status() {
+        let stats = Stats::new().unwrap();
+        assert!(!scrape(&stats).contains("dotgate_doh_responses_total{"));
+        stats.count_doh_response(200);
+        stats.count_doh_response(200);
+        stats.count_doh_response(404);
+        let text = scrape(&stats);
+        assert_eq!(
+            value(&text, "dotgate_doh_responses_total{status=\"200\"}"),
+            2.0
+        );
+        assert_eq!(
+            value(&text, "dotgate_doh_responses_total{status=\"404\"}"),
+            1.0
+        );
+    }
+
     #[test]
     fn gauges_follow_their_guards() {
         let stats = Stats::new().unwrap();

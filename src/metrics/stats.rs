@@ -20,7 +20,7 @@
 //! in [`Stats::log_summary`] (and in the metric list of docs/operations.md).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
@@ -118,6 +118,10 @@ pub struct Stats {
     pub queries: [IntCounter; 2],
     /// HTTP responses of the DoH listeners, by status.
     pub doh_responses: IntCounterVec,
+    /// The `200` child of `doh_responses`, resolved at the first answer
+    /// (not at start-up, so that a server without DoH shows no series):
+    /// every DNS answer over DoH counts on it.
+    doh_ok: OnceLock<IntCounter>,
     /// Queries read and not yet answered, over all connections.
     pub queries_in_flight: IntGauge,
     /// Replies produced, by RCODE; indexed by [`RcodeLabel`].
@@ -476,6 +480,7 @@ impl Stats {
                 "HTTP responses on the DoH listeners, by status code.",
                 &["status"],
             )?,
+            doh_ok: OnceLock::new(),
             queries_in_flight: r.gauge(
                 "dotgate_queries_in_flight",
                 "Queries read and not yet answered.",
@@ -632,11 +637,19 @@ impl Stats {
     }
 
     /// One more HTTP response with `status` on a DoH listener. The label
-    /// values are the few statuses dotgate itself sends.
+    /// values are the few statuses dotgate itself sends. A 200, the answer
+    /// to nearly every request, counts without the family's lock or a
+    /// label string; the refusals resolve their child each time.
     pub fn count_doh_response(&self, status: u16) {
-        self.doh_responses
-            .with_label_values(&[&status.to_string()])
-            .inc();
+        if status == 200 {
+            self.doh_ok
+                .get_or_init(|| self.doh_responses.with_label_values(&["200"]))
+                .inc();
+        } else {
+            self.doh_responses
+                .with_label_values(&[&status.to_string()])
+                .inc();
+        }
     }
 
     /// One more query in flight until the guard drops.

@@ -33,16 +33,31 @@ pub async fn answer(
     msg: Vec<u8>,
     leg: impl FnOnce(Request) -> LegOptions,
 ) -> Vec<u8> {
-    stats.count_query(transport);
-    let info = match dns::parse_query(&msg) {
-        Ok(info) => info,
+    match dns::parse_query(&msg) {
+        Ok(info) => answer_parsed(upstream, origin, stats, transport, msg, info, leg).await,
         Err(e) => {
+            stats.count_query(transport);
             tracing::debug!(error = %e, "FORMERR");
             stats.count_synthesized(Synthesized::FormErrUnparsable);
             stats.count_reply(Rcode::FormErr as u16);
-            return dns::error_reply(&msg, None, Rcode::FormErr as u16, LegOptions::NONE);
+            dns::error_reply(&msg, None, Rcode::FormErr as u16, LegOptions::NONE)
         }
-    };
+    }
+}
+
+/// As [`answer`], for a query its transport has already parsed (`info` is
+/// `dns::parse_query(&msg)`): DoH parses each message to tell a 400 from a
+/// query, and need not have it parsed twice.
+pub async fn answer_parsed(
+    upstream: &Pool,
+    origin: &Origin,
+    stats: &Stats,
+    transport: Transport,
+    msg: Vec<u8>,
+    info: dns::QueryInfo,
+    leg: impl FnOnce(Request) -> LegOptions,
+) -> Vec<u8> {
+    stats.count_query(transport);
     if let Some(refused) = info.edns_error {
         // Answered here, not forwarded: the version or the hop-by-hop
         // options are dotgate's to judge (RFC 6891 §6.1.3, RFC 7828).

@@ -159,7 +159,7 @@ async fn dns_reply(
             }
         }
     };
-    request::check_message(&message)?;
+    let info = request::check_message(&message)?;
     if let Some(limits) = &shared.rate_limit {
         // The client a trusted proxy names, or the connection's.
         let addr = who.addr.ip();
@@ -188,12 +188,13 @@ async fn dns_reply(
         shared.stats.client_queries(id).inc();
     }
     let _in_flight = shared.stats.query_in_flight();
-    Ok(respond::answer(
+    Ok(respond::answer_parsed(
         &shared.upstream,
         &who.origin,
         &shared.stats,
         Transport::Doh,
         message,
+        info,
         LegOptions::for_http,
     )
     .await)
@@ -223,7 +224,7 @@ async fn read_body(body: Incoming, limit: std::time::Duration) -> Result<Vec<u8>
 /// unread body ends the keep-alive. A body that is too large, or too slow,
 /// is left as it is.
 async fn drain(body: Incoming, limit: std::time::Duration) {
-    let _ = tokio::time::timeout(limit, Limited::new(body, MAX_MESSAGE).collect()).await;
+    let _ = read_body(body, limit).await;
 }
 
 /// 200 with the reply; cacheable for its smallest TTL when it is an

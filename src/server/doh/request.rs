@@ -11,6 +11,8 @@ use base64::engine::general_purpose::GeneralPurpose;
 use base64::engine::{DecodePaddingMode, GeneralPurposeConfig};
 use base64::Engine;
 
+use crate::proto::dns::{self, QueryInfo};
+
 /// The largest DNS message (and so POST body) a request may carry: what
 /// the 2-byte length of DNS over TCP allows, as for DoT.
 pub const MAX_MESSAGE: usize = 65_535;
@@ -145,15 +147,13 @@ pub fn is_dns_message(content_type: Option<&[u8]>) -> bool {
 }
 
 /// Checks that `message` is a DNS query dotgate can read (a header and one
-/// question): anything else is a 400, not a DNS error, since the client
-/// sent no DNS message at all.
-pub fn check_message(message: &[u8]) -> Result<(), Refusal> {
-    if message.len() < crate::proto::dns::HEADER_LEN {
+/// question), and returns what the query path needs of it: anything else
+/// is a 400, not a DNS error, since the client sent no DNS message at all.
+pub fn check_message(message: &[u8]) -> Result<QueryInfo, Refusal> {
+    if message.len() < dns::HEADER_LEN {
         return Err(Refusal::BadMessage);
     }
-    crate::proto::dns::parse_query(message)
-        .map(|_| ())
-        .map_err(|_| Refusal::BadMessage)
+    dns::parse_query(message).map_err(|_| Refusal::BadMessage)
 }
 
 #[cfg(test)]
@@ -198,7 +198,7 @@ mod tests {
         let example = "AAABAAABAAAAAAAAA3d3dwdleGFtcGxlA2NvbQAAAQAB";
         let message = get_message(Some(&format!("dns={example}"))).unwrap();
         assert_eq!(message.len(), 33);
-        assert_eq!(check_message(&message), Ok(()));
+        assert!(check_message(&message).is_ok());
         assert_eq!(
             get_message(Some(&format!("ct&dns={example}&x=1"))).unwrap(),
             message
