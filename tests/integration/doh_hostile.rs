@@ -470,6 +470,82 @@ async fn settings_and_ping_floods_are_bounded() {
     }
 }
 
+/// Clients that send GETs and never read a byte of the answers. One sends
+/// 20,000 as fast as it can: past the streams it may have open at once
+/// they are refused, and the connection ends with ENHANCE_YOUR_CALM. One
+/// sends 100 (fewer than that) and stops: its answers wait unread, and the
+/// idle timeout (2 s here) closes it all the same. Memory stays bounded and
+/// another client is answered meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_are_bounded_and_closed() {
+    let up = Upstream::start().await;
+    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let metrics = metrics_addr();
+    let process = Process::start(
+        up.addr,
+        &[
+            "--doh-listen",
+            &addr.to_string(),
+            "--idle-timeout",
+            "2s",
+            "--metrics-listen",
+            &metrics.to_string(),
+        ],
+    )
+    .await;
+    keep_asking(addr, &process.pki, 1, "warm").await;
+    let before = peak_kib(process.pid());
+    let gets = |from: u32, count: u32| -> Vec<u8> {
+        (from..from + count)
+            .flat_map(|n| get_frame(2 * n + 1, &format!("s{n}.unread.test.")))
+            .collect()
+    };
+
+    let mut flood = RawH2::connect(addr, &process.pki).await;
+    let mut sent = 0u32;
+    while sent < 20_000 {
+        if !flood
+            .write_within(&gets(sent, 100), Duration::from_secs(3))
+            .await
+        {
+            break;
+        }
+        sent += 100;
+    }
+    let mut quiet = RawH2::connect(addr, &process.pki).await;
+    assert!(quiet.write(&gets(0, 100)).await);
+    // Meanwhile another connection is served.
+    keep_asking(addr, &process.pki, 5, "beside-unread").await;
+    // The quiet one is closed by the idle timer while its answers wait.
+    wait_for_series(
+        metrics,
+        "dotgate_connections_closed_total{reason=\"idle\"}",
+        1.0,
+    )
+    .await;
+    let peak = peak_kib(process.pid());
+    let reached = up.received().len();
+    eprintln!(
+        "never reading: {sent} GETs written on one connection and 100 on another, {reached} reached the upstream, peak RSS {before} -> {peak} KiB"
+    );
+    assert!(
+        peak - before < 16 * 1024,
+        "peak memory grew by {} KiB",
+        peak - before
+    );
+    let flooded = flood.read_to_end().await;
+    assert_eq!(
+        flooded.goaway,
+        Some(ENHANCE_YOUR_CALM),
+        "the flood's GOAWAY"
+    );
+    assert!(flooded.closed, "the flooding client was never closed");
+    assert!(
+        quiet.read_to_end().await.closed,
+        "the quiet client was never closed"
+    );
+}
+
 // ---------- 5: slow headers ----------
 
 /// An HTTP/2 header block begun and never finished is closed at
