@@ -280,7 +280,7 @@ async fn answer_one(
 /// The queries in flight. The set exists only while one does: even empty, a
 /// `FuturesUnordered` holds a node the size of one query's future (over
 /// 2 KiB), which an idle connection has no use for.
-struct InFlight<F> {
+pub(crate) struct InFlight<F> {
     set: Option<FuturesUnordered<F>>,
 }
 
@@ -291,33 +291,33 @@ impl<F> Default for InFlight<F> {
 }
 
 impl<F: Future> InFlight<F> {
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.set.as_ref().map_or(0, FuturesUnordered::len)
     }
 
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn push(&mut self, query: F) {
+    pub(crate) fn push(&mut self, query: F) {
         self.set
             .get_or_insert_with(FuturesUnordered::new)
             .push(query);
     }
 
     /// The next reply; `None` at once when nothing is in flight.
-    async fn next(&mut self) -> Option<F::Output> {
+    pub(crate) async fn next(&mut self) -> Option<F::Output> {
         self.set.as_mut()?.next().await
     }
 
     /// A reply that is ready now, without waiting.
-    fn ready(&mut self) -> Option<F::Output> {
+    pub(crate) fn ready(&mut self) -> Option<F::Output> {
         self.set.as_mut()?.next().now_or_never().flatten()
     }
 
     /// Gives the set back, dropping whatever is still in flight (nothing,
     /// but after a fatal TLS alert, when no reply may be sent).
-    fn release(&mut self) {
+    pub(crate) fn release(&mut self) {
         self.set = None;
     }
 }
@@ -396,7 +396,7 @@ impl Replies {
     }
 }
 
-async fn with_timeout<F>(limit: Duration, io: F) -> std::io::Result<()>
+pub(crate) async fn with_timeout<F>(limit: Duration, io: F) -> std::io::Result<()>
 where
     F: std::future::Future<Output = std::io::Result<()>>,
 {

@@ -1,24 +1,22 @@
-//! One DoH request to one response: the client it is for (behind a
-//! trusted reverse proxy, the one its forwarding header names, see
-//! [`super::forwarded`]), the RFC 8484 checks of [`super::request`], the
-//! client-ID gate, then the one query path
-//! ([`crate::server::respond::answer`]) that DoT uses too, and the HTTP
-//! response around its reply.
+//! One DoH request to one answer, whatever HTTP version carried it: the
+//! client it is for (behind a trusted reverse proxy, the one its forwarding
+//! header names, see [`super::forwarded`]), the RFC 8484 checks of
+//! [`super::request`], the client-ID gate, then the one query path
+//! ([`crate::server::respond::answer`]) that DoT uses too.
+//!
+//! Each HTTP version hands a request over as a [`Head`] and its whole body
+//! (HTTP/2: [`super::h2`]; HTTP/1.1: [`super::h1`]) and writes the
+//! [`Answer`] in its own framing: the versions differ only in how bytes
+//! arrive and leave.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
-use hyper::http::request::Parts;
-use hyper::{Request, Response, StatusCode};
+use hyper::HeaderMap;
 
-use super::activity::Activity;
 use super::forwarded;
 use super::request::{self, Method, Refusal, Route, DNS_MESSAGE, MAX_MESSAGE};
-use crate::metrics::stats::Transport;
+use crate::metrics::stats::{Stats, Transport};
 use crate::proto::dns;
 use crate::proto::edns::LegOptions;
 use crate::server::client::Client;
@@ -27,19 +25,110 @@ use crate::server::connection::Shared;
 use crate::server::rate_limit::Decision;
 use crate::server::respond;
 use crate::upstream::Origin;
-use tokio_util::sync::CancellationToken;
 
-/// What every request of one connection shares.
-pub struct Context {
-    /// The client as the connection knows it: address, and the ID of its
-    /// TLS server name, if any.
-    pub client: Client,
-    pub shared: Arc<Shared>,
-    /// The connection's requests in progress, for its idle timer.
-    pub activity: Arc<Activity>,
-    /// Cancelled to close the connection gracefully (a rate-limited
-    /// client with `--rate-limit-action close`, or a banned one).
-    pub close: CancellationToken,
+/// What RFC 8484 looks at in a request, taken from its head by the HTTP
+/// version that read it.
+#[derive(Debug)]
+pub struct Head {
+    /// GET or POST; any other method is refused (405).
+    pub method: Result<Method, Refusal>,
+    /// The request target: the path and its query string, if any.
+    pub target: String,
+    /// `content-type` is `application/dns-message`.
+    pub dns_content_type: bool,
+    /// `content-length`, when given and a number.
+    pub content_length: Option<u64>,
+    /// The forwarding headers (`Forwarded`, `X-Forwarded-For`), kept only
+    /// when the connection's peer is a trusted proxy; empty otherwise.
+    pub forwarded: HeaderMap,
+}
+
+impl Head {
+    /// The path, without the query string.
+    fn path(&self) -> &str {
+        self.target
+            .split_once('?')
+            .map_or(&self.target, |(path, _)| path)
+    }
+
+    /// The query string, if any.
+    fn query(&self) -> Option<&str> {
+        self.target.split_once('?').map(|(_, query)| query)
+    }
+
+    /// Whether a POST's body is refused before it is read: announced
+    /// larger than a message may be.
+    pub fn announces_too_much(&self) -> bool {
+        self.content_length
+            .is_some_and(|len| len > MAX_MESSAGE as u64)
+    }
+}
+
+/// What one request gets.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// 200 with the DNS reply.
+    Dns(Vec<u8>),
+    /// The refusal's status, with one line saying why.
+    Refused(Refusal),
+}
+
+impl Reply {
+    /// The response's status code.
+    pub fn status(&self) -> u16 {
+        match self {
+            Reply::Dns(_) => 200,
+            Reply::Refused(refusal) => refusal.status(),
+        }
+    }
+
+    /// The response's body.
+    pub fn into_body(self) -> Vec<u8> {
+        match self {
+            Reply::Dns(reply) => reply,
+            Reply::Refused(refusal) => format!("{refusal}\n").into_bytes(),
+        }
+    }
+
+    /// The response's headers besides its status and length, in order
+    /// (the caller writes `content-length` itself).
+    pub fn headers(&self) -> ResponseHeaders {
+        match self {
+            Reply::Dns(reply) => ResponseHeaders {
+                content_type: DNS_MESSAGE,
+                // Cacheable for its smallest TTL when it is an answer
+                // (RFC 8484 §5.1), not when it is an error.
+                max_age: dns::freshness(reply),
+                allow: None,
+                retry_after: None,
+            },
+            Reply::Refused(refusal) => ResponseHeaders {
+                content_type: "text/plain; charset=utf-8",
+                max_age: None,
+                allow: (*refusal == Refusal::MethodNotAllowed).then_some("GET, POST"),
+                retry_after: (*refusal == Refusal::RateLimited).then_some("1"),
+            },
+        }
+    }
+}
+
+/// The headers of a response, for each HTTP version to encode its way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseHeaders {
+    pub content_type: &'static str,
+    /// `cache-control: max-age=` this many seconds.
+    pub max_age: Option<u32>,
+    pub allow: Option<&'static str>,
+    pub retry_after: Option<&'static str>,
+}
+
+/// A request's reply, and whether the connection is to close gracefully
+/// once the responses in progress are sent (a rate-limited client with
+/// `--rate-limit-action close`, or a banned one).
+#[derive(Debug)]
+pub struct Answer {
+    pub reply: Reply,
+    pub close: bool,
 }
 
 /// Who one request is for.
@@ -55,108 +144,99 @@ struct Requester<'a> {
 }
 
 impl<'a> Requester<'a> {
-    /// The client of `req`. Each request of a proxy's connection may be
-    /// for another client; the connection's caps (per-address connections
-    /// and handshakes) stay on the proxy's address, as they were taken at
-    /// accept.
-    fn of<B>(req: &Request<B>, ctx: &'a Context) -> Self {
-        let shared = &*ctx.shared;
-        let peer = ctx.client.addr;
+    /// The client of a request with `headers` on `client`'s connection.
+    /// Each request of a proxy's connection may be for another client; the
+    /// connection's caps (per-address connections and handshakes) stay on
+    /// the proxy's address, as they were taken at accept.
+    fn of(headers: &HeaderMap, client: &'a Client, shared: &Shared) -> Self {
+        let peer = client.addr;
         let judge_here = shared.forwarding.trusts(peer.ip());
-        let named =
-            forwarded::client(&shared.forwarding, peer.ip(), req.headers()).unwrap_or_else(|e| {
-                tracing::debug!(client = %ctx.client, error = %e, "forwarding header ignored");
-                None
-            });
+        let named = forwarded::client(&shared.forwarding, peer.ip(), headers).unwrap_or_else(|e| {
+            tracing::debug!(%client, error = %e, "forwarding header ignored");
+            None
+        });
         match named {
             Some(ip) => {
                 let addr = SocketAddr::new(ip, 0);
                 Requester {
                     addr,
-                    origin: Cow::Owned(
-                        ctx.client.origin.for_forwarded(&shared.tell_upstream, addr),
-                    ),
+                    origin: Cow::Owned(client.origin.for_forwarded(&shared.tell_upstream, addr)),
                     judge_here,
                 }
             }
             None => Requester {
                 addr: peer,
-                origin: Cow::Borrowed(&ctx.client.origin),
+                origin: Cow::Borrowed(&client.origin),
                 judge_here,
             },
         }
     }
 }
 
-/// Answers one request; never fails (every refusal is a status).
-pub async fn respond(req: Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> {
-    let _busy = ctx.activity.begin();
-    let who = Requester::of(&req, ctx);
-    let (parts, body) = req.into_parts();
-    let mut body = Some(body);
-    let response = match dns_reply(&parts, &mut body, ctx, &who).await {
-        Ok(reply) => dns_response(reply),
+/// Answers one request whose body (a POST's) has been read whole; never
+/// fails (every refusal is a status). Counts the response's status.
+pub async fn answer(
+    head: &Head,
+    body: Option<Vec<u8>>,
+    client: &Client,
+    shared: &Shared,
+) -> Answer {
+    let who = Requester::of(&head.forwarded, client, shared);
+    let mut close = false;
+    let reply = match dns_reply(head, body, client, shared, &who, &mut close).await {
+        Ok(reply) => Reply::Dns(reply),
         Err(refusal) => {
-            tracing::debug!(client = %who.addr, peer = %ctx.client, status = refusal.status(), error = %refusal, "DoH request refused");
-            if let Some(unread) = body.filter(|_| refusal != Refusal::TooLarge) {
-                drain(unread, ctx.shared.timeouts.read).await;
-            }
-            refusal_response(refusal)
+            tracing::debug!(client = %who.addr, peer = %client, status = refusal.status(), error = %refusal, "DoH request refused");
+            Reply::Refused(refusal)
         }
     };
-    ctx.shared
-        .stats
-        .count_doh_response(response.status().as_u16());
-    response
+    shared.stats.count_doh_response(reply.status());
+    Answer { reply, close }
 }
 
-/// The DNS reply to a request, or why there is none. A POST's body is
-/// taken from `body` when it is read; a refusal made before leaves it there.
+/// The refusal an HTTP version makes on its own (a body too large or too
+/// slow), counted as [`answer`] counts its own.
+pub fn refuse(refusal: Refusal, stats: &Stats) -> Reply {
+    stats.count_doh_response(refusal.status());
+    Reply::Refused(refusal)
+}
+
+/// The DNS reply to a request, or why there is none.
 async fn dns_reply(
-    req: &Parts,
-    body: &mut Option<Incoming>,
-    ctx: &Context,
+    head: &Head,
+    body: Option<Vec<u8>>,
+    client: &Client,
+    shared: &Shared,
     who: &Requester<'_>,
+    close: &mut bool,
 ) -> Result<Vec<u8>, Refusal> {
-    let shared = &*ctx.shared;
     // First, as at accept: a client outside the list learns nothing more.
     if who.judge_here && !shared.allow.allows(who.addr.ip()) {
         shared.stats.refused_not_allowed.inc();
         return Err(Refusal::Forbidden);
     }
-    let route = request::route(&shared.doh_path, req.uri.path())?;
+    let route = request::route(&shared.doh_path, head.path())?;
     let path_id = match route {
         Route::Plain => None,
         Route::WithId(id) => Some(id),
     };
-    let id = match shared
-        .client_ids
-        .judge_request(path_id, ctx.client.id.as_ref())
-    {
+    let id = match shared.client_ids.judge_request(path_id, client.id.as_ref()) {
         Judgement::Admit(id) => id,
         Judgement::Refuse => {
             shared.stats.refused_client_id.inc();
             return Err(Refusal::NotFound);
         }
     };
-    let message = match Method::of(req.method.as_str())? {
-        Method::Get => request::get_message(req.uri.query())?,
+    let message = match head.method? {
+        Method::Get => request::get_message(head.query())?,
         Method::Post => {
-            let headers = &req.headers;
-            if !request::is_dns_message(headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes)) {
+            if !head.dns_content_type {
                 return Err(Refusal::UnsupportedMediaType);
             }
-            let announced = headers
-                .get(CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            if announced.is_some_and(|len| len > MAX_MESSAGE as u64) {
+            if head.announces_too_much() {
                 return Err(Refusal::TooLarge);
             }
-            match body.take() {
-                Some(body) => read_body(body, shared.timeouts.read).await?,
-                None => return Err(Refusal::BadMessage),
-            }
+            body.ok_or(Refusal::BadMessage)?
         }
     };
     let info = request::check_message(&message)?;
@@ -179,7 +259,7 @@ async fn dns_reply(
             // once the responses in progress are sent.
             Decision::Close => {
                 shared.stats.count_query(Transport::Doh);
-                ctx.close.cancel();
+                *close = true;
                 return Err(Refusal::RateLimited);
             }
         }
@@ -198,65 +278,4 @@ async fn dns_reply(
         LegOptions::for_http,
     )
     .await)
-}
-
-/// A POST body of at most [`MAX_MESSAGE`] bytes, within the read timeout
-/// (a body announced and never sent must not hold its stream forever).
-async fn read_body(body: Incoming, limit: std::time::Duration) -> Result<Vec<u8>, Refusal> {
-    let collected = tokio::time::timeout(limit, Limited::new(body, MAX_MESSAGE).collect())
-        .await
-        .map_err(|_| Refusal::Timeout)?;
-    match collected {
-        Ok(body) => Ok(body.to_bytes().to_vec()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Refusal::TooLarge),
-        // The client reset its stream or broke the framing: nobody will
-        // read the status, which says so all the same.
-        Err(_) => Err(Refusal::BadMessage),
-    }
-}
-
-/// Reads and drops what is left of the body of a refused request (at most
-/// [`MAX_MESSAGE`] bytes, within the read timeout) before the refusal is
-/// sent. Answering while the body is still coming is allowed (RFC 9113
-/// section 8.1: the server then resets the stream with NO_ERROR), but curl
-/// 7.88 (Debian 12's) takes that reset for an error and shows "Stream error
-/// in the HTTP/2 framing layer" instead of the status; on HTTP/1.1, an
-/// unread body ends the keep-alive. A body that is too large, or too slow,
-/// is left as it is.
-async fn drain(body: Incoming, limit: std::time::Duration) {
-    let _ = read_body(body, limit).await;
-}
-
-/// 200 with the reply; cacheable for its smallest TTL when it is an
-/// answer (RFC 8484 §5.1), not when it is an error.
-fn dns_response(reply: Vec<u8>) -> Response<Full<Bytes>> {
-    let freshness = dns::freshness(&reply);
-    let mut response = Response::new(Full::new(Bytes::from(reply)));
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static(DNS_MESSAGE));
-    if let Some(seconds) = freshness {
-        if let Ok(value) = HeaderValue::from_str(&format!("max-age={seconds}")) {
-            headers.insert(CACHE_CONTROL, value);
-        }
-    }
-    response
-}
-
-/// The refusal's status, with one line saying why in plain text.
-fn refusal_response(refusal: Refusal) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(format!("{refusal}\n"))));
-    *response.status_mut() =
-        StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::BAD_REQUEST);
-    let headers = response.headers_mut();
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    if refusal == Refusal::MethodNotAllowed {
-        headers.insert(ALLOW, HeaderValue::from_static("GET, POST"));
-    }
-    if refusal == Refusal::RateLimited {
-        headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    response
 }

@@ -1,0 +1,333 @@
+//! One HTTP/2 DoH connection, as DoT's is run
+//! ([`crate::server::connection`]): one task that reads what the client
+//! sent into the [`Session`], runs its requests inside itself (a
+//! `FuturesUnordered`), and writes their responses, batched, in the order
+//! they are ready.
+//!
+//! ```text
+//!            ┌──────────────── the connection's task ─────────────────┐
+//! client ──> │ Session ──request──> in-flight set ──answer──> Session │ ──> client
+//!            └───────────────────────────│────────────────────────────┘
+//!                                exchange::answer
+//! ```
+//!
+//! Why not hyper's: its HTTP/2 server (h2) spawns a task per stream and
+//! holds fixed buffers of about 28 KiB for a connection's whole life; here
+//! an idle connection holds its session (the HPACK table the client
+//! filled, a few hundred bytes) and nothing else: reads go through one
+//! buffer per thread, and output, streams and requests exist only while a
+//! request does.
+//!
+//! The rules of its life are DoT's:
+//! * while a batch of output is being written, nothing is read: a client
+//!   that stops reading stops being read, and is closed once it has not
+//!   taken our bytes for its idle timeout;
+//! * the idle timer runs only while no stream is open and nothing is
+//!   begun, and counts from the latest request or response; it closes the
+//!   connection gracefully (GOAWAY, then close_notify and FIN);
+//! * something begun (a frame, a header block) must be finished within the
+//!   read timeout, or the connection is closed at once; a body not finished
+//!   within it gets 408 and the connection goes on;
+//! * on shutdown, at the maximum age, or for a client over a rate limit
+//!   with `--rate-limit-action close`: GOAWAY, the requests begun are
+//!   answered, then the connection closes, at the latest the idle timeout
+//!   and the TLS linger after.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::session::{Event, Limits, Session};
+use crate::metrics::stats::CloseReason;
+use crate::server::client::Client;
+use crate::server::connection::{retire_after, with_timeout, InFlight, Shared};
+use crate::server::doh::exchange::{self, Answer};
+use crate::tls::server_stream::{TlsFailure, LINGER};
+
+/// Header block a request may send, in bytes as decoded: DoH requests
+/// carry a few short headers (a GET's path holds at most a 64 KiB message
+/// in base64).
+const MAX_HEADER_LIST: usize = 96 * 1024;
+
+/// A header block as sent may be no larger than the list it decodes to
+/// with some room for literal overhead; past it, the client is flooding.
+const MAX_HEADER_BLOCK: usize = 128 * 1024;
+
+/// Requests a client may reset before their answer, beyond those it has
+/// earned back (rapid reset, CVE-2023-44487).
+const MAX_RESETS: u32 = 64;
+
+/// Streams dotgate may refuse or reset for a client's errors before the
+/// connection is closed with ENHANCE_YOUR_CALM.
+const MAX_ERROR_RESETS: u32 = 256;
+
+/// Output gathered before it is written: a batch of responses.
+const WRITE_BATCH: usize = 16 * 1024;
+
+/// One read from the stream: decrypted bytes for the session, in a buffer
+/// per thread, so that an idle connection holds none.
+const READ_CHUNK: usize = 32 * 1024;
+
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+}
+
+/// Serves one HTTP/2 DoH connection until it closes; returns why.
+pub async fn serve<S>(
+    mut io: S,
+    client: Client,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) -> CloseReason
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let shared = &*shared;
+    let client = &client;
+    let forwarding = shared
+        .forwarding
+        .trusts(client.addr.ip())
+        .then(|| shared.forwarding.header.name());
+    let limits = Limits {
+        max_streams: u32::try_from(shared.max_inflight).unwrap_or(u32::MAX),
+        max_header_block: MAX_HEADER_BLOCK,
+        max_header_list: MAX_HEADER_LIST,
+        max_resets: MAX_RESETS,
+        max_error_resets: MAX_ERROR_RESETS,
+    };
+    let mut session = Session::new(limits, forwarding);
+    let mut in_flight = InFlight::default();
+    let timeouts = shared.timeouts;
+    // A client that takes longer than its own idle allowance to accept our
+    // bytes is treated as gone.
+    let write_timeout = timeouts.idle;
+
+    let stopping = shutdown.cancelled();
+    tokio::pin!(stopping);
+    let too_old = retire_after(shared.max_age);
+    tokio::pin!(too_old);
+    let idle = tokio::time::sleep(timeouts.idle);
+    tokio::pin!(idle);
+    let unfinished = tokio::time::sleep(timeouts.read);
+    tokio::pin!(unfinished);
+    // Far enough never to fire before it is set.
+    let forced = tokio::time::sleep(Duration::from_secs(86_400 * 365));
+    tokio::pin!(forced);
+
+    let mut closing: Option<CloseReason> = None;
+    let mut write_failed = false;
+    let mut tls_failed = false;
+    // Our SETTINGS first.
+    let mut reason = match write(&mut io, &mut session, write_timeout).await {
+        Ok(()) => None,
+        Err(_) => {
+            write_failed = true;
+            Some(CloseReason::Error)
+        }
+    };
+    while reason.is_none() {
+        let mut close_asked = None;
+        tokio::select! {
+            biased;
+            _ = &mut stopping, if closing.is_none() => close_asked = Some(CloseReason::Shutdown),
+            _ = &mut too_old, if closing.is_none() => close_asked = Some(CloseReason::Retired),
+            _ = &mut forced, if closing.is_some() => {
+                reason = closing;
+                break;
+            }
+            Some((stream, answer)) = in_flight.next(), if !in_flight.is_empty() => {
+                close_asked = deliver(&mut session, stream, answer);
+                while session.out.len() < WRITE_BATCH {
+                    let Some((stream, answer)) = in_flight.ready() else { break };
+                    close_asked = close_asked.or(deliver(&mut session, stream, answer));
+                }
+                idle.as_mut().reset(Instant::now() + timeouts.idle);
+            }
+            read = read_into(&mut io, &mut session) => match read {
+                Ok(0) => reason = Some(CloseReason::Client),
+                Ok(_) => {
+                    if session.failure().is_some() {
+                        tracing::debug!(%client, failure = ?session.failure(), "closing DoH connection");
+                        reason = Some(CloseReason::Error);
+                    }
+                    let mut began = false;
+                    while let Some(event) = session.next_event() {
+                        began = true;
+                        match event {
+                            Event::Request { stream, head, body } => in_flight.push(async move {
+                                (stream, exchange::answer(&head, body, client, shared).await)
+                            }),
+                            Event::Refuse { stream, refusal } => {
+                                let reply = exchange::refuse(refusal, &shared.stats);
+                                session.respond(stream, reply);
+                            }
+                        }
+                    }
+                    if began {
+                        idle.as_mut().reset(Instant::now() + timeouts.idle);
+                    }
+                    if session.peer_gone() && closing.is_none() {
+                        closing = Some(CloseReason::Client);
+                        forced.as_mut().reset(Instant::now() + timeouts.idle + LINGER);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    reason = Some(CloseReason::Client);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    reason = Some(CloseReason::ReadTimeout);
+                }
+                Err(e) => {
+                    if let Some(failure) = TlsFailure::of(&e) {
+                        if *failure == TlsFailure::HandshakeTooLarge {
+                            shared.stats.tls_handshake_too_large.inc();
+                        }
+                        // A fatal alert is queued: nothing may follow it.
+                        tls_failed = true;
+                    }
+                    tracing::debug!(%client, error = %e, "closing DoH connection");
+                    reason = Some(CloseReason::Error);
+                }
+            },
+            _ = &mut unfinished => {
+                let now = Instant::now();
+                let cutoff = now.checked_sub(timeouts.read);
+                if let (Some(begun), Some(cutoff)) = (session.begun(), cutoff) {
+                    if begun <= cutoff {
+                        reason = Some(CloseReason::ReadTimeout);
+                    }
+                }
+                if let Some(cutoff) = cutoff {
+                    session.expire_bodies(cutoff);
+                    while let Some(event) = session.next_event() {
+                        if let Event::Refuse { stream, refusal } = event {
+                            let reply = exchange::refuse(refusal, &shared.stats);
+                            session.respond(stream, reply);
+                        }
+                    }
+                }
+                // Looked at again when the oldest thing begun would run
+                // out of time.
+                let next = [session.begun(), session.oldest_body()]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .map_or(now + timeouts.read, |t| t + timeouts.read);
+                unfinished.as_mut().reset(next.max(now + Duration::from_millis(1)));
+            }
+            _ = &mut idle, if closing.is_none() && in_flight.is_empty() => {
+                if session.is_quiet() {
+                    close_asked = Some(CloseReason::Idle);
+                } else {
+                    idle.as_mut().reset(Instant::now() + timeouts.idle);
+                }
+            }
+        }
+        if let Some(asked) = close_asked.filter(|_| closing.is_none()) {
+            session.go_away();
+            closing = Some(asked);
+            forced
+                .as_mut()
+                .reset(Instant::now() + timeouts.idle + LINGER);
+        }
+        if tls_failed {
+            break;
+        }
+        if !session.out.is_empty() {
+            if let Err(e) = write(&mut io, &mut session, write_timeout).await {
+                tracing::debug!(%client, error = %e, "closing DoH connection");
+                if TlsFailure::of(&e).is_some() {
+                    tls_failed = true;
+                } else {
+                    write_failed = true;
+                }
+                reason = Some(CloseReason::Error);
+            }
+        }
+        if in_flight.is_empty() {
+            if reason.is_none() && closing.is_some() && session.open_streams() == 0 {
+                reason = closing;
+            }
+            in_flight.release();
+            session.release();
+        }
+    }
+    let reason = reason.or(closing).unwrap_or(CloseReason::Error);
+    if tls_failed {
+        // The requests in progress go unanswered: after a fatal alert the
+        // stream sends nothing more but the alert, which the close sends,
+        // then FIN and the linger.
+        in_flight.release();
+        let _ = with_timeout(write_timeout + LINGER, io.shutdown()).await;
+    } else if write_failed {
+        in_flight.release();
+    } else {
+        // The requests in progress are answered, then the connection
+        // closes; within the write timeout and the TLS linger.
+        let finished = async {
+            while let Some((stream, answer)) = in_flight.next().await {
+                deliver(&mut session, stream, answer);
+                write(&mut io, &mut session, write_timeout).await?;
+            }
+            with_timeout(write_timeout + LINGER, io.shutdown()).await
+        };
+        if let Err(e) = finished.await {
+            tracing::debug!(%client, error = %e, "closing DoH connection");
+        }
+    }
+    tracing::debug!(%client, ?reason, "DoH connection closed");
+    reason
+}
+
+/// Hands one answer to the session; the close its reply asks for, if any.
+fn deliver(session: &mut Session, stream: u32, answer: Answer) -> Option<CloseReason> {
+    session.respond(stream, answer.reply);
+    answer.close.then_some(CloseReason::RateLimited)
+}
+
+/// Reads what the client sent into the session; the bytes read, 0 at the
+/// end of the stream.
+async fn read_into<S>(io: &mut S, session: &mut Session) -> std::io::Result<usize>
+where
+    S: AsyncRead + Unpin,
+{
+    poll_fn(|cx| {
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let mut buf = ReadBuf::new(&mut scratch[..]);
+            ready!(Pin::new(&mut *io).poll_read(cx, &mut buf))?;
+            let read = buf.filled();
+            if !read.is_empty() {
+                session.receive(read, Instant::now());
+            }
+            Poll::Ready(Ok(read.len()))
+        })
+    })
+    .await
+}
+
+/// Writes the session's output within `limit`.
+async fn write<S>(io: &mut S, session: &mut Session, limit: Duration) -> std::io::Result<()>
+where
+    S: AsyncWrite + Unpin,
+{
+    with_timeout(limit, async {
+        io.write_all(&session.out).await?;
+        io.flush().await
+    })
+    .await?;
+    session.out.clear();
+    // A large batch grew the buffer past its usual size: give that memory
+    // back rather than keep the peak while the connection is busy.
+    if session.out.capacity() > 4 * WRITE_BATCH {
+        session.out = Vec::new();
+    }
+    Ok(())
+}
