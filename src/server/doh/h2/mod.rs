@@ -8,5 +8,7 @@ pub mod frame;
 pub mod hpack;
 pub mod response;
 pub mod session;
+#[cfg(test)]
+mod session_tests;
 
 pub use connection::serve;
