@@ -18,6 +18,7 @@ pub mod alert_first;
 pub mod connection;
 pub mod exchange;
 pub mod forwarded;
+pub mod h2;
 pub mod protocol;
 pub mod request;
 pub mod watch;
