@@ -408,4 +408,61 @@ fn main() {
             },
         );
     }
+
+    hpack(&h);
+}
+
+/// HPACK header blocks of DoH requests as curl's encoder writes them (made
+/// with an independent encoder; the same as the decoder's unit tests): a
+/// first GET, a second GET (the `dns=` path a new Huffman literal, the rest
+/// references), a first POST, and a second POST, all references.
+const HPACK_GET_1: &str = "8287418b92a42e5f23a6ba0abd454f44aa624a90b76b4b67aff24a91076781761861bb0c30c30c30c3745c5ae7c83e23c5c2ff313e986186ec30e07a8825b650c3cbb6b83f53901d75d0620d263d4c495216a4a840e62f";
+const HPACK_GET_2: &str = "8287c144ba624a90b76b4b67aff24a910430c3761861bb0c30c30c30dd85991993c49417161493179a2113febf7c430c3b21bb0c30d7774c30c30c30c30c3fc0bf";
+const HPACK_POST_1: &str =
+    "8387c24488624a90b76b4b67afc1c05f901d75d0620d263d4c495216a4a840e62f5c82659f";
+const HPACK_POST_2: &str = "8387c5c0c3c2bfbe";
+
+/// The HPACK decoder of the HTTP/2 server, per request header block.
+fn hpack(h: &Harness) {
+    use dotgate::server::doh::h2::hpack::Decoder;
+    let hex = |s: &str| -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+            .collect()
+    };
+    let [get1, get2, post1, post2] =
+        [HPACK_GET_1, HPACK_GET_2, HPACK_POST_1, HPACK_POST_2].map(hex);
+    let fields = |d: &mut Decoder, block: &[u8]| {
+        let mut n = 0usize;
+        let r = d.decode(black_box(block), 16_384, |name, value| {
+            n += name.len() + value.len()
+        });
+        assert!(r.is_ok());
+        n
+    };
+    let mut d = Decoder::new(4096);
+    h.run(
+        &format!("hpack: first DoH GET, new decoder ({} B)", get1.len()),
+        || {
+            let mut d = Decoder::new(4096);
+            fields(&mut d, &get1)
+        },
+    );
+    fields(&mut d, &get1);
+    h.run(
+        &format!(
+            "hpack: next DoH GET, Huffman :path inserted ({} B)",
+            get2.len()
+        ),
+        || fields(&mut d, &get2),
+    );
+    let mut d = Decoder::new(4096);
+    for block in [&get1, &get2, &post1] {
+        fields(&mut d, block);
+    }
+    h.run(
+        &format!("hpack: next DoH POST, all indexed ({} B)", post2.len()),
+        || fields(&mut d, &post2),
+    );
 }

@@ -9,13 +9,13 @@
 //! an idle connection:
 //!
 //! - [`Decoder::new`] allocates nothing; the dynamic table grows with what
-//!   the client inserts ([`table`]), and the Huffman scratch buffer is
+//!   the client inserts (`table`), and the Huffman scratch buffer is
 //!   dropped after a block that made it large ([`SCRATCH_KEEP`]);
 //! - fields go to a callback as slices into the block, the table or the
 //!   scratch buffer: an indexed field or a raw literal costs no allocation,
 //!   a Huffman-coded one none once the scratch buffer has grown;
-//! - Huffman strings are decoded by table lookups ([`huffman`]), prefix
-//!   integers bounded to `u32` ([`integer`]).
+//! - Huffman strings are decoded by table lookups (`huffman`), prefix
+//!   integers bounded to `u32` (`integer`).
 //!
 //! Errors: [`HpackError::ListTooLarge`] is the stream's (the block was
 //! still decoded to its end, so the connection can go on); every other
