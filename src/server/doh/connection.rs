@@ -51,7 +51,9 @@ where
 {
     match protocol {
         Protocol::Http2 => super::h2::serve(io, client, shared, shutdown).await,
-        Protocol::Http1 => serve_http1(io, client, shared, shutdown).await,
+        // Boxed: hyper's connection state is kilobytes, and unboxed it would
+        // size every HTTP/2 connection's task too.
+        Protocol::Http1 => Box::pin(serve_http1(io, client, shared, shutdown)).await,
     }
 }
 

@@ -113,13 +113,13 @@ where
     tokio::pin!(stopping);
     let too_old = retire_after(shared.max_age);
     tokio::pin!(too_old);
-    let idle = tokio::time::sleep(timeouts.idle);
-    tokio::pin!(idle);
+    // The idle timer; once the connection is closing, the time by which
+    // it is closed whatever the client does. One timer for both keeps an
+    // idle connection's task small.
+    let timer = tokio::time::sleep(timeouts.idle);
+    tokio::pin!(timer);
     let unfinished = tokio::time::sleep(timeouts.read);
     tokio::pin!(unfinished);
-    // Far enough never to fire before it is set.
-    let forced = tokio::time::sleep(Duration::from_secs(86_400 * 365));
-    tokio::pin!(forced);
 
     let mut closing: Option<CloseReason> = None;
     let mut write_failed = false;
@@ -138,17 +138,15 @@ where
             biased;
             _ = &mut stopping, if closing.is_none() => close_asked = Some(CloseReason::Shutdown),
             _ = &mut too_old, if closing.is_none() => close_asked = Some(CloseReason::Retired),
-            _ = &mut forced, if closing.is_some() => {
-                reason = closing;
-                break;
-            }
             Some((stream, answer)) = in_flight.next(), if !in_flight.is_empty() => {
                 close_asked = deliver(&mut session, stream, answer);
                 while session.out.len() < WRITE_BATCH {
                     let Some((stream, answer)) = in_flight.ready() else { break };
                     close_asked = close_asked.or(deliver(&mut session, stream, answer));
                 }
-                idle.as_mut().reset(Instant::now() + timeouts.idle);
+                if closing.is_none() {
+                    timer.as_mut().reset(Instant::now() + timeouts.idle);
+                }
             }
             read = read_into(&mut io, &mut session) => match read {
                 Ok(0) => reason = Some(CloseReason::Client),
@@ -170,12 +168,12 @@ where
                             }
                         }
                     }
-                    if began {
-                        idle.as_mut().reset(Instant::now() + timeouts.idle);
+                    if began && closing.is_none() {
+                        timer.as_mut().reset(Instant::now() + timeouts.idle);
                     }
                     if session.peer_gone() && closing.is_none() {
                         closing = Some(CloseReason::Client);
-                        forced.as_mut().reset(Instant::now() + timeouts.idle + LINGER);
+                        timer.as_mut().reset(Instant::now() + timeouts.idle + LINGER);
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
@@ -222,18 +220,23 @@ where
                     .map_or(now + timeouts.read, |t| t + timeouts.read);
                 unfinished.as_mut().reset(next.max(now + Duration::from_millis(1)));
             }
-            _ = &mut idle, if closing.is_none() && in_flight.is_empty() => {
+            _ = &mut timer, if closing.is_some() || in_flight.is_empty() => {
+                if closing.is_some() {
+                    // Closing took too long: the connection is dropped.
+                    reason = closing;
+                    break;
+                }
                 if session.is_quiet() {
                     close_asked = Some(CloseReason::Idle);
                 } else {
-                    idle.as_mut().reset(Instant::now() + timeouts.idle);
+                    timer.as_mut().reset(Instant::now() + timeouts.idle);
                 }
             }
         }
         if let Some(asked) = close_asked.filter(|_| closing.is_none()) {
             session.go_away();
             closing = Some(asked);
-            forced
+            timer
                 .as_mut()
                 .reset(Instant::now() + timeouts.idle + LINGER);
         }

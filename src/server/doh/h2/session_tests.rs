@@ -119,7 +119,14 @@ fn open() -> (Session, Instant) {
 fn request(session: &mut Session) -> Option<(u32, Vec<u8>, Option<Vec<u8>>)> {
     match session.next_event()? {
         Event::Request { stream, head, body } => {
-            assert_eq!(head.method, Ok(if body.is_some() { Method::Post } else { Method::Get }));
+            assert_eq!(
+                head.method,
+                Ok(if body.is_some() {
+                    Method::Post
+                } else {
+                    Method::Get
+                })
+            );
             Some((stream, head.target.into_bytes(), body))
         }
         Event::Refuse { stream, refusal } => panic!("stream {stream} refused: {refusal}"),
@@ -135,7 +142,10 @@ fn a_get_becomes_a_request_and_its_answer_ends_the_stream() {
     let (mut session, now) = open();
     session.receive(&get(1), now);
     let (stream, target, body) = request(&mut session).unwrap();
-    assert_eq!((stream, &target[..], body), (1, &b"/dns-query?dns=AAAB"[..], None));
+    assert_eq!(
+        (stream, &target[..], body),
+        (1, &b"/dns-query?dns=AAAB"[..], None)
+    );
     assert!(!session.is_quiet());
     assert!(session.respond(1, dns(40)));
     let out = frames(&mut session);
@@ -154,7 +164,11 @@ fn a_get_becomes_a_request_and_its_answer_ends_the_stream() {
 #[test]
 fn a_post_body_in_padded_pieces_is_joined() {
     let (mut session, now) = open();
-    let head = block("POST", "/dns-query", &[("content-type", "application/dns-message")]);
+    let head = block(
+        "POST",
+        "/dns-query",
+        &[("content-type", "application/dns-message")],
+    );
     let post = |stream: u32| {
         [
             frame(HEADERS, flag::END_HEADERS, stream, &head),
@@ -287,7 +301,10 @@ fn a_continuation_flood_ends_the_connection() {
     }
     assert!(matches!(session.failure(), Some(Failure::Calm(_))));
     let out = frames(&mut session);
-    assert_eq!(out.last().unwrap().code(), ErrorCode::EnhanceYourCalm as u32);
+    assert_eq!(
+        out.last().unwrap().code(),
+        ErrorCode::EnhanceYourCalm as u32
+    );
 }
 
 #[test]
@@ -336,7 +353,11 @@ fn bad_prefaces_and_oversized_frames_end_the_connection() {
 #[test]
 fn a_body_past_one_message_is_refused_at_once() {
     let (mut session, now) = open();
-    let head = block("POST", "/dns-query", &[("content-type", "application/dns-message")]);
+    let head = block(
+        "POST",
+        "/dns-query",
+        &[("content-type", "application/dns-message")],
+    );
     session.receive(&frame(HEADERS, flag::END_HEADERS, 1, &head), now);
     let chunk = [0u8; 16_384];
     for _ in 0..4 {
@@ -410,7 +431,10 @@ fn pings_are_answered_and_goaway_is_graceful() {
     session.receive(&get(3), now);
     let out = frames(&mut session);
     assert_eq!(out[0].kind, Kind::GoAway);
-    assert_eq!(u32::from_be_bytes(out[0].payload[..4].try_into().unwrap()), 1);
+    assert_eq!(
+        u32::from_be_bytes(out[0].payload[..4].try_into().unwrap()),
+        1
+    );
     assert_eq!((out[1].kind, out[1].stream), (Kind::RstStream, 3));
     assert!(session.respond(1, dns(12)));
     assert!(session.is_quiet());
@@ -419,7 +443,11 @@ fn pings_are_answered_and_goaway_is_graceful() {
 #[test]
 fn the_connection_window_is_given_back_as_requests_end() {
     let (mut session, now) = open();
-    let head = block("POST", "/dns-query", &[("content-type", "application/dns-message")]);
+    let head = block(
+        "POST",
+        "/dns-query",
+        &[("content-type", "application/dns-message")],
+    );
     let body = vec![0u8; 16_000];
     let mut stream = 1;
     let mut given = 0u32;
