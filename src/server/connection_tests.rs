@@ -907,3 +907,29 @@ async fn an_idle_connections_task_stays_small() {
     assert!(dot <= 1536, "DoT: {dot} bytes");
     assert!(doh <= 2048, "DoH: {doh} bytes");
 }
+
+/// Each request in flight is a future in its connection's task (and one
+/// allocation): the UDP path's is kept small by boxing what only other
+/// transports use (a stream upstream's state, the TCP retry).
+#[tokio::test]
+async fn a_query_in_flight_stays_small() {
+    let upstream = Upstream::start().await;
+    let shared = shared(&upstream, Settings::default()).await;
+    let client =
+        crate::server::client::Client::from(SocketAddr::from((Ipv4Addr::LOCALHOST, 1)));
+    let msg = query(1, "small.test.");
+    let info = crate::proto::dns::parse_query(&msg).unwrap();
+    let exchange = shared.upstream.exchange(&msg, &info, &client.origin);
+    let head = crate::server::doh::exchange::Head {
+        method: Ok(crate::server::doh::request::Method::Get),
+        target: String::new(),
+        dns_content_type: false,
+        content_length: None,
+        forwarded: Default::default(),
+    };
+    let doh = crate::server::doh::exchange::answer(&head, None, &client, &shared);
+    let (exchange, doh) = (std::mem::size_of_val(&exchange), std::mem::size_of_val(&doh));
+    eprintln!("a query in flight: upstream exchange {exchange} bytes, DoH request {doh} bytes");
+    assert!(exchange <= 1536, "upstream exchange: {exchange} bytes");
+    assert!(doh <= 2048, "DoH request: {doh} bytes");
+}

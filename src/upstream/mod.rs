@@ -106,7 +106,10 @@ impl policy::Candidate for Member {
 impl Member {
     /// One exchange, waiting for the reply until `deadline` (the end of the
     /// try), which the transports see so that they can tell a try that timed
-    /// out from a caller that went away.
+    /// out from a caller that went away. Bounded by `deadline` as a whole:
+    /// UDP ends its own wait there (one timer per query, not two), and what
+    /// else can take time (the TCP retry after a truncated answer,
+    /// connecting a stream) is bounded here.
     async fn exchange(
         &self,
         msg: &[u8],
@@ -125,18 +128,25 @@ impl Member {
                         self.health.success(&self.name);
                         stats.tc_fallbacks.inc();
                         self.counters.tcp.inc();
-                        tcp::exchange(*addr, msg, info, origin, stats).await
+                        // Boxed: rare, and its state would size every
+                        // query's future.
+                        let retry = Box::pin(tcp::exchange(*addr, msg, info, origin, stats));
+                        bounded(tokio::time::timeout_at(deadline, retry).await)
                     }
                     other => Ok(other),
                 }
             }
             Transport::Stream(pool) => {
                 self.counters.tcp.inc();
-                pool.exchange(msg, info, origin.subnet(), deadline).await
+                // Boxed, as below: a stream's state is about 2 KiB, which
+                // would size every query's future, UDP's too.
+                let exchange = Box::pin(pool.exchange(msg, info, origin.subnet(), deadline));
+                bounded(tokio::time::timeout_at(deadline, exchange).await)
             }
             Transport::PerClient(pools) => {
                 self.counters.tcp.inc();
-                pools.exchange(msg, info, origin, deadline).await
+                let exchange = Box::pin(pools.exchange(msg, info, origin, deadline));
+                bounded(tokio::time::timeout_at(deadline, exchange).await)
             }
         }
     }
@@ -343,15 +353,9 @@ impl Inner {
             .then(|| OutstandingGuard::new(&member.outstanding));
         let sent = Instant::now();
         let deadline = tokio::time::Instant::now() + budget;
-        // The transports end their wait at the same deadline and are polled
-        // first, so they report the timeout; this bound covers the rest
-        // (connecting, the TCP retry after a truncated answer).
-        let result = tokio::time::timeout_at(
-            deadline,
-            member.exchange(msg, info, origin, &self.stats, deadline),
-        )
-        .await
-        .unwrap_or(Err(UpstreamError::Timeout));
+        let result = member
+            .exchange(msg, info, origin, &self.stats, deadline)
+            .await;
         match result {
             Ok(reply) => {
                 // The gauge is written only on a change: no shared write
@@ -382,6 +386,16 @@ impl Inner {
             }
         }
     }
+}
+
+/// The result of an exchange bounded by its try's deadline:
+/// [`UpstreamError::Timeout`] past it. The transports that see the
+/// deadline end their wait at it themselves and are polled first, so they
+/// report the timeout.
+fn bounded(
+    result: Result<Result<Reply, UpstreamError>, tokio::time::error::Elapsed>,
+) -> Result<Reply, UpstreamError> {
+    result.unwrap_or(Err(UpstreamError::Timeout))
 }
 
 struct OutstandingGuard<'a>(&'a AtomicUsize);

@@ -359,34 +359,41 @@ impl UdpTransport {
             dns::upstream_query(msg, info, id, origin.subnet())
         };
         send(socket, &out).await?;
-        let sent = Instant::now();
-        // The sender lives in the map until the reply or the guard removes it.
+        // The clock is read for one query in RTT_SAMPLE, the ones sampled.
+        let sent = seq.is_multiple_of(RTT_SAMPLE).then(Instant::now);
+        // One timer per query: first the resend's, then moved to the end
+        // of the try.
+        let resend_at = tokio::time::Instant::now() + self.resend_delay();
+        let timer = tokio::time::sleep_until(resend_at.min(deadline));
+        tokio::pin!(timer);
+        let mut resent = resend_at >= deadline;
         let mut rx = rx;
-        let wait = async {
+        let reply = loop {
             tokio::select! {
-                reply = &mut rx => reply,
-                () = tokio::time::sleep(self.resend_delay()) => {
+                biased;
+                reply = &mut rx => break reply.map_err(|_| UpstreamError::Closed),
+                () = &mut timer => {
+                    if resent {
+                        let broken = socket
+                            .pending()
+                            .get_ticket(ticket)
+                            .is_some_and(|w| w.broken);
+                        return Err(if broken {
+                            UpstreamError::BadReply
+                        } else {
+                            UpstreamError::Timeout
+                        });
+                    }
                     // Lost on the way, or just slow: either way, once more.
+                    resent = true;
                     self.stats.upstream_udp_resends.inc();
                     send(socket, &out).await?;
-                    rx.await
+                    timer.as_mut().reset(deadline);
                 }
             }
-            .map_err(|_| UpstreamError::Closed)
-        };
-        let Ok(reply) = tokio::time::timeout_at(deadline, wait).await else {
-            let broken = socket
-                .pending()
-                .get_ticket(ticket)
-                .is_some_and(|w| w.broken);
-            return Err(if broken {
-                UpstreamError::BadReply
-            } else {
-                UpstreamError::Timeout
-            });
         };
         let reply = reply?;
-        if seq.is_multiple_of(RTT_SAMPLE) {
+        if let Some(sent) = sent {
             self.sample_rtt(sent.elapsed());
         }
         Ok(reply)
