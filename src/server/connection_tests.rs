@@ -915,8 +915,7 @@ async fn an_idle_connections_task_stays_small() {
 async fn a_query_in_flight_stays_small() {
     let upstream = Upstream::start().await;
     let shared = shared(&upstream, Settings::default()).await;
-    let client =
-        crate::server::client::Client::from(SocketAddr::from((Ipv4Addr::LOCALHOST, 1)));
+    let client = crate::server::client::Client::from(SocketAddr::from((Ipv4Addr::LOCALHOST, 1)));
     let msg = query(1, "small.test.");
     let info = crate::proto::dns::parse_query(&msg).unwrap();
     let exchange = shared.upstream.exchange(&msg, &info, &client.origin);
@@ -928,7 +927,10 @@ async fn a_query_in_flight_stays_small() {
         forwarded: Default::default(),
     };
     let doh = crate::server::doh::exchange::answer(&head, None, &client, &shared);
-    let (exchange, doh) = (std::mem::size_of_val(&exchange), std::mem::size_of_val(&doh));
+    let (exchange, doh) = (
+        std::mem::size_of_val(&exchange),
+        std::mem::size_of_val(&doh),
+    );
     eprintln!("a query in flight: upstream exchange {exchange} bytes, DoH request {doh} bytes");
     assert!(exchange <= 1536, "upstream exchange: {exchange} bytes");
     assert!(doh <= 2048, "DoH request: {doh} bytes");

@@ -17,7 +17,7 @@ pub struct Activity {
     /// Milliseconds from `start` to the end of the latest request.
     last_end_ms: AtomicU64,
     /// One more than the milliseconds from `start` to the first byte of a
-    /// request head (HTTP/1.1) or header block or frame (HTTP/2) not yet
+    /// request head not yet
     /// complete; 0 when there is none.
     begun_ms: AtomicU64,
 }

@@ -4,7 +4,7 @@
 //! The TLS stream queues a fatal alert when it fails, and sends it (then
 //! FIN, then a lingering read, so that the close is not a reset) when it is
 //! shut down. DoT's connection shuts its stream down on every way out.
-//! hyper's HTTP/1.1 and HTTP/2 servers were seen to shut a failed stream
+//! hyper's HTTP/1.1 server was seen to shut a failed stream
 //! down too, but nothing in their contract says so, and they may report a
 //! failed read on an idle connection as a plain close (so the failure would
 //! go uncounted). This wrapper makes both independent of hyper: whenever a

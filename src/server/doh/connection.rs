@@ -90,7 +90,6 @@ where
     });
     let io = TokioIo::new(Watched::new(
         AlertFirst::new(io, shared.stats.clone()),
-        Protocol::Http1,
         activity.clone(),
     ));
     let conn = http1::Builder::new()

@@ -1,13 +1,13 @@
 //! DNS over HTTPS (RFC 8484): the HTTP adapter in front of the one query
 //! path. A DoH listener's connections go through the same accept, caps,
 //! PROXY trust and TLS handshake as DoT's ([`crate::server::accept`], with
-//! ALPN `h2` and `http/1.1`); then [`connection`] runs hyper's HTTP/1.1 or
-//! HTTP/2 server over the stream, [`exchange`] turns each request into a
-//! query for [`crate::server::respond::answer`] and its reply into a
-//! response, judged by the pure rules of [`request`]; [`activity`] tells
-//! the connection when it is idle, and [`watch`] when the client has begun
-//! something it has not finished (the read timeout); [`alert_first`] makes
-//! sure a TLS failure is counted and its alert sent whatever hyper does.
+//! ALPN `h2` and `http/1.1`); then [`connection`] hands HTTP/2 to
+//! dotgate's own server ([`h2`]: one task per connection, as DoT's) and
+//! HTTP/1.1 to hyper's ([`h1`], with [`watch`] and [`activity`] for its
+//! read and idle timeouts and [`alert_first`] for its TLS failures). Both
+//! turn each request into a [`exchange::Head`] and its body, which
+//! [`exchange`] judges by the pure rules of [`request`] and answers through
+//! [`crate::server::respond::answer`].
 //!
 //! What differs from DoT stays here: status codes instead of closing, the
 //! message ID as the client sent it (0 for most GETs: restored like any
