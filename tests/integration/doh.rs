@@ -432,8 +432,9 @@ async fn client_ids_by_path_and_server_name() {
         );
         assert_eq!(reply.headers.len(), unknown_path.headers.len(), "{refused}");
     }
-    // By server name: bob.dns.test, and the path still wins.
-    let mut bob = Http::connect_as(doh(&server), &server.pki, false, "bob.dns.test").await;
+    // By server name: bob.dns.test, and the path still wins (over
+    // HTTP/1.1, so that both versions are seen here).
+    let mut bob = Http::connect_as(doh(&server), &server.pki, true, "bob.dns.test").await;
     assert_eq!(bob.post("/dns-query", &msg).await.status, StatusCode::OK);
     assert_eq!(bob.get("/dns-query", &msg).await.status, StatusCode::OK);
     assert_eq!(
@@ -479,4 +480,7 @@ async fn client_ids_by_path_and_server_name() {
         value(&text, "dotgate_queries_total{transport=\"dot\"}"),
         0.0
     );
+    // The four answered, over HTTP/2 and HTTP/1.1, are in the latency
+    // histogram; the refusals are not.
+    assert_eq!(value(&text, "dotgate_query_duration_seconds_count"), 4.0);
 }

@@ -35,6 +35,7 @@ pub struct Context {
 /// Answers one request; never fails (every refusal is a status).
 pub async fn respond(req: Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> {
     let _busy = ctx.activity.begin();
+    let received = std::time::Instant::now();
     let shared = &*ctx.shared;
     let (parts, body) = req.into_parts();
     let forwarding = shared
@@ -47,6 +48,13 @@ pub async fn respond(req: Request<Incoming>, ctx: &Context) -> Response<Full<Byt
             let answer = exchange::answer(&head, body, &ctx.client, shared).await;
             if answer.close {
                 ctx.close.cancel();
+            }
+            if matches!(answer.reply, Reply::Dns(_)) {
+                // Until the response is handed to hyper, which writes it.
+                shared
+                    .stats
+                    .query_duration
+                    .observe(received.elapsed().as_secs_f64());
             }
             answer.reply
         }

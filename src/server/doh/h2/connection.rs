@@ -48,7 +48,7 @@ use super::session::{Event, Limits, Session};
 use crate::metrics::stats::CloseReason;
 use crate::server::client::Client;
 use crate::server::connection::{retire_after, with_timeout, InFlight, Shared};
-use crate::server::doh::exchange::{self, Answer};
+use crate::server::doh::exchange::{self, Answer, Reply};
 use crate::tls::server_stream::{TlsFailure, LINGER};
 
 /// Header block a request may send, in bytes as decoded: DoH requests
@@ -104,6 +104,7 @@ where
     };
     let mut session = Session::new(limits, forwarding);
     let mut in_flight = InFlight::default();
+    let mut answered = Answered::default();
     let timeouts = shared.timeouts;
     // A client that takes longer than its own idle allowance to accept our
     // bytes is treated as gone.
@@ -139,10 +140,10 @@ where
             _ = &mut stopping, if closing.is_none() => close_asked = Some(CloseReason::Shutdown),
             _ = &mut too_old, if closing.is_none() => close_asked = Some(CloseReason::Retired),
             Some((stream, answer)) = in_flight.next(), if !in_flight.is_empty() => {
-                close_asked = deliver(&mut session, stream, answer);
+                close_asked = deliver(&mut session, &mut answered, (stream, answer));
                 while session.out.len() < WRITE_BATCH {
-                    let Some((stream, answer)) = in_flight.ready() else { break };
-                    close_asked = close_asked.or(deliver(&mut session, stream, answer));
+                    let Some(next) = in_flight.ready() else { break };
+                    close_asked = close_asked.or(deliver(&mut session, &mut answered, next));
                 }
                 if closing.is_none() {
                     timer.as_mut().reset(Instant::now() + timeouts.idle);
@@ -160,7 +161,9 @@ where
                         began = true;
                         match event {
                             Event::Request { stream, head, body } => in_flight.push(async move {
-                                (stream, exchange::answer(&head, body, client, shared).await)
+                                let received = std::time::Instant::now();
+                                let answer = exchange::answer(&head, body, client, shared).await;
+                                (stream, (answer, received))
                             }),
                             Event::Refuse { stream, refusal } => {
                                 let reply = exchange::refuse(refusal, &shared.stats);
@@ -244,7 +247,9 @@ where
             break;
         }
         if !session.out.is_empty() {
-            if let Err(e) = write(&mut io, &mut session, write_timeout).await {
+            let written = write(&mut io, &mut session, write_timeout).await;
+            answered.observe(&shared.stats, written.is_ok());
+            if let Err(e) = written {
                 tracing::debug!(%client, error = %e, "closing DoH connection");
                 if TlsFailure::of(&e).is_some() {
                     tls_failed = true;
@@ -260,6 +265,7 @@ where
             }
             in_flight.release();
             session.release();
+            answered.release();
         }
     }
     let reason = reason.or(closing).unwrap_or(CloseReason::Error);
@@ -275,9 +281,11 @@ where
         // The requests in progress are answered, then the connection
         // closes; within the write timeout and the TLS linger.
         let finished = async {
-            while let Some((stream, answer)) = in_flight.next().await {
-                deliver(&mut session, stream, answer);
-                write(&mut io, &mut session, write_timeout).await?;
+            while let Some(next) = in_flight.next().await {
+                deliver(&mut session, &mut answered, next);
+                let written = write(&mut io, &mut session, write_timeout).await;
+                answered.observe(&shared.stats, written.is_ok());
+                written?;
             }
             with_timeout(write_timeout + LINGER, io.shutdown()).await
         };
@@ -290,9 +298,43 @@ where
 }
 
 /// Hands one answer to the session; the close its reply asks for, if any.
-fn deliver(session: &mut Session, stream: u32, answer: Answer) -> Option<CloseReason> {
-    session.respond(stream, answer.reply);
+fn deliver(
+    session: &mut Session,
+    answered: &mut Answered,
+    (stream, (answer, received)): (u32, (Answer, std::time::Instant)),
+) -> Option<CloseReason> {
+    let query = matches!(answer.reply, Reply::Dns(_));
+    if session.respond(stream, answer.reply) && query {
+        answered.received.push(received);
+    }
     answer.close.then_some(CloseReason::RateLimited)
+}
+
+/// When each DNS reply given since the last write was asked for, for
+/// `dotgate_query_duration_seconds` (from the request to its response
+/// written, as for DoT; refusals are not queries). Empty, and holding no
+/// memory, while idle.
+#[derive(Default)]
+struct Answered {
+    received: Vec<std::time::Instant>,
+}
+
+impl Answered {
+    /// Counts the responses just written (`written`), or drops them.
+    fn observe(&mut self, stats: &crate::metrics::stats::Stats, written: bool) {
+        if written {
+            for received in &self.received {
+                stats
+                    .query_duration
+                    .observe(received.elapsed().as_secs_f64());
+            }
+        }
+        self.received.clear();
+    }
+
+    fn release(&mut self) {
+        *self = Self::default();
+    }
 }
 
 /// Reads what the client sent into the session; the bytes read, 0 at the
