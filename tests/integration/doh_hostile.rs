@@ -821,6 +821,40 @@ async fn an_idle_http2_connection_gets_goaway_then_close() {
     .await;
 }
 
+/// A connection asking now and then, more often than `--idle-timeout`, is
+/// never idle: it outlives the timeout by far, every request answered on
+/// the same connection; once it stops asking, it is closed as idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_in_use_outlives_the_idle_timeout() {
+    let up = Upstream::start().await;
+    let (server, metrics) = serve(&up, &["--idle-timeout", "1s"]).await;
+    let mut http = Http::connect(doh(&server), &server.pki, false).await;
+    let started = Instant::now();
+    for i in 0..8 {
+        let name = format!("n{i}.busy.test.");
+        let reply = http
+            .post("/dns-query", &encode(&query(9, &name, RecordType::A)))
+            .await;
+        assert_answer(&reply.dns(), 9, &name, RecordType::A);
+        // The client's own pause, under the idle timeout.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    eprintln!("one connection in use for {:?}", started.elapsed());
+    assert_eq!(
+        value(
+            &scrape(metrics).await,
+            "dotgate_connections_closed_total{reason=\"idle\"}"
+        ),
+        0.0
+    );
+    wait_for_series(
+        metrics,
+        "dotgate_connections_closed_total{reason=\"idle\"}",
+        1.0,
+    )
+    .await;
+}
+
 /// On shutdown, a DoH request waiting on a slow upstream is answered
 /// before its connection closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

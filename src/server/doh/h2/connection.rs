@@ -16,7 +16,8 @@
 //! an idle connection holds its session (the HPACK table the client
 //! filled, a few hundred bytes) and nothing else: reads go through one
 //! buffer per thread, and output, streams and requests exist only while a
-//! request does.
+//! request does (and [`RELEASE_AFTER`] beyond, so that a busy connection
+//! does not rebuild them between batches).
 //!
 //! The rules of its life are DoT's:
 //! * while a batch of output is being written, nothing is read: a client
@@ -67,6 +68,12 @@ const MAX_RESETS: u32 = 64;
 /// Streams dotgate may refuse or reset for a client's errors before the
 /// connection is closed with ENHANCE_YOUR_CALM.
 const MAX_ERROR_RESETS: u32 = 256;
+
+/// How long a connection that went quiet keeps its buffers (the in-flight
+/// set, the stream table, the output buffer) before giving them back:
+/// long enough that a busy connection, quiet between batches, does not
+/// rebuild them for every batch.
+const RELEASE_AFTER: Duration = Duration::from_millis(100);
 
 /// Output gathered before it is written: a batch of responses.
 const WRITE_BATCH: usize = 16 * 1024;
@@ -133,8 +140,16 @@ where
             Some(CloseReason::Error)
         }
     };
+    // When the connection last had a request begin or end: the idle timer
+    // counts from it, and is moved when it fires rather than on every
+    // request (a timer moved is a trip through the runtime's timer wheel).
+    let mut last_active = Instant::now();
+    // Buffers are given back a moment after the connection goes quiet, not
+    // each time it does: under load that is after every batch.
+    let mut release_due: Option<Instant> = None;
     while reason.is_none() {
         let mut close_asked = None;
+        let mut active = false;
         tokio::select! {
             biased;
             _ = &mut stopping, if closing.is_none() => close_asked = Some(CloseReason::Shutdown),
@@ -145,9 +160,7 @@ where
                     let Some(next) = in_flight.ready() else { break };
                     close_asked = close_asked.or(deliver(&mut session, &mut answered, next));
                 }
-                if closing.is_none() {
-                    timer.as_mut().reset(Instant::now() + timeouts.idle);
-                }
+                active = true;
             }
             read = read_into(&mut io, &mut session) => match read {
                 Ok(0) => reason = Some(CloseReason::Client),
@@ -156,9 +169,8 @@ where
                         tracing::debug!(%client, failure = ?session.failure(), "closing DoH connection");
                         reason = Some(CloseReason::Error);
                     }
-                    let mut began = false;
                     while let Some(event) = session.next_event() {
-                        began = true;
+                        active = true;
                         match event {
                             Event::Request { stream, head, body } => in_flight.push(async move {
                                 let received = std::time::Instant::now();
@@ -170,9 +182,6 @@ where
                                 session.respond(stream, reply);
                             }
                         }
-                    }
-                    if began && closing.is_none() {
-                        timer.as_mut().reset(Instant::now() + timeouts.idle);
                     }
                     if session.peer_gone() && closing.is_none() {
                         closing = Some(CloseReason::Client);
@@ -214,13 +223,23 @@ where
                         }
                     }
                 }
+                if release_due.is_some_and(|due| due <= now) {
+                    release_due = None;
+                    if in_flight.is_empty() && session.is_quiet() {
+                        in_flight.release();
+                        session.release();
+                        answered.release();
+                    }
+                }
                 // Looked at again when the oldest thing begun would run
-                // out of time.
+                // out of time, or buffers are due back.
                 let next = [session.begun(), session.oldest_body()]
                     .into_iter()
                     .flatten()
+                    .map(|t| t + timeouts.read)
+                    .chain(release_due)
                     .min()
-                    .map_or(now + timeouts.read, |t| t + timeouts.read);
+                    .unwrap_or(now + timeouts.read);
                 unfinished.as_mut().reset(next.max(now + Duration::from_millis(1)));
             }
             _ = &mut timer, if closing.is_some() || in_flight.is_empty() => {
@@ -229,10 +248,15 @@ where
                     reason = closing;
                     break;
                 }
-                if session.is_quiet() {
+                let now = Instant::now();
+                let due = last_active + timeouts.idle;
+                if due > now {
+                    // Requests came and went since the timer was set.
+                    timer.as_mut().reset(due);
+                } else if session.is_quiet() {
                     close_asked = Some(CloseReason::Idle);
                 } else {
-                    timer.as_mut().reset(Instant::now() + timeouts.idle);
+                    timer.as_mut().reset(now + timeouts.idle);
                 }
             }
         }
@@ -263,9 +287,17 @@ where
             if reason.is_none() && closing.is_some() && session.open_streams() == 0 {
                 reason = closing;
             }
-            in_flight.release();
-            session.release();
-            answered.release();
+            if active {
+                let now = Instant::now();
+                last_active = now;
+                if release_due.is_none() {
+                    let due = now + RELEASE_AFTER;
+                    release_due = Some(due);
+                    if unfinished.deadline() > due {
+                        unfinished.as_mut().reset(due);
+                    }
+                }
+            }
         }
     }
     let reason = reason.or(closing).unwrap_or(CloseReason::Error);
