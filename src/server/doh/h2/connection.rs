@@ -16,7 +16,7 @@
 //! an idle connection holds its session (the HPACK table the client
 //! filled, a few hundred bytes) and nothing else: reads go through one
 //! buffer per thread, and output, streams and requests exist only while a
-//! request does (and [`RELEASE_AFTER`] beyond, so that a busy connection
+//! request does (and 100 ms beyond, so that a busy connection
 //! does not rebuild them between batches).
 //!
 //! The rules of its life are DoT's:

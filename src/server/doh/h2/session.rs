@@ -1,6 +1,6 @@
 //! The HTTP/2 protocol of one DoH connection, without I/O: bytes the
 //! client sent go in ([`Session::receive`]), requests whose head and body
-//! have all arrived come out ([`Session::take_events`]), responses go in
+//! have all arrived come out ([`Session::next_event`]), responses go in
 //! ([`Session::respond`]), and the bytes to send pile up in
 //! [`Session::out`] for the connection's task to write. Time comes in as an
 //! argument, so every rule here is tested without a socket or a clock.
