@@ -164,7 +164,7 @@ impl ClientView {
     fn frame(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
         match kind {
             0x1 => self.highest_headers = self.highest_headers.max(stream),
-            0x3 if stream != 0 => self.new_resets.push(stream),
+            0x3 if stream != 0 && payload.len() == 4 => self.new_resets.push(stream),
             0x4 if stream == 0 && flags & 1 == 0 && payload.len() % 6 == 0 => {
                 for entry in payload.chunks_exact(6) {
                     let id = u16::from_be_bytes([entry[0], entry[1]]);
@@ -281,9 +281,13 @@ impl Checker {
             self.limits.max_streams
         );
         self.drain_out();
-        // The client's resets count once what they caused is read.
+        // The client's resets count once what they caused is read, and
+        // only if the session read them: not if it failed meanwhile (the
+        // connection is then closed, its requests dropped).
         let resets = std::mem::take(&mut self.client.new_resets);
-        self.reset.extend(resets);
+        if self.session.failure().is_none() {
+            self.reset.extend(resets);
+        }
         self.take_events();
     }
 
