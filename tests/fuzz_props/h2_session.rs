@@ -103,10 +103,14 @@ struct ClientView {
     /// Not HTTP/2 any more (bad preface, oversized frame): nothing after
     /// counts.
     dead: bool,
-    /// The largest SETTINGS_MAX_FRAME_SIZE and SETTINGS_INITIAL_WINDOW_SIZE
-    /// the client announced (with the defaults).
+    /// The largest SETTINGS_MAX_FRAME_SIZE the client announced (or the
+    /// default).
     max_frame: usize,
-    max_initial_window: i64,
+    /// SETTINGS_INITIAL_WINDOW_SIZE as last announced, and the largest it
+    /// was during the bytes last fed (a stream's window is at most that
+    /// plus its updates, whenever in those bytes dotgate sent).
+    initial_window: i64,
+    window_bound: i64,
     /// WINDOW_UPDATE increments of the connection and of each stream.
     conn_updates: i64,
     stream_updates: HashMap<u32, i64>,
@@ -120,12 +124,14 @@ impl ClientView {
     fn new() -> ClientView {
         ClientView {
             max_frame: DEFAULT_MAX_FRAME,
-            max_initial_window: DEFAULT_WINDOW,
+            initial_window: DEFAULT_WINDOW,
+            window_bound: DEFAULT_WINDOW,
             ..ClientView::default()
         }
     }
 
     fn feed(&mut self, bytes: &[u8]) {
+        self.window_bound = self.initial_window;
         if self.dead {
             return;
         }
@@ -171,7 +177,8 @@ impl ClientView {
                     let value = u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]);
                     match id {
                         4 if value <= MAX_WINDOW => {
-                            self.max_initial_window = self.max_initial_window.max(i64::from(value));
+                            self.initial_window = i64::from(value);
+                            self.window_bound = self.window_bound.max(self.initial_window);
                         }
                         5 if (16_384..=0x00ff_ffff).contains(&value) => {
                             self.max_frame = self.max_frame.max(value as usize);
@@ -470,7 +477,7 @@ impl Checker {
         }
         self.sent.insert(stream, to);
         // Within what the client allowed, at most.
-        let allowed = self.client.max_initial_window
+        let allowed = self.client.window_bound
             + self
                 .client
                 .stream_updates
