@@ -171,7 +171,7 @@ impl ClientView {
         match kind {
             0x1 => self.highest_headers = self.highest_headers.max(stream),
             0x3 if stream != 0 && payload.len() == 4 => self.new_resets.push(stream),
-            0x4 if stream == 0 && flags & 1 == 0 && payload.len() % 6 == 0 => {
+            0x4 if stream == 0 && flags & 1 == 0 && payload.len().is_multiple_of(6) => {
                 for entry in payload.chunks_exact(6) {
                     let id = u16::from_be_bytes([entry[0], entry[1]]);
                     let value = u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]);
@@ -368,7 +368,7 @@ impl Checker {
             0x4 => {
                 assert_eq!(stream, 0, "SETTINGS on a stream");
                 assert!(
-                    payload.len() % 6 == 0,
+                    payload.len().is_multiple_of(6),
                     "SETTINGS of {} bytes",
                     payload.len()
                 );
