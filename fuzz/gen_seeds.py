@@ -405,8 +405,108 @@ def doh_request_seeds():
     return {"doh_request": t}
 
 
+def h2_session_seeds():
+    """Client byte streams for the h2_session target (layout: h2_session
+    in tests/fuzz_props/h2_session.rs): a flags byte (bit 0 prefixes the
+    preface and an empty SETTINGS, bits 1-2 the limits: 0 production's, 1
+    tight, 2 the unit tests', 3 none; bits 4-6 the schedule's length), the
+    chunk schedule (low 5 bits the chunk's size, high 3 bits what follows
+    it: 2 large answers, 3 GOAWAY, 4 expire bodies, 5 release, 6 hold, 7 a
+    bogus answer), then the client's bytes."""
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    DATA, HEADERS, PRIORITY, RST, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONT = \
+        0, 1, 2, 3, 4, 6, 7, 8, 9
+    END_STREAM, ACK, END_HEADERS, PADDED, PRIO = 1, 1, 4, 8, 0x20
+
+    def frame(kind, flags, stream, payload=b""):
+        return (struct.pack(">I", len(payload))[1:] + bytes([kind, flags])
+                + struct.pack(">I", stream) + payload)
+
+    def field(n, v, indexing=False):
+        return bytes([0x40 if indexing else 0, len(n)]) + n + bytes([len(v)]) + v
+
+    def block(method=b"GET", path=b"/dns-query?dns=AAABAAABAAAAAAAAA3d3dwdleGFtcGxlA2NvbQAAAQAB",
+              extra=()):
+        out = field(b":method", method) + field(b":scheme", b"https") + field(b":path", path)
+        for n, v in extra:
+            out += field(n, v)
+        return out
+
+    def get(stream, path=None):
+        b = block() if path is None else block(path=path)
+        return frame(HEADERS, END_HEADERS | END_STREAM, stream, b)
+
+    post_head = block(b"POST", b"/dns-query", [(b"content-type", b"application/dns-message")])
+    query = bytes.fromhex("abcd01000001000000000000076578616d706c6503636f6d0000010001")
+
+    def settings(*values):
+        return frame(SETTINGS, 0, 0, b"".join(u16(i) + struct.pack(">I", v) for i, v in values))
+
+    def wu(stream, inc):
+        return frame(WINDOW_UPDATE, 0, stream, struct.pack(">I", inc))
+
+    def seed(flags, schedule, stream_bytes, limits=0, framed=True):
+        f = (1 if framed else 0) | limits << 1 | len(schedule) << 4 | flags
+        return bytes([f]) + bytes(schedule) + stream_bytes
+
+    h = {}
+    h["get"] = seed(0, [0x05], get(1) + get(3))
+    h["get-indexed"] = seed(8, [], frame(HEADERS, END_HEADERS | END_STREAM, 1,
+                                         bytes([0x82, 0x87, 0x44, 2]) + b"/x"
+                                         + field(b"x-forwarded-for", b"192.0.2.1", True))
+                        + frame(HEADERS, END_HEADERS | END_STREAM, 3,
+                                bytes([0x82, 0x87, 0x44, 2]) + b"/y" + bytes([0xbe])))
+    padded = lambda data, pad: bytes([pad]) + data + bytes(pad)
+    h["post-padded"] = seed(0, [0x10, 0x03, 0x60], (
+        frame(HEADERS, END_HEADERS | PADDED | PRIO, 1,
+              bytes([3]) + bytes([0, 0, 0, 0, 16]) + post_head + bytes(3))
+        + frame(DATA, PADDED, 1, padded(query[:10], 4))
+        + frame(DATA, 0, 1, query[10:20])
+        + frame(DATA, PADDED | END_STREAM, 1, padded(query[20:], 0))))
+    head = block()
+    h["continuation"] = seed(0, [0x0c], (
+        frame(HEADERS, END_STREAM, 1, head[:7])
+        + frame(CONT, 0, 1, head[7:20]) + frame(CONT, END_HEADERS, 1, head[20:])
+        + get(3)))
+    h["rapid-reset"] = seed(0, [0xc0], b"".join(
+        get(s) + frame(RST, 0, s, struct.pack(">I", 8)) for s in range(1, 2 * 40, 2)),
+        limits=2)
+    h["rapid-reset-answered"] = seed(0, [0x1f, 0x1f], b"".join(
+        get(s) + (frame(RST, 0, s, struct.pack(">I", 8)) if s % 4 == 1 else b"")
+        for s in range(1, 2 * 40, 2)), limits=2)
+    h["settings-ping-window"] = seed(0, [0x09, 0x11], (
+        settings((1, 0), (2, 0), (3, 100), (4, 100000), (5, 32768), (6, 8192), (0x99, 7))
+        + frame(PING, 0, 0, b"12345678") + frame(PING, ACK, 0, b"87654321")
+        + frame(SETTINGS, ACK, 0) + wu(0, 1000) + get(1) + wu(1, 5)
+        + frame(PRIORITY, 0, 3, bytes([0, 0, 0, 1, 16])) + frame(0x42, 0, 5, b"ext")
+        + frame(GOAWAY, 0, 0, struct.pack(">II", 0, 0))))
+    h["flow-control"] = seed(0, [0x4f, 0x4d, 0x4d, 0x4d, 0x50], (
+        settings((4, 1), (5, 20000)) + get(1) + get(3)
+        + wu(1, 1) + wu(3, 1) + wu(1, 100) + wu(0, 1) + wu(3, 5000) + wu(1, 30000)
+        + settings((4, 70000)) + wu(0, 200000) + wu(3, 0x7fffffff)))
+    h["bad-preface"] = seed(0, [], b"GET / HTTP/1.1\r\nHost: dns.test\r\n\r\n", framed=False)
+    h["raw-preface"] = seed(0, [0x01, 0x02, 0x07], preface + settings() + get(1), framed=False)
+    h["frame-too-large"] = seed(0, [], get(1) + frame(DATA, 0, 1, bytes(16385)))
+    h["body-timeout"] = seed(0, [0x81], (
+        frame(HEADERS, END_HEADERS, 1,
+              block(b"POST", b"/dns-query", [(b"content-type", b"application/dns-message"),
+                                              (b"content-length", b"100")]))
+        + frame(DATA, 0, 1, query) + bytes(40)))
+    h["body-too-large"] = seed(0, [0x10], (
+        frame(HEADERS, END_HEADERS, 1,
+              block(b"POST", b"/dns-query", [(b"content-length", b"70000")]))
+        + frame(DATA, 0, 1, bytes(300)) + get(3)))
+    h["refused-streams"] = seed(0, [0xc0 | 0x10, 0x0f], b"".join(get(s) for s in range(1, 30, 2)),
+                                limits=1)
+    h["goaway"] = seed(0x80, [0x60, 0x1f], b"".join(get(s) for s in range(1, 12, 2)))
+    h["bogus-answers"] = seed(0, [0xe0, 0xff], b"".join(get(s) for s in range(1, 12, 2)))
+    h["release"] = seed(0, [0xa0 | 0x11], b"".join(get(s) for s in range(1, 20, 2)))
+    return {"h2_session": h}
+
+
 def main():
-    for target, files in {**seeds(), **tls_stream_seeds(), **doh_request_seeds()}.items():
+    for target, files in {**seeds(), **tls_stream_seeds(), **doh_request_seeds(),
+                         **h2_session_seeds()}.items():
         d = os.path.join(CORPUS, target)
         os.makedirs(d, exist_ok=True)
         for fname, data in files.items():

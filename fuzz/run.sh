@@ -19,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-ALL_TARGETS=(framing dns_query dns_reply proxy tls_stream doh_request hpack_decode)
+ALL_TARGETS=(framing dns_query dns_reply proxy tls_stream doh_request hpack_decode h2_session)
 NICE=(nice -n 19)
 
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then

@@ -165,3 +165,13 @@ fn framing_budget_seeds_reach_the_wait() {
 fn tls_stream_corpus() {
     replay_target("tls_stream");
 }
+
+#[test]
+fn hpack_decode_corpus() {
+    replay_target("hpack_decode");
+}
+
+#[test]
+fn h2_session_corpus() {
+    replay_target("h2_session");
+}

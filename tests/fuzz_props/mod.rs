@@ -29,6 +29,8 @@ use dotgate::proto::proxy_header::{self as proxy, ProxyError};
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
 use tokio::io::{AsyncRead, ReadBuf};
 
+pub mod h2_session;
+pub mod hpack_decode;
 pub mod tls_stream;
 
 /// A property check over one fuzz input; panics on a violation.
@@ -42,6 +44,8 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("proxy", proxy),
     ("tls_stream", tls_stream::tls_stream),
     ("doh_request", doh_request),
+    ("hpack_decode", hpack_decode::hpack_decode),
+    ("h2_session", h2_session::h2_session),
 ];
 
 const MAX_MESSAGE: usize = u16::MAX as usize;

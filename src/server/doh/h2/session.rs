@@ -466,6 +466,9 @@ impl Session {
                 if header.stream == 0 {
                     self.fail(Failure::Protocol("PRIORITY on stream 0"));
                 } else if payload.len() != 5 {
+                    // A stream error (§6.3) closes the stream, idle or not:
+                    // a later HEADERS may not open it again.
+                    self.last_stream = self.last_stream.max(header.stream);
                     self.reset(header.stream, ErrorCode::FrameSizeError);
                 }
             }

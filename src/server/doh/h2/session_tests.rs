@@ -63,6 +63,7 @@ const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
+const PRIORITY: u8 = 0x2;
 const PING: u8 = 0x6;
 const WINDOW_UPDATE: u8 = 0x8;
 const CONTINUATION: u8 = 0x9;
@@ -466,4 +467,18 @@ fn the_connection_window_is_given_back_as_requests_end() {
     }
     assert!(given >= CONNECTION_WINDOW / 4, "{given}");
     assert_eq!(session.failure(), None);
+}
+
+#[test]
+fn a_stream_reset_for_a_bad_priority_is_not_opened_again() {
+    let (mut session, now) = open();
+    // PRIORITY of 3 bytes on idle stream 7: a stream error, reset.
+    session.receive(&frame(PRIORITY, 0, 7, &[0; 3]), now);
+    let out = frames(&mut session);
+    assert_eq!((out[0].kind, out[0].stream), (Kind::RstStream, 7));
+    assert_eq!(out[0].code(), ErrorCode::FrameSizeError as u32);
+    // The stream is closed: a request on it is not served.
+    session.receive(&get(7), now);
+    assert!(session.next_event().is_none());
+    assert!(session.failure().is_some() || session.is_quiet());
 }
