@@ -21,7 +21,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 
@@ -170,9 +170,11 @@ pub struct Stats {
     /// while the child is replaced, and by a scrape while it collects the
     /// family, so that a scrape never sees two series (or none).
     certificate_subject: Arc<Mutex<Option<String>>>,
-    /// Milliseconds since the UNIX epoch of the last upstream answer; 0 for
-    /// never. For `/readyz`.
+    /// Milliseconds from `epoch` to the last upstream answer, plus one; 0
+    /// for never. For `/readyz`. A monotonic clock: a wall clock set back
+    /// cannot make the answer look stale or fresh.
     last_upstream_answer_ms: AtomicU64,
+    epoch: Instant,
     certificate_loaded: AtomicBool,
     listening: AtomicBool,
     /// Holds every metric above: what `/metrics` serves.
@@ -555,6 +557,7 @@ impl Stats {
             )?,
             certificate_subject,
             last_upstream_answer_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
             certificate_loaded: AtomicBool::new(false),
             listening: AtomicBool::new(false),
             registry,
@@ -683,11 +686,22 @@ impl Stats {
         self.client_queries.with_label_values(&[id])
     }
 
-    /// Records that an upstream answered (a query or a health probe): the
-    /// upstream leg works, which `/readyz` reports.
-    pub fn note_upstream_answer(&self) {
-        self.last_upstream_answer_ms
-            .store(unix_millis().max(1), Ordering::Relaxed);
+    /// Records that an upstream answered at `at` (a query or a health
+    /// probe): the upstream leg works, which `/readyz` reports. Written
+    /// only when the millisecond changed: not a shared write per query.
+    pub fn note_upstream_answer(&self, at: Instant) {
+        let ms = self.millis(at);
+        if self.last_upstream_answer_ms.load(Ordering::Relaxed) < ms {
+            self.last_upstream_answer_ms
+                .fetch_max(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// `at` in whole milliseconds from `epoch`, plus one (0 stands for
+    /// never).
+    fn millis(&self, at: Instant) -> u64 {
+        let ms = at.saturating_duration_since(self.epoch).as_millis();
+        u64::try_from(ms).unwrap_or(u64::MAX - 1) + 1
     }
 
     /// Records the served certificate (at start-up and on every reload):
@@ -720,6 +734,11 @@ impl Stats {
     /// Ready when listening, with a certificate, and some upstream answered
     /// within `window`.
     pub fn readiness(&self, window: Duration) -> Result<(), NotReady> {
+        self.readiness_at(window, Instant::now())
+    }
+
+    /// [`Self::readiness`] judged at `now`.
+    fn readiness_at(&self, window: Duration, now: Instant) -> Result<(), NotReady> {
         // The certificate first: with --acme, the first order runs before
         // dotgate listens, and that is what an operator should read.
         if !self.certificate_loaded.load(Ordering::Relaxed) {
@@ -733,7 +752,7 @@ impl Stats {
             return Err(NotReady::NoUpstreamAnswer);
         }
         let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
-        if unix_millis().saturating_sub(last) > window_ms {
+        if self.millis(now).saturating_sub(last) > window_ms {
             return Err(NotReady::UpstreamStale);
         }
         Ok(())
@@ -781,12 +800,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// Decrements its gauge on drop.
 pub struct GaugeGuard<'a>(&'a IntGauge);
 
@@ -823,12 +836,16 @@ mod tests {
         assert_eq!(stats.readiness(window), Err(NotReady::NotListening));
         stats.set_listening();
         assert_eq!(stats.readiness(window), Err(NotReady::NoUpstreamAnswer));
-        stats.note_upstream_answer();
+        let answered = Instant::now();
+        stats.note_upstream_answer(answered);
         assert_eq!(stats.readiness(window), Ok(()));
-        stats
-            .last_upstream_answer_ms
-            .store(unix_millis() - 60_000, Ordering::Relaxed);
-        assert_eq!(stats.readiness(window), Err(NotReady::UpstreamStale));
+        let later = answered + Duration::from_secs(60);
+        assert_eq!(
+            stats.readiness_at(window, later),
+            Err(NotReady::UpstreamStale)
+        );
+        stats.note_upstream_answer(later);
+        assert_eq!(stats.readiness_at(window, later), Ok(()));
     }
 
     #[test]

@@ -375,10 +375,12 @@ impl Replies {
             io.flush().await
         })
         .await?;
+        // One reading of the clock for the whole batch.
+        let written = Instant::now();
         for received in &self.received {
             stats
                 .query_duration
-                .observe(received.elapsed().as_secs_f64());
+                .observe(written.saturating_duration_since(*received).as_secs_f64());
         }
         self.batch.clear();
         self.received.clear();

@@ -918,7 +918,9 @@ async fn a_query_in_flight_stays_small() {
     let client = crate::server::client::Client::from(SocketAddr::from((Ipv4Addr::LOCALHOST, 1)));
     let msg = query(1, "small.test.");
     let info = crate::proto::dns::parse_query(&msg).unwrap();
-    let exchange = shared.upstream.exchange(&msg, &info, &client.origin);
+    let exchange = shared
+        .upstream
+        .exchange(&msg, &info, &client.origin, std::time::Instant::now());
     let head = crate::server::doh::exchange::Head {
         method: Ok(crate::server::doh::request::Method::Get),
         target: String::new(),

@@ -70,11 +70,16 @@ pub async fn answer_parsed(
         stats.count_reply(refused.rcode());
         return dns::error_reply(&msg, Some(&info), refused.rcode(), LegOptions::NONE);
     }
+    // Two readings of the clock per query: this one serves the upstream's
+    // deadline, resend timer and health too.
     let asked = std::time::Instant::now();
-    let outcome = upstream.exchange(&msg, &info, origin).await;
+    let outcome = upstream.exchange(&msg, &info, origin, asked).await;
     if outcome.is_ok() {
-        stats.upstream_rtt.observe(asked.elapsed().as_secs_f64());
-        stats.note_upstream_answer();
+        let answered = std::time::Instant::now();
+        stats
+            .upstream_rtt
+            .observe(answered.saturating_duration_since(asked).as_secs_f64());
+        stats.note_upstream_answer(answered);
     }
     // Decided now, not when the query was read: a connection that began
     // retiring in the meantime advertises a keepalive of 0 (R14, R15).

@@ -92,11 +92,15 @@ impl Health {
         u64::try_from(ms).unwrap_or(u64::MAX - 1) + 1
     }
 
-    /// A well-formed reply came back: the upstream is serving.
-    pub fn success(&self, name: &str) {
-        let now = self.tick(Instant::now());
-        if self.last_answer.load(Ordering::Relaxed) < now {
-            self.last_answer.fetch_max(now, Ordering::Relaxed);
+    /// A well-formed reply came back to a query sent at `sent`: the upstream
+    /// is serving. The answer is dated by its query's sending, read once
+    /// per query anyway, rather than by a further reading of the clock: a
+    /// query sent at or after another's sending was answered, so that
+    /// other's failure says more about its name than about the upstream.
+    pub fn success(&self, name: &str, sent: Instant) {
+        let at = self.tick(sent);
+        if self.last_answer.load(Ordering::Relaxed) < at {
+            self.last_answer.fetch_max(at, Ordering::Relaxed);
         }
         if self.failures.load(Ordering::Relaxed) != 0 {
             self.failures.store(0, Ordering::Relaxed);
@@ -106,8 +110,8 @@ impl Health {
         }
     }
 
-    /// True when the upstream answered anything at or after `since` (to the
-    /// millisecond): then a query sent at `since` that failed says more
+    /// True when the upstream answered a query sent at or after `since` (to
+    /// the millisecond): then a query sent at `since` that failed says more
     /// about its name than about the upstream.
     pub fn answered_since(&self, since: Instant) -> bool {
         self.last_answer.load(Ordering::Relaxed) >= self.tick(since)
@@ -156,32 +160,37 @@ mod tests {
     #[test]
     fn passive_failures_need_a_run_of_silence() {
         let h = Health::default();
-        let fail = |definitive| h.failure("x", &UpstreamError::Timeout, definitive, Instant::now());
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_millis(10);
+        let fail = |definitive, sent| h.failure("x", &UpstreamError::Timeout, definitive, sent);
         assert!(h.is_up());
         for _ in 0..PASSIVE_FAILURES - 1 {
-            assert!(fail(false));
+            assert!(fail(false, t0));
         }
         assert!(h.is_up());
-        h.success("x");
-        // Sent before that answer: the upstream was serving meanwhile.
-        let before = Instant::now() - Duration::from_secs(1);
+        h.success("x", t0);
+        // Sent before a query that was answered: the upstream was serving.
+        let before = t0 - Duration::from_secs(1);
         for _ in 0..10 {
-            assert!(!h.failure("x", &UpstreamError::Timeout, false, before));
+            assert!(!fail(false, before));
         }
         assert!(
             h.is_up(),
-            "timeouts of queries sent before an answer do not count"
+            "timeouts of queries sent before an answered one do not count"
         );
-        std::thread::sleep(Duration::from_millis(3));
+        // Sent after the last answered query: silence, which counts.
         for _ in 0..PASSIVE_FAILURES - 1 {
-            assert!(fail(false));
+            assert!(fail(false, later));
         }
         assert!(h.is_up(), "a success resets the run");
-        assert!(fail(false));
+        assert!(fail(false, later));
         assert!(!h.is_up());
-        h.success("x");
+        h.success("x", later);
         assert!(h.is_up());
-        assert!(fail(true), "definitive failures count even after answers");
+        assert!(
+            fail(true, later),
+            "definitive failures count even after answers"
+        );
         assert!(!h.is_up(), "definitive failures count at once");
     }
 }

@@ -104,9 +104,12 @@ impl policy::Candidate for Member {
 }
 
 impl Member {
-    /// One exchange, waiting for the reply until `deadline` (the end of the
-    /// try), which the transports see so that they can tell a try that timed
-    /// out from a caller that went away. Bounded by `deadline` as a whole:
+    /// One exchange, sent at `sent`, waiting for the reply until `deadline`
+    /// (the end of the try), which the transports see so that they can tell
+    /// a try that timed out from a caller that went away. `sent` is read
+    /// once by the caller and reused here (for UDP's resend, and for health):
+    /// the clock is read as few times per query as can be. Bounded by
+    /// `deadline` as a whole:
     /// UDP ends its own wait there (one timer per query, not two), and what
     /// else can take time (the TCP retry after a truncated answer,
     /// connecting a stream) is bounded here.
@@ -116,16 +119,18 @@ impl Member {
         info: &QueryInfo,
         origin: &Origin,
         stats: &Stats,
+        sent: Instant,
         deadline: tokio::time::Instant,
     ) -> Result<Reply, UpstreamError> {
         match &self.transport {
             Transport::Plain { addr, udp } => {
                 self.counters.udp.inc();
-                match udp.exchange(msg, info, origin, deadline).await? {
+                let start = tokio::time::Instant::from_std(sent);
+                match udp.exchange(msg, info, origin, start, deadline).await? {
                     Reply::Message(m) if dns::is_truncated(&m) => {
                         // The upstream answered: a TCP retry that fails (a
                         // resolver that refuses TCP) is not its being down.
-                        self.health.success(&self.name);
+                        self.health.success(&self.name, sent);
                         stats.tc_fallbacks.inc();
                         self.counters.tcp.inc();
                         // Boxed: rare, and its state would size every
@@ -295,15 +300,17 @@ impl Pool {
 
     /// Asks an upstream the client's query `msg` (described by `info`),
     /// failing over once to another healthy upstream, all within the
-    /// upstream timeout; `origin` is what the upstream is told of the client.
+    /// upstream timeout counted from `started` (the caller's reading of the
+    /// clock as it asks: one reading serves the deadline, the resend timer
+    /// and health); `origin` is what the upstream is told of the client.
     pub async fn exchange(
         &self,
         msg: &[u8],
         info: &QueryInfo,
         origin: &Origin,
+        started: Instant,
     ) -> Result<Reply, UpstreamError> {
         let inner = &*self.inner;
-        let started = Instant::now();
         let Some(first) = policy::choose(inner.policy, &inner.members, &inner.next, None) else {
             return Err(UpstreamError::Closed);
         };
@@ -316,11 +323,17 @@ impl Pool {
         } else {
             inner.timeout
         };
-        let error = match inner.attempt(first, msg, info, origin, budget).await {
+        let error = match inner
+            .attempt(first, msg, info, origin, started, budget)
+            .await
+        {
             Ok(reply) => return Ok(reply),
             Err(e) => e,
         };
-        let left = inner.timeout.saturating_sub(started.elapsed());
+        let now = Instant::now();
+        let left = inner
+            .timeout
+            .saturating_sub(now.saturating_duration_since(started));
         let second = policy::choose(inner.policy, &inner.members, &inner.next, Some(first));
         match second {
             Some(second) if !left.is_zero() => {
@@ -331,7 +344,7 @@ impl Pool {
                     %error,
                     "failing over"
                 );
-                inner.attempt(second, msg, info, origin, left).await
+                inner.attempt(second, msg, info, origin, now, left).await
             }
             _ => Err(error),
         }
@@ -339,29 +352,30 @@ impl Pool {
 }
 
 impl Inner {
-    /// One try on one upstream, under `budget`, feeding its health.
+    /// One try on one upstream, sent at `sent`, under `budget`, feeding its
+    /// health.
     async fn attempt(
         &self,
         index: usize,
         msg: &[u8],
         info: &QueryInfo,
         origin: &Origin,
+        sent: Instant,
         budget: Duration,
     ) -> Result<Reply, UpstreamError> {
         let member = &self.members[index];
         let _outstanding = (self.policy == Policy::LeastOutstanding)
             .then(|| OutstandingGuard::new(&member.outstanding));
-        let sent = Instant::now();
-        let deadline = tokio::time::Instant::now() + budget;
+        let deadline = tokio::time::Instant::from_std(sent) + budget;
         let result = member
-            .exchange(msg, info, origin, &self.stats, deadline)
+            .exchange(msg, info, origin, &self.stats, sent, deadline)
             .await;
         match result {
             Ok(reply) => {
                 // The gauge is written only on a change: no shared write
                 // per answered query.
                 let was_up = member.health.is_up();
-                member.health.success(&member.name);
+                member.health.success(&member.name, sent);
                 if !was_up {
                     member.publish_health();
                 }
@@ -428,14 +442,21 @@ async fn probe_loop(inner: Arc<Inner>, index: usize, interval: Duration, limit: 
         let deadline = tokio::time::Instant::now() + limit;
         let result = tokio::time::timeout_at(
             deadline,
-            member.exchange(&health::PROBE, &info, &inner.own, &inner.stats, deadline),
+            member.exchange(
+                &health::PROBE,
+                &info,
+                &inner.own,
+                &inner.stats,
+                sent,
+                deadline,
+            ),
         )
         .await;
         let failed = match result {
             Ok(Ok(_)) => {
-                member.health.success(&member.name);
+                member.health.success(&member.name, sent);
                 // An answered probe shows the upstream leg works: /readyz.
-                inner.stats.note_upstream_answer();
+                inner.stats.note_upstream_answer(Instant::now());
                 None
             }
             Ok(Err(e)) => Some(e),

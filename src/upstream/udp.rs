@@ -31,7 +31,7 @@ mod batch;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::UdpSocket;
 use tokio::sync::{oneshot, Notify};
@@ -337,12 +337,15 @@ impl UdpTransport {
 
     /// Sends one query and waits for its matching reply until `deadline`,
     /// the end of the try: [`UpstreamError::Timeout`] then, or
-    /// [`UpstreamError::BadReply`] when only malformed replies came.
+    /// [`UpstreamError::BadReply`] when only malformed replies came. `start`
+    /// is the caller's reading of the clock as it asked: the resend delay
+    /// and the sampled round-trip time count from it.
     pub async fn exchange(
         &self,
         msg: &[u8],
         info: &QueryInfo,
         origin: &Origin,
+        start: tokio::time::Instant,
         deadline: tokio::time::Instant,
     ) -> Result<Reply, UpstreamError> {
         let (tx, rx) = oneshot::channel();
@@ -366,11 +369,12 @@ impl UdpTransport {
             dns::upstream_query(msg, info, id, origin.subnet())
         };
         send(socket, &out).await?;
-        // The clock is read for one query in RTT_SAMPLE, the ones sampled.
-        let sent = seq.is_multiple_of(RTT_SAMPLE).then(Instant::now);
+        // One query in RTT_SAMPLE is sampled: the clock is read again for
+        // it only, at its reply.
+        let sampled = seq.is_multiple_of(RTT_SAMPLE);
         // One timer per query: first the resend's, then moved to the end
         // of the try.
-        let resend_at = tokio::time::Instant::now() + self.resend_delay();
+        let resend_at = start + self.resend_delay();
         let timer = tokio::time::sleep_until(resend_at.min(deadline));
         tokio::pin!(timer);
         let mut resent = resend_at >= deadline;
@@ -400,8 +404,8 @@ impl UdpTransport {
             }
         };
         let reply = reply?;
-        if let Some(sent) = sent {
-            self.sample_rtt(sent.elapsed());
+        if sampled {
+            self.sample_rtt(start.elapsed());
         }
         Ok(reply)
     }
@@ -750,7 +754,15 @@ mod tests {
         for i in 0..100 {
             let (q, info) = query(&format!("q{i}.example"));
             let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-            let reply = udp.exchange(&q, &info, &no_proxy(), deadline).await;
+            let reply = udp
+                .exchange(
+                    &q,
+                    &info,
+                    &no_proxy(),
+                    tokio::time::Instant::now(),
+                    deadline,
+                )
+                .await;
             let Ok(Reply::Message(reply)) = reply else {
                 panic!("query {i}: {reply:?}");
             };
@@ -776,12 +788,20 @@ mod tests {
         let (slow, slow_info) = query("slow.example");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         let origin = no_proxy();
-        let waiting = udp.exchange(&slow, &slow_info, &origin, deadline);
+        let waiting = udp.exchange(
+            &slow,
+            &slow_info,
+            &origin,
+            tokio::time::Instant::now(),
+            deadline,
+        );
         let others = async {
             // Enough queries to replace every socket, the slow one's too.
             for i in 0..40 {
                 let (q, info) = query(&format!("q{i}.example"));
-                let reply = udp.exchange(&q, &info, &origin, deadline).await;
+                let reply = udp
+                    .exchange(&q, &info, &origin, tokio::time::Instant::now(), deadline)
+                    .await;
                 assert!(matches!(reply, Ok(Reply::Message(_))), "{reply:?}");
             }
             assert!(
@@ -960,7 +980,15 @@ mod tests {
                 tokio::spawn(async move {
                     let (q, info) = query(&format!("q{i}.example"));
                     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-                    let reply = udp.exchange(&q, &info, &no_proxy(), deadline).await;
+                    let reply = udp
+                        .exchange(
+                            &q,
+                            &info,
+                            &no_proxy(),
+                            tokio::time::Instant::now(),
+                            deadline,
+                        )
+                        .await;
                     (q, reply)
                 })
             })

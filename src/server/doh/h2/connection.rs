@@ -163,8 +163,11 @@ where
                 active = true;
             }
             read = read_into(&mut io, &mut session) => match read {
-                Ok(0) => reason = Some(CloseReason::Client),
-                Ok(_) => {
+                Ok(None) => reason = Some(CloseReason::Client),
+                Ok(Some(read_at)) => {
+                    // Every request of this read was received now: one
+                    // reading of the clock for all.
+                    let received = read_at.into_std();
                     if session.failure().is_some() {
                         tracing::debug!(%client, failure = ?session.failure(), "closing DoH connection");
                         reason = Some(CloseReason::Error);
@@ -173,7 +176,6 @@ where
                         active = true;
                         match event {
                             Event::Request { stream, head, body } => in_flight.push(async move {
-                                let received = std::time::Instant::now();
                                 let answer = exchange::answer(&head, body, client, shared).await;
                                 (stream, (answer, received))
                             }),
@@ -355,10 +357,12 @@ impl Answered {
     /// Counts the responses just written (`written`), or drops them.
     fn observe(&mut self, stats: &crate::metrics::stats::Stats, written: bool) {
         if written {
+            // One reading of the clock for the whole batch.
+            let now = std::time::Instant::now();
             for received in &self.received {
                 stats
                     .query_duration
-                    .observe(received.elapsed().as_secs_f64());
+                    .observe(now.saturating_duration_since(*received).as_secs_f64());
             }
         }
         self.received.clear();
@@ -369,9 +373,9 @@ impl Answered {
     }
 }
 
-/// Reads what the client sent into the session; the bytes read, 0 at the
-/// end of the stream.
-async fn read_into<S>(io: &mut S, session: &mut Session) -> std::io::Result<usize>
+/// Reads what the client sent into the session; when it was read, `None`
+/// at the end of the stream.
+async fn read_into<S>(io: &mut S, session: &mut Session) -> std::io::Result<Option<Instant>>
 where
     S: AsyncRead + Unpin,
 {
@@ -381,10 +385,12 @@ where
             let mut buf = ReadBuf::new(&mut scratch[..]);
             ready!(Pin::new(&mut *io).poll_read(cx, &mut buf))?;
             let read = buf.filled();
-            if !read.is_empty() {
-                session.receive(read, Instant::now());
+            if read.is_empty() {
+                return Poll::Ready(Ok(None));
             }
-            Poll::Ready(Ok(read.len()))
+            let now = Instant::now();
+            session.receive(read, now);
+            Poll::Ready(Ok(Some(now)))
         })
     })
     .await
