@@ -536,20 +536,26 @@ impl Process {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Process {
-        Process::spawn(pki, Some(upstream), extra, env, None).await
+        Process::spawn(pki, Some(upstream), extra, env, None, false).await
     }
 
     /// Like [`Process::start`] without `--upstream`: dotgate picks its
     /// upstreams itself (give it `--resolv-conf`, never the machine's own).
     pub async fn start_without_upstream(extra: &[&str]) -> Process {
-        Process::spawn(Pki::new(), None, extra, &[], None).await
+        Process::spawn(Pki::new(), None, extra, &[], None, false).await
     }
 
     /// Like [`Process::start`], with the process's file-descriptor limit
     /// (RLIMIT_NOFILE, soft and hard) set to `nofile` before it runs, as
     /// `prlimit --nofile` or systemd's `LimitNOFILE` would.
     pub async fn start_with_nofile(upstream: SocketAddr, extra: &[&str], nofile: u64) -> Process {
-        Process::spawn(Pki::new(), Some(upstream), extra, &[], Some(nofile)).await
+        Process::spawn(Pki::new(), Some(upstream), extra, &[], Some(nofile), false).await
+    }
+
+    /// Like [`Process::start`], allowed to run on one CPU only (CPU 0), as
+    /// `taskset -c 0`, a cpuset or a container's quota of one would.
+    pub async fn start_on_one_cpu(upstream: SocketAddr, extra: &[&str]) -> Process {
+        Process::spawn(Pki::new(), Some(upstream), extra, &[], None, true).await
     }
 
     async fn spawn(
@@ -558,6 +564,7 @@ impl Process {
         extra: &[&str],
         env: &[(&str, &str)],
         nofile: Option<u64>,
+        one_cpu: bool,
     ) -> Process {
         let mut failures = String::new();
         // The free port may be taken again before dotgate binds it: retry.
@@ -583,6 +590,24 @@ impl Process {
                 unsafe {
                     command.pre_exec(move || {
                         if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                            Ok(())
+                        } else {
+                            Err(std::io::Error::last_os_error())
+                        }
+                    });
+                }
+            }
+            if one_cpu {
+                use std::os::unix::process::CommandExt;
+                // SAFETY: CPU_ZERO and CPU_SET write into the closure's own
+                // set; sched_setaffinity(2) is a plain system call, safe
+                // between fork and exec.
+                unsafe {
+                    command.pre_exec(|| {
+                        let mut set: libc::cpu_set_t = std::mem::zeroed();
+                        libc::CPU_ZERO(&mut set);
+                        libc::CPU_SET(0, &mut set);
+                        if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) == 0 {
                             Ok(())
                         } else {
                             Err(std::io::Error::last_os_error())

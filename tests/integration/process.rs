@@ -54,6 +54,71 @@ async fn sigterm_answers_queries_in_flight_then_exits_zero() {
     assert!(status.success(), "exit status {status}\n{}", server.logs());
 }
 
+/// On one CPU (pinned as `taskset -c 0` would) dotgate runs its
+/// single-threaded scheduler, and everything is still served on that one
+/// thread: DoT queries pipelined, DoH over HTTP/2 and HTTP/1.1, and a
+/// SIGTERM that answers the queries in flight before exiting 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_one_cpu_everything_is_served_by_one_thread() {
+    let up = Upstream::start().await;
+    let doh = std::net::SocketAddr::from(([127, 0, 0, 1], crate::harness::free_port()));
+    let doh_arg = doh.to_string();
+    let mut server = Process::start_on_one_cpu(
+        up.addr,
+        &["--doh-listen", &doh_arg, "--upstream-timeout", "2s"],
+    )
+    .await;
+    assert!(
+        server.logs().contains("single-threaded"),
+        "the single-threaded scheduler on one CPU\n{}",
+        server.logs()
+    );
+    let mut client = server.client().await;
+    let names: Vec<String> = (0..50).map(|i| format!("n{i}.one-cpu.test.")).collect();
+    crate::harness::ask_all(&mut client, &names, 100).await;
+    for h1 in [false, true] {
+        let mut http = crate::doh::Http::connect(doh, &server.pki, h1).await;
+        let reply = http
+            .post(
+                "/dns-query",
+                &encode(&query(7, "doh.one-cpu.test.", RecordType::A)),
+            )
+            .await;
+        assert_answer(&reply.dns(), 7, "doh.one-cpu.test.", RecordType::A);
+    }
+
+    let slow: Vec<String> = (0..3)
+        .map(|i| format!("delay-300.t{i}.one-cpu.test."))
+        .collect();
+    let mut batch = Vec::new();
+    for (id, name) in (0u16..).zip(&slow) {
+        batch.extend(frame(&encode(&query(id, name, RecordType::A))));
+    }
+    let before = up.received().len();
+    client.send_raw(&batch).await;
+    up.wait_for_queries(before + slow.len(), Duration::from_secs(2))
+        .await;
+    server.sigterm();
+    for _ in 0..slow.len() {
+        match client.read(Duration::from_secs(3)).await {
+            Read::Frame(bytes) => {
+                let reply = crate::harness::parse(&bytes);
+                let id = reply.metadata.id;
+                assert_answer(&reply, id, &slow[usize::from(id)], RecordType::A);
+            }
+            other => panic!(
+                "query in flight lost at shutdown: {other:?}\n{}",
+                server.logs()
+            ),
+        }
+    }
+    let status = server
+        .wait_exit(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|| panic!("dotgate still running 5 s after SIGTERM\n{}", server.logs()));
+    assert!(status.success(), "exit status {status}\n{}", server.logs());
+}
+
 /// Finds an executable on PATH.
 pub fn on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
