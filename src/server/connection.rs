@@ -37,8 +37,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -50,6 +48,7 @@ use crate::proto::framing::FrameError;
 use crate::proto::message_reader::{MessageReader, ReadLimits};
 use crate::server::client::Client;
 use crate::server::client_ids::ClientIds;
+use crate::server::in_flight::InFlight;
 use crate::server::rate_limit::{Decision, RateLimiter};
 use crate::server::respond;
 use crate::tls::server_stream::{TlsFailure, LINGER};
@@ -275,51 +274,6 @@ async fn answer_one(
     )
     .await;
     (reply, received)
-}
-
-/// The queries in flight. The set exists only while one does: even empty, a
-/// `FuturesUnordered` holds a node the size of one query's future (over
-/// 2 KiB), which an idle connection has no use for.
-pub(crate) struct InFlight<F> {
-    set: Option<FuturesUnordered<F>>,
-}
-
-impl<F> Default for InFlight<F> {
-    fn default() -> Self {
-        Self { set: None }
-    }
-}
-
-impl<F: Future> InFlight<F> {
-    pub(crate) fn len(&self) -> usize {
-        self.set.as_ref().map_or(0, FuturesUnordered::len)
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub(crate) fn push(&mut self, query: F) {
-        self.set
-            .get_or_insert_with(FuturesUnordered::new)
-            .push(query);
-    }
-
-    /// The next reply; `None` at once when nothing is in flight.
-    pub(crate) async fn next(&mut self) -> Option<F::Output> {
-        self.set.as_mut()?.next().await
-    }
-
-    /// A reply that is ready now, without waiting.
-    pub(crate) fn ready(&mut self) -> Option<F::Output> {
-        self.set.as_mut()?.next().now_or_never().flatten()
-    }
-
-    /// Gives the set back, dropping whatever is still in flight (nothing,
-    /// but after a fatal TLS alert, when no reply may be sent).
-    pub(crate) fn release(&mut self) {
-        self.set = None;
-    }
 }
 
 /// Sleeps for `age`; forever without one.

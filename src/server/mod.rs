@@ -19,6 +19,7 @@ pub mod connection;
 mod connection_tests;
 pub mod doh;
 pub mod handshake;
+pub(crate) mod in_flight;
 pub mod listener;
 pub mod no_cert;
 pub mod per_ip;

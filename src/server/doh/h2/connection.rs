@@ -48,8 +48,9 @@ use tokio_util::sync::CancellationToken;
 use super::session::{Event, Limits, Session};
 use crate::metrics::stats::CloseReason;
 use crate::server::client::Client;
-use crate::server::connection::{retire_after, with_timeout, InFlight, Shared};
+use crate::server::connection::{retire_after, with_timeout, Shared};
 use crate::server::doh::exchange::{self, Answer, Reply};
+use crate::server::in_flight::InFlight;
 use crate::tls::server_stream::{TlsFailure, LINGER};
 
 /// Header block a request may send, in bytes as decoded: DoH requests
