@@ -28,7 +28,8 @@ const POLLS_PER_TURN: usize = 64;
 
 /// The queries in flight. See the module's documentation.
 pub(crate) struct InFlight<F> {
-    set: Option<Slots<F>>,
+    /// Boxed: an idle connection's task holds one pointer, not the set.
+    set: Option<Box<Slots<F>>>,
 }
 
 impl<F> Default for InFlight<F> {
@@ -47,7 +48,9 @@ impl<F: Future> InFlight<F> {
     }
 
     pub(crate) fn push(&mut self, query: F) {
-        self.set.get_or_insert_with(Slots::new).push(query);
+        self.set
+            .get_or_insert_with(|| Box::new(Slots::new()))
+            .push(query);
     }
 
     /// The next output; `None` at once when nothing is in flight.
