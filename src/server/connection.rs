@@ -12,8 +12,8 @@
 //! task's memory, with no channel, no lock around a split stream, and no
 //! buffer of its own (the reader holds nothing between messages, and the
 //! write batch lives only while replies are pending). The queries in flight
-//! run inside this task (a `FuturesUnordered`): an upstream reply wakes the
-//! connection, which polls only the query it belongs to.
+//! run inside this task ([`crate::server::in_flight`]): an upstream reply
+//! wakes the connection, which polls only the query it belongs to.
 //!
 //! Invariants:
 //! * replies are written whole (length prefix and body in one buffer, R9),
