@@ -12,7 +12,7 @@
 //! task's memory, with no channel, no lock around a split stream, and no
 //! buffer of its own (the reader holds nothing between messages, and the
 //! write batch lives only while replies are pending). The queries in flight
-//! run inside this task ([`crate::server::in_flight`]): an upstream reply
+//! run inside this task (`server::in_flight`): an upstream reply
 //! wakes the connection, which polls only the query it belongs to.
 //!
 //! Invariants:

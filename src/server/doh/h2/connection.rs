@@ -1,7 +1,7 @@
 //! One HTTP/2 DoH connection, as DoT's is run
 //! ([`crate::server::connection`]): one task that reads what the client
 //! sent into the [`Session`], runs its requests inside itself
-//! ([`crate::server::in_flight`]), and writes their responses, batched, in
+//! (`server::in_flight`), and writes their responses, batched, in
 //! the order they are ready.
 //!
 //! ```text
