@@ -133,25 +133,25 @@ impl Member {
                         self.health.success(&self.name, sent);
                         stats.tc_fallbacks.inc();
                         self.counters.tcp.inc();
-                        // Boxed: rare, and its state would size every
-                        // query's future.
-                        let retry = Box::pin(tcp::exchange(*addr, msg, info, origin, stats));
-                        bounded(tokio::time::timeout_at(deadline, retry).await)
+                        // Boxed with its timer: rare, and their state would
+                        // size every query's future.
+                        let retry = tcp::exchange(*addr, msg, info, origin, stats);
+                        bounded(Box::pin(tokio::time::timeout_at(deadline, retry)).await)
                     }
                     other => Ok(other),
                 }
             }
             Transport::Stream(pool) => {
                 self.counters.tcp.inc();
-                // Boxed, as below: a stream's state is about 2 KiB, which
-                // would size every query's future, UDP's too.
-                let exchange = Box::pin(pool.exchange(msg, info, origin.subnet(), deadline));
-                bounded(tokio::time::timeout_at(deadline, exchange).await)
+                // Boxed with its timer, as below: a stream's state is about
+                // 2 KiB, which would size every query's future, UDP's too.
+                let exchange = pool.exchange(msg, info, origin.subnet(), deadline);
+                bounded(Box::pin(tokio::time::timeout_at(deadline, exchange)).await)
             }
             Transport::PerClient(pools) => {
                 self.counters.tcp.inc();
-                let exchange = Box::pin(pools.exchange(msg, info, origin, deadline));
-                bounded(tokio::time::timeout_at(deadline, exchange).await)
+                let exchange = pools.exchange(msg, info, origin, deadline);
+                bounded(Box::pin(tokio::time::timeout_at(deadline, exchange)).await)
             }
         }
     }

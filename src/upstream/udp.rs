@@ -411,10 +411,27 @@ impl UdpTransport {
     }
 }
 
-/// Sends one datagram. A connected UDP socket reports an earlier ICMP "port
+/// Sends one datagram: at once when the socket takes it, which it nearly
+/// always does. A connected UDP socket reports an earlier ICMP "port
 /// unreachable" on whichever call comes next; that error belongs to an old
 /// datagram, not this one, so it is sent once more.
 async fn send(socket: &Socket, out: &[u8]) -> Result<(), UpstreamError> {
+    for attempt in 0..2 {
+        match socket.sock.try_send(out) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && attempt == 0 => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // The socket's buffer is full, or the runtime has not seen a new socket
+    // writable yet: wait for it. Boxed: rare, and a waiting send's state
+    // (about 230 bytes) would size every query's future.
+    Box::pin(send_when_writable(socket, out)).await
+}
+
+/// [`send`], waiting until the socket takes the datagram.
+async fn send_when_writable(socket: &Socket, out: &[u8]) -> Result<(), UpstreamError> {
     if let Err(e) = socket.sock.send(out).await {
         if e.kind() != std::io::ErrorKind::ConnectionRefused {
             return Err(e.into());
