@@ -934,6 +934,6 @@ async fn a_query_in_flight_stays_small() {
         std::mem::size_of_val(&doh),
     );
     eprintln!("a query in flight: upstream exchange {exchange} bytes, DoH request {doh} bytes");
-    assert!(exchange <= 1536, "upstream exchange: {exchange} bytes");
-    assert!(doh <= 2048, "DoH request: {doh} bytes");
+    assert!(exchange <= 1024, "upstream exchange: {exchange} bytes");
+    assert!(doh <= 1536, "DoH request: {doh} bytes");
 }

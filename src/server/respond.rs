@@ -71,11 +71,13 @@ pub async fn answer_parsed(
         return dns::error_reply(&msg, Some(&info), refused.rcode(), LegOptions::NONE);
     }
     // Two readings of the clock per query: this one serves the upstream's
-    // deadline, resend timer and health too.
-    let asked = std::time::Instant::now();
+    // deadline, resend timer and health too. The runtime's clock (the same
+    // as the system's but in tests, where it can be paused and driven), as
+    // the upstream's timers use it.
+    let asked = tokio::time::Instant::now().into_std();
     let outcome = upstream.exchange(&msg, &info, origin, asked).await;
     if outcome.is_ok() {
-        let answered = std::time::Instant::now();
+        let answered = tokio::time::Instant::now().into_std();
         stats
             .upstream_rtt
             .observe(answered.saturating_duration_since(asked).as_secs_f64());

@@ -166,10 +166,10 @@ impl Socket {
         })
     }
 
-    /// Due for replacement: enough queries, or old enough.
-    fn worn(&self, rotation: &Rotation) -> bool {
+    /// Due for replacement at `now`: enough queries, or old enough.
+    fn worn(&self, rotation: &Rotation, now: tokio::time::Instant) -> bool {
         self.queries.load(Ordering::Relaxed) >= rotation.queries
-            || self.opened.elapsed() >= rotation.age
+            || now.saturating_duration_since(self.opened) >= rotation.age
     }
 
     /// Wakes the receive task when the socket is retired and idle.
@@ -280,14 +280,16 @@ impl UdpTransport {
     /// worn one goes on, and the next query tries again). Registered under
     /// the slot's lock, under which sockets are retired: a retired socket
     /// never takes a query after its receive task has seen it drained.
-    fn register(&self, waiter: Waiter) -> Result<(Arc<Socket>, Ticket), UpstreamError> {
+    fn register(
+        &self,
+        waiter: Waiter,
+        now: tokio::time::Instant,
+    ) -> Result<(Arc<Socket>, Ticket), UpstreamError> {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         // Poisoning is ignored: a slot is changed by whole assignments only.
         let mut slot = self.slots[index].lock().unwrap_or_else(|e| e.into_inner());
-        let due = slot.socket.worn(&self.rotation)
-            && slot
-                .next_attempt
-                .is_none_or(|at| tokio::time::Instant::now() >= at);
+        let due =
+            slot.socket.worn(&self.rotation, now) && slot.next_attempt.is_none_or(|at| now >= at);
         if due {
             match Socket::open(self.upstream) {
                 Ok(fresh) => {
@@ -303,7 +305,7 @@ impl UdpTransport {
                     old.wake_if_drained(&old.pending());
                 }
                 Err(e) => {
-                    slot.next_attempt = Some(tokio::time::Instant::now() + REOPEN_BACKOFF);
+                    slot.next_attempt = Some(now + REOPEN_BACKOFF);
                     tracing::warn!(upstream = %self.upstream, error = %e, "cannot open a UDP socket on a new port: the old one goes on");
                 }
             }
@@ -354,10 +356,14 @@ impl UdpTransport {
             tx,
             broken: false,
         };
-        let (socket, ticket) = self.register(waiter)?;
+        let (socket, ticket) = self.register(waiter, start)?;
         let socket = &*socket;
         let seq = socket.queries.fetch_add(1, Ordering::Relaxed);
-        let _guard = PendingGuard { socket, ticket };
+        let mut guard = PendingGuard {
+            socket,
+            ticket,
+            delivered: false,
+        };
         let id = ticket.id;
         let out = if origin.has_proxy() {
             // The header precedes every datagram (PROXY v2 over UDP).
@@ -382,7 +388,11 @@ impl UdpTransport {
         let reply = loop {
             tokio::select! {
                 biased;
-                reply = &mut rx => break reply.map_err(|_| UpstreamError::Closed),
+                reply = &mut rx => {
+                    // A reply sent here was taken out of the map as it was.
+                    guard.delivered = reply.is_ok();
+                    break reply.map_err(|_| UpstreamError::Closed);
+                }
                 () = &mut timer => {
                     if resent {
                         let broken = socket
@@ -460,10 +470,15 @@ impl Drop for UdpTransport {
 struct PendingGuard<'a> {
     socket: &'a Socket,
     ticket: Ticket,
+    /// Its reply came: the receive task already took it out of the map.
+    delivered: bool,
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
+        if self.delivered {
+            return;
+        }
         let mut pending = self.socket.pending();
         pending.remove_ticket(self.ticket);
         self.socket.wake_if_drained(&pending);
@@ -856,14 +871,17 @@ mod tests {
             queries: 3,
             age: Duration::from_secs(10),
         };
-        assert!(!socket.worn(&rotation));
+        assert!(!socket.worn(&rotation, tokio::time::Instant::now()));
         socket.queries.store(3, Ordering::Relaxed);
-        assert!(socket.worn(&rotation));
+        assert!(socket.worn(&rotation, tokio::time::Instant::now()));
         socket.queries.store(0, Ordering::Relaxed);
         tokio::time::advance(Duration::from_secs(9)).await;
-        assert!(!socket.worn(&rotation));
+        assert!(!socket.worn(&rotation, tokio::time::Instant::now()));
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(socket.worn(&rotation), "ten seconds old");
+        assert!(
+            socket.worn(&rotation, tokio::time::Instant::now()),
+            "ten seconds old"
+        );
     }
 
     #[tokio::test]
