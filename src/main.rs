@@ -38,7 +38,8 @@ fn main() -> ExitCode {
     // On one CPU (pinned, or a container's quota of one, which the
     // standard library reads from the cgroup), the single-threaded
     // scheduler: with one worker anyway, work stealing and its
-    // cross-thread wake-ups only cost (about 6% of DoH's CPU per query).
+    // cross-thread wake-ups only cost (DoH answered 7.8% more queries per
+    // core with it, docs/performance.md).
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let mut builder = if cpus == 1 {
         tokio::runtime::Builder::new_current_thread()

@@ -330,7 +330,8 @@ impl Pool {
             Ok(reply) => return Ok(reply),
             Err(e) => e,
         };
-        let now = Instant::now();
+        // The runtime's clock, as the caller's `started` (driven in tests).
+        let now = tokio::time::Instant::now().into_std();
         let left = inner
             .timeout
             .saturating_sub(now.saturating_duration_since(started));
