@@ -85,6 +85,12 @@ pub struct Shared {
 /// Largest batch of replies coalesced into one write.
 const WRITE_BATCH: usize = 16 * 1024;
 
+/// How long a connection that went quiet keeps its in-flight set and write
+/// batch before giving them back: a client that asks one query at a time
+/// reuses them rather than rebuilding them for every query, and an idle
+/// connection still holds neither.
+const RELEASE_AFTER: Duration = Duration::from_millis(100);
+
 /// Serves one connection until it closes; returns why.
 pub async fn serve<S>(
     mut stream: S,
@@ -113,6 +119,9 @@ where
     tokio::pin!(too_old);
     let idle = tokio::time::sleep(shared.timeouts.idle);
     tokio::pin!(idle);
+    // While the buffers are kept after the last reply: when the idle
+    // timeout proper falls. The idle timer first fires at the release.
+    let mut idle_due: Option<tokio::time::Instant> = None;
 
     let mut write_failed = false;
     let mut tls_failed = false;
@@ -129,9 +138,16 @@ where
                     break CloseReason::Error;
                 }
                 if in_flight.is_empty() {
-                    in_flight.release();
-                    replies.release();
-                    idle.as_mut().reset(tokio::time::Instant::now() + shared.timeouts.idle);
+                    let now = tokio::time::Instant::now();
+                    let due = now + shared.timeouts.idle;
+                    if shared.timeouts.idle > RELEASE_AFTER {
+                        idle_due = Some(due);
+                        idle.as_mut().reset(now + RELEASE_AFTER);
+                    } else {
+                        in_flight.release();
+                        replies.release();
+                        idle.as_mut().reset(due);
+                    }
                 }
             }
             read = reader.read_message(&mut stream), if in_flight.len() < shared.max_inflight => {
@@ -196,6 +212,14 @@ where
             // timeout's to bound (the reader enforces it), not the idle
             // timer's: the timer stays off until that message is answered.
             _ = &mut idle, if in_flight.is_empty() && !reader.has_partial() => {
+                if let Some(due) = idle_due.take() {
+                    // Quiet for a moment: the buffers go back, and the idle
+                    // timeout runs on from the last reply.
+                    in_flight.release();
+                    replies.release();
+                    idle.as_mut().reset(due);
+                    continue;
+                }
                 // Again: the read branch, polled in this same select, may
                 // have begun a message since the guard was judged.
                 if !reader.has_partial() {
