@@ -655,6 +655,17 @@ impl Stats {
         }
     }
 
+    /// Counts in `dotgate_query_duration_seconds` the replies just written,
+    /// each from when its query was `received`: one reading of the clock
+    /// for the whole batch.
+    pub fn observe_written(&self, received: &[Instant]) {
+        let written = Instant::now();
+        for received in received {
+            self.query_duration
+                .observe(written.saturating_duration_since(*received).as_secs_f64());
+        }
+    }
+
     /// One more query in flight until the guard drops.
     pub fn query_in_flight(&self) -> GaugeGuard<'_> {
         GaugeGuard::new(&self.queries_in_flight)

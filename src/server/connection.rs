@@ -85,11 +85,12 @@ pub struct Shared {
 /// Largest batch of replies coalesced into one write.
 const WRITE_BATCH: usize = 16 * 1024;
 
-/// How long a connection that went quiet keeps its in-flight set and write
-/// batch before giving them back: a client that asks one query at a time
-/// reuses them rather than rebuilding them for every query, and an idle
-/// connection still holds neither.
-const RELEASE_AFTER: Duration = Duration::from_millis(100);
+/// How long a connection (DoT or HTTP/2) that went quiet keeps its buffers
+/// (the in-flight set, the write batch; for HTTP/2 also the stream table)
+/// before giving them back: a client that asks one query at a time, or a
+/// busy one quiet between batches, reuses them rather than rebuilding them
+/// every time, and an idle connection still holds none.
+pub(crate) const RELEASE_AFTER: Duration = Duration::from_millis(100);
 
 /// Serves one connection until it closes; returns why.
 pub async fn serve<S>(
@@ -353,13 +354,7 @@ impl Replies {
             io.flush().await
         })
         .await?;
-        // One reading of the clock for the whole batch.
-        let written = Instant::now();
-        for received in &self.received {
-            stats
-                .query_duration
-                .observe(written.saturating_duration_since(*received).as_secs_f64());
-        }
+        stats.observe_written(&self.received);
         self.batch.clear();
         self.received.clear();
         // A large reply grew the batch past its usual size: give that memory

@@ -48,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 use super::session::{Event, Limits, Session};
 use crate::metrics::stats::CloseReason;
 use crate::server::client::Client;
-use crate::server::connection::{retire_after, with_timeout, Shared};
+use crate::server::connection::{retire_after, with_timeout, Shared, RELEASE_AFTER};
 use crate::server::doh::exchange::{self, Answer, Reply};
 use crate::server::in_flight::InFlight;
 use crate::tls::server_stream::{TlsFailure, LINGER};
@@ -69,12 +69,6 @@ const MAX_RESETS: u32 = 64;
 /// Streams dotgate may refuse or reset for a client's errors before the
 /// connection is closed with ENHANCE_YOUR_CALM.
 const MAX_ERROR_RESETS: u32 = 256;
-
-/// How long a connection that went quiet keeps its buffers (the in-flight
-/// set, the stream table, the output buffer) before giving them back:
-/// long enough that a busy connection, quiet between batches, does not
-/// rebuild them for every batch.
-const RELEASE_AFTER: Duration = Duration::from_millis(100);
 
 /// Output gathered before it is written: a batch of responses.
 const WRITE_BATCH: usize = 16 * 1024;
@@ -358,13 +352,7 @@ impl Answered {
     /// Counts the responses just written (`written`), or drops them.
     fn observe(&mut self, stats: &crate::metrics::stats::Stats, written: bool) {
         if written {
-            // One reading of the clock for the whole batch.
-            let now = std::time::Instant::now();
-            for received in &self.received {
-                stats
-                    .query_duration
-                    .observe(now.saturating_duration_since(*received).as_secs_f64());
-            }
+            stats.observe_written(&self.received);
         }
         self.received.clear();
     }
