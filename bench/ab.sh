@@ -14,6 +14,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export PYTHONDONTWRITEBYTECODE=1
+# shellcheck source=bench/nsd-conf.sh
+. "$here/nsd-conf.sh"
 (($# >= 2)) || { echo "usage: bench/ab.sh BINARY_A BINARY_B [ROUNDS] [SECONDS]" >&2; exit 2; }
 bins=("$1" "$2")
 rounds=${3:-3}
@@ -36,34 +38,13 @@ timeout 60 python3 "$here/zone.py" "$work/zone" >/dev/null
 timeout 30 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
   -subj /CN=ab.bench.test -addext "subjectAltName=IP:127.0.0.1" \
   -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
-cat > "$work/nsd.conf" <<EOF
-server:
-  ip-address: 127.0.0.1@$nsd_port
-  server-count: 1
-  username: ""
-  chroot: ""
-  zonesdir: "$work/zone"
-  zonelistfile: "$work/zone.list"
-  database: ""
-  xfrdfile: "$work/xfrd.state"
-  xfrdir: "$work"
-  pidfile: "$work/nsd.pid"
-  rrl-ratelimit: 0
-  rrl-whitelist-ratelimit: 0
-remote-control:
-  control-enable: no
-zone:
-  name: bench.test.
-  zonefile: bench.test.zone
-EOF
+nsd_conf "$work" "$nsd_port" > "$work/nsd.conf"
 taskset -c 0 nsd -d -c "$work/nsd.conf" > "$work/nsd.log" 2>&1 &
 pids+=($!)
-# The query every request POSTs: www.bench.test. A, ID 0.
-python3 - "$work/query.bin" <<'EOF'
-import struct, sys
-name = b"".join(bytes([len(label)]) + label for label in b"www.bench.test".split(b".")) + b"\0"
-open(sys.argv[1], "wb").write(struct.pack(">6H", 0, 0x0100, 1, 0, 0, 0) + name + struct.pack(">2H", 1, 1))
-EOF
+timeout 30 python3 "$here/dotclients.py" check --udp --port "$nsd_port" --wait 20 \
+  || { echo "bench/ab.sh: NSD did not answer: $(tail -n 5 "$work/nsd.log")" >&2; exit 1; }
+# The query every request POSTs: run.sh's (n1.bench.test. A, ID 0).
+timeout 10 python3 "$here/dohclients.py" query --out "$work/query.bin"
 
 doh_port=(19531 19532)
 fe_pid=()

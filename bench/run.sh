@@ -14,6 +14,8 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export PYTHONDONTWRITEBYTECODE=1  # dohclients.py imports dotclients.py: leave no bytecode in bench/
 root=$(dirname "$here")
+# shellcheck source=bench/nsd-conf.sh
+. "$here/nsd-conf.sh"
 
 dotgate=$root/target/release/dotgate
 rounds=3
@@ -327,28 +329,7 @@ mkdir "$tls"
 # The backend: NSD, authoritative for bench.test. (TTL 0), on CPU 0.
 timeout 60 python3 "$here/zone.py" "$work/zone"
 queries=$work/zone/queries.txt
-cat > "$work/nsd.conf" <<EOF
-server:
-  ip-address: 127.0.0.1@$nsd_port
-  server-count: 1
-  username: ""
-  chroot: ""
-  zonesdir: "$work/zone"
-  zonelistfile: "$work/zone.list"
-  database: ""
-  xfrdfile: "$work/xfrd.state"
-  xfrdir: "$work"
-  pidfile: "$work/nsd.pid"
-  tcp-count: 18000
-  tcp-timeout: 300
-  rrl-ratelimit: 0
-  rrl-whitelist-ratelimit: 0
-remote-control:
-  control-enable: no
-zone:
-  name: bench.test.
-  zonefile: bench.test.zone
-EOF
+nsd_conf "$work" "$nsd_port" > "$work/nsd.conf"
 launch nsd 0 nsd -d -c "$work/nsd.conf"
 timeout 30 python3 "$here/dotclients.py" check --udp --port "$nsd_port" --wait 20 \
   || die "NSD did not answer on 127.0.0.1:$nsd_port: $(tail -n 5 "$work/nsd.log" 2>/dev/null)"
