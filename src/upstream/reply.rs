@@ -40,6 +40,16 @@ impl UpstreamError {
         matches!(self, UpstreamError::Connect(_))
     }
 
+    /// The failure of a TCP retry after a truncated answer over UDP: the
+    /// upstream answered, so a refused or failed connection is not its being
+    /// down (a resolver may serve UDP only); kept, but never definitive.
+    pub(super) fn after_answer(self) -> Self {
+        match self {
+            UpstreamError::Connect(e) => UpstreamError::Io(std::io::Error::other(e)),
+            other => other,
+        }
+    }
+
     /// Failures that say nothing about the upstream: dotgate's own limit of
     /// queries in flight toward it.
     pub(super) fn is_local(&self) -> bool {

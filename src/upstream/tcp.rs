@@ -1,6 +1,8 @@
 //! One-shot TCP exchange with the upstream, used when a UDP answer comes back
-//! truncated (R19). TC is rare, so a fresh connection per retry is simple and
-//! sufficient; pooled, pipelined TCP belongs to the upstream pool.
+//! truncated (R19) and the upstream is told each client by a PROXY header:
+//! the header names one client per connection, so the connection serves one
+//! retry. Without PROXY, truncated answers are retried over the pooled,
+//! pipelined connections of `stream`.
 
 use std::net::SocketAddr;
 

@@ -322,8 +322,8 @@ async fn upstream_padding_is_removed_or_replaced() {
     assert!(up.received().iter().all(|r| r.name.starts_with("pad.")));
 }
 
-/// R22, R17: options 11 and 12 never reach the upstream, over UDP nor over
-/// the TCP retry; cookies and ECS pass byte for byte and in order, and so do
+/// R22, R17: the client's options 11 and 12 never reach the upstream, over
+/// UDP nor over the TCP retry; cookies and ECS pass byte for byte and in order, and so do
 /// the DO and CD bits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_options_never_reach_the_upstream() {
@@ -365,9 +365,18 @@ async fn hop_by_hop_options_never_reach_the_upstream() {
         [Transport::Udp, Transport::Udp, Transport::Tcp],
         "{seen:?}"
     );
+    // The TCP retry runs on dotgate's pooled connection, which asks the
+    // upstream for its own keepalive (an empty option 11, last, as toward
+    // a tcp:// upstream): the client's option, which came first, is not it.
+    let mut on_tcp = forwarded.clone();
+    on_tcp.push((KEEPALIVE, vec![]));
     for r in &seen {
+        let expected = match r.transport {
+            Transport::Tcp => &on_tcp,
+            _ => &forwarded,
+        };
         assert_eq!(
-            r.options, forwarded,
+            &r.options, expected,
             "options the upstream saw for {}",
             r.name
         );

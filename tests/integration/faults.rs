@@ -1003,6 +1003,60 @@ async fn a_65000_byte_answer_to_a_tc_retry_is_delivered_whole() {
     assert_eq!(up.accepted(), 1);
 }
 
+/// Truncated answers are retried over TCP on a kept connection: six one
+/// after another and eight at once all go over the one connection, and
+/// each client gets its own answer; an upstream that closes the connection
+/// after an answer gets a new one for the next retry, with nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tc_retries_share_a_kept_tcp_connection() {
+    let up = Fake::udp(
+        Arc::new(|q: &[u8]| {
+            if has_label(q, "tc") {
+                vec![truncated(q)]
+            } else {
+                vec![real(q)]
+            }
+        }),
+        Some(Arc::new(|q: &[u8], _| {
+            if has_label(q, "close") {
+                vec![Out::Frame(real(q)), Out::Close]
+            } else {
+                vec![Out::Frame(real(q))]
+            }
+        })),
+    )
+    .await;
+    let metrics = metrics_addr();
+    let server = udp_server(up.addr, metrics, "3s").await;
+    let mut client = server.client().await;
+    for i in 0..6u16 {
+        let name = format!("tc.one{i}.kept.test.");
+        client.send(&query(i, &name, RecordType::A)).await;
+        assert_answer(&client.recv().await, i, &name, RecordType::A);
+    }
+    let burst: Vec<String> = (0..8).map(|i| format!("tc.burst{i}.kept.test.")).collect();
+    for (i, reply) in ask_each_once(&mut client, &burst, 100)
+        .await
+        .iter()
+        .enumerate()
+    {
+        assert_answer(reply, 100 + i as u16, &burst[i], RecordType::A);
+    }
+    assert_eq!(up.accepted(), 1, "one connection for 14 retries");
+
+    // Closed by the upstream after its answer: the next retry opens anew.
+    for i in 0..3u16 {
+        let name = format!("tc.close.again{i}.kept.test.");
+        client.send(&query(200 + i, &name, RecordType::A)).await;
+        assert_answer(&client.recv().await, 200 + i, &name, RecordType::A);
+    }
+    assert_no_more_replies(&mut client).await;
+    let text = scrape(metrics).await;
+    assert_eq!(value(&text, "dotgate_upstream_tc_fallbacks_total"), 17.0);
+    assert_eq!(value(&text, UPSTREAM_ERROR), 0.0);
+    assert_eq!(up.accepted(), 3, "a new connection after each close");
+}
+
 // ---------- 7: TCP refused after a truncated answer ----------
 
 /// An upstream that answers `tc` names over UDP with TC set and refuses TCP
