@@ -2,7 +2,11 @@
 # bench/ab.sh: two dotgate builds back to back under the same DoH load, for
 # a change's effect on queries per core (see docs/performance.md).
 #
-#   bench/ab.sh BINARY_A BINARY_B [ROUNDS] [SECONDS]
+#   bench/ab.sh [--dot [--clients N] [--outstanding N]] BINARY_A BINARY_B [ROUNDS] [SECONDS]
+#
+# --dot: DoT instead, as run.sh measures it: dnsperf over TLS with run.sh's
+# query file (2% of its answers truncated, so retried over TCP), N
+# connections (default 16) and N queries outstanding (default 128).
 #
 # NSD (authoritative for bench.test., on CPU 0) behind both builds, each on
 # CPU 1 with its own DoH port; h2load (16 connections x 32 POST streams, on
@@ -16,11 +20,26 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export PYTHONDONTWRITEBYTECODE=1
 # shellcheck source=bench/nsd-conf.sh
 . "$here/nsd-conf.sh"
-(($# >= 2)) || { echo "usage: bench/ab.sh BINARY_A BINARY_B [ROUNDS] [SECONDS]" >&2; exit 2; }
+usage="usage: bench/ab.sh [--dot [--clients N] [--outstanding N]] BINARY_A BINARY_B [ROUNDS] [SECONDS]"
+dot=0
+clients=16
+outstanding=128
+while [[ ${1:-} == --* ]]; do
+  case $1 in
+    --dot) dot=1; shift ;;
+    --clients) clients=${2:-}; shift 2 ;;
+    --outstanding) outstanding=${2:-}; shift 2 ;;
+    *) echo "$usage" >&2; exit 2 ;;
+  esac
+done
+(($# >= 2)) || { echo "$usage" >&2; exit 2; }
+[[ $clients =~ ^[1-9][0-9]*$ && $outstanding =~ ^[1-9][0-9]*$ ]] || { echo "$usage" >&2; exit 2; }
 bins=("$1" "$2")
 rounds=${3:-3}
 seconds=${4:-8}
-for tool in nsd h2load openssl python3 taskset timeout; do
+client_tool=h2load
+((dot)) && client_tool=dnsperf
+for tool in nsd "$client_tool" openssl python3 taskset timeout; do
   command -v "$tool" >/dev/null || { echo "bench/ab.sh: $tool is missing" >&2; exit 2; }
 done
 
@@ -51,7 +70,8 @@ fe_pid=()
 for i in 0 1; do
   taskset -c 1 "${bins[$i]}" serve --listen "127.0.0.1:$((19540 + i))" \
     --doh-listen "127.0.0.1:${doh_port[$i]}" --cert "$work/cert.pem" --key "$work/key.pem" \
-    --upstream "127.0.0.1:$nsd_port" > "$work/frontend-$i.log" 2>&1 &
+    --upstream "127.0.0.1:$nsd_port" --max-connections 20000 --max-connections-per-ip 20000 \
+    > "$work/frontend-$i.log" 2>&1 &
   pids+=($!)
   fe_pid+=($!)
 done
@@ -63,13 +83,23 @@ for ((round = 1; round <= rounds; round++)); do
   for i in 0 1; do
     c0=$(cpu_ticks "${fe_pid[$i]}")
     t0=$(date +%s.%N)
-    out=$(timeout --foreground -k 5 $((seconds + 30)) taskset -c 0 h2load -t 1 -c 16 -m 32 \
-      -D "$seconds" -d "$work/query.bin" -H "content-type: application/dns-message" \
-      "https://127.0.0.1:${doh_port[$i]}/dns-query" 2>&1)
+    if ((dot)); then
+      out=$(timeout --foreground -k 5 $((seconds + 30)) taskset -c 0 dnsperf -m dot -s 127.0.0.1 \
+        -p $((19540 + i)) -d "$work/zone/queries.txt" -l "$seconds" -c "$clients" -q "$outstanding" 2>&1)
+    else
+      out=$(timeout --foreground -k 5 $((seconds + 30)) taskset -c 0 h2load -t 1 -c 16 -m 32 \
+        -D "$seconds" -d "$work/query.bin" -H "content-type: application/dns-message" \
+        "https://127.0.0.1:${doh_port[$i]}/dns-query" 2>&1)
+    fi
     c1=$(cpu_ticks "${fe_pid[$i]}")
     t1=$(date +%s.%N)
-    qps=$(awk '/^finished in/ { sub(/,$/, "", $4); print $4 + 0; exit }' <<< "$out")
-    failed=$(awk '/^requests:/ { for (f = 1; f <= NF; f++) if ($(f + 1) ~ /^failed/) print $f }' <<< "$out")
+    if ((dot)); then
+      qps=$(awk '/Queries per second:/ { print $4 + 0; exit }' <<< "$out")
+      failed=$(awk '/Queries lost:/ { print $3; exit }' <<< "$out")
+    else
+      qps=$(awk '/^finished in/ { sub(/,$/, "", $4); print $4 + 0; exit }' <<< "$out")
+      failed=$(awk '/^requests:/ { for (f = 1; f <= NF; f++) if ($(f + 1) ~ /^failed/) print $f }' <<< "$out")
+    fi
     awk -v r="$round" -v n="$([ "$i" = 0 ] && echo A || echo B)" -v q="$qps" -v f="${failed:-?}" \
       -v c0="$c0" -v c1="$c1" -v t0="$t0" -v t1="$t1" -v hz="$hz" 'BEGIN {
         cpu = (c1 - c0) / hz / (t1 - t0)

@@ -16,7 +16,9 @@
 //! base. A message whose first byte has arrived must be complete within the
 //! read timeout, if one is set.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -119,7 +121,9 @@ pub struct MessageReader {
     /// made for it, at most the announced length.
     body: Vec<u8>,
     got: usize,
-    /// When the first byte of the message in progress arrived.
+    /// When the reader first waited for the rest of the message in progress
+    /// (its read timeout counts from then: within the same turn as its
+    /// first byte's arrival).
     partial_since: Option<Instant>,
     /// Budget held for the body's size past [`BASE_BUFFER`].
     held: Option<OwnedSemaphorePermit>,
@@ -175,6 +179,9 @@ impl MessageReader {
                 .partial_since
                 .zip(self.limits.read_timeout)
                 .map(|(since, limit)| since + limit);
+            // A message begun whose read timeout has not started yet.
+            let unclocked =
+                deadline.is_none() && self.limits.read_timeout.is_some() && self.has_partial();
             let read = async {
                 match self.announced() {
                     None => {
@@ -191,6 +198,16 @@ impl MessageReader {
                 Some(deadline) => tokio::time::timeout_at(deadline, read)
                     .await
                     .map_err(|_| FrameError::ReadTimeout)??,
+                // The read timeout starts when the rest of a message begun
+                // must be waited for: nearly always the whole message is in
+                // the TLS record already, and then the clock is not read.
+                None if unclocked => match poll_once(read).await {
+                    Poll::Ready(n) => n?,
+                    Poll::Pending => {
+                        self.partial_since = Some(Instant::now());
+                        continue;
+                    }
+                },
                 None => read.await?,
             };
             if n == 0 {
@@ -205,9 +222,6 @@ impl MessageReader {
                 self.prefix_got += n as u8;
             } else {
                 self.got += n;
-            }
-            if self.partial_since.is_none() {
-                self.partial_since = Some(Instant::now());
             }
         }
     }
@@ -248,6 +262,13 @@ impl MessageReader {
         self.body.reserve_exact(target - self.body.len());
         self.body.resize(target, 0);
     }
+}
+
+/// Polls `fut` once: its output if ready at once, else `Pending` (and
+/// `fut`, dropped, must be cancel-safe).
+pub(crate) async fn poll_once<F: Future>(fut: F) -> Poll<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await
 }
 
 #[cfg(test)]

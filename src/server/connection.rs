@@ -45,7 +45,7 @@ use crate::config::{ClientToUpstream, Timeouts};
 use crate::metrics::stats::{CloseReason, Stats, Transport};
 use crate::proto::edns::LegOptions;
 use crate::proto::framing::FrameError;
-use crate::proto::message_reader::{MessageReader, ReadLimits};
+use crate::proto::message_reader::{poll_once, MessageReader, ReadLimits};
 use crate::server::client::Client;
 use crate::server::client_ids::ClientIds;
 use crate::server::in_flight::InFlight;
@@ -272,7 +272,9 @@ async fn answer_one(
     retiring: &AtomicBool,
     refused: bool,
 ) -> (Vec<u8>, Instant) {
-    let received = Instant::now();
+    // One reading of the clock: the query's duration and its upstream
+    // deadline count from it.
+    let received = tokio::time::Instant::now().into_std();
     if refused {
         return (
             respond::refused(&shared.stats, Transport::Dot, &msg),
@@ -289,6 +291,7 @@ async fn answer_one(
         &shared.stats,
         Transport::Dot,
         msg,
+        received,
         |request| {
             LegOptions::for_request(
                 request,
@@ -371,10 +374,17 @@ impl Replies {
     }
 }
 
+/// `io` within `limit`, which counts from its first poll. The timer is
+/// armed only when `io` has to wait: nearly every write completes at once,
+/// and arming it costs a reading of the clock.
 pub(crate) async fn with_timeout<F>(limit: Duration, io: F) -> std::io::Result<()>
 where
     F: std::future::Future<Output = std::io::Result<()>>,
 {
+    let mut io = std::pin::pin!(io);
+    if let std::task::Poll::Ready(done) = poll_once(io.as_mut()).await {
+        return done;
+    }
     tokio::time::timeout(limit, io)
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client not reading"))?

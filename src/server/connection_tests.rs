@@ -928,7 +928,8 @@ async fn a_query_in_flight_stays_small() {
         content_length: None,
         forwarded: Default::default(),
     };
-    let doh = crate::server::doh::exchange::answer(&head, None, &client, &shared);
+    let now = std::time::Instant::now();
+    let doh = crate::server::doh::exchange::answer(&head, None, now, &client, &shared);
     let (exchange, doh) = (
         std::mem::size_of_val(&exchange),
         std::mem::size_of_val(&doh),

@@ -2,6 +2,8 @@
 //! answer with the TLS leg's EDNS options, or a reply dotgate makes itself
 //! (FORMERR, BADVERS, SERVFAIL), each counted once in the metrics.
 
+use std::time::Instant;
+
 use crate::metrics::stats::{Stats, Synthesized, Transport};
 use crate::proto::dns::{self, Rcode};
 use crate::proto::edns::{LegOptions, Request};
@@ -25,16 +27,22 @@ pub fn refused(stats: &Stats, transport: Transport, msg: &[u8]) -> Vec<u8> {
 /// reply for the client's EDNS request (called once the upstream has
 /// answered, so a DoT connection that began retiring meanwhile advertises a
 /// keepalive of 0).
+///
+/// `asked` is when the transport had the query, by the runtime's clock (the
+/// same as the system's but in tests, where it can be paused and driven, as
+/// the upstream's timers are): the upstream's deadline, resend timer and
+/// health count from it, so the transport's own reading serves them all.
 pub async fn answer(
     upstream: &Pool,
     origin: &Origin,
     stats: &Stats,
     transport: Transport,
     msg: Vec<u8>,
+    asked: Instant,
     leg: impl FnOnce(Request) -> LegOptions,
 ) -> Vec<u8> {
     match dns::parse_query(&msg) {
-        Ok(info) => answer_parsed(upstream, origin, stats, transport, msg, info, leg).await,
+        Ok(info) => answer_parsed(upstream, origin, stats, transport, msg, info, asked, leg).await,
         Err(e) => {
             stats.count_query(transport);
             tracing::debug!(error = %e, "FORMERR");
@@ -48,6 +56,7 @@ pub async fn answer(
 /// As [`answer`], for a query its transport has already parsed (`info` is
 /// `dns::parse_query(&msg)`): DoH parses each message to tell a 400 from a
 /// query, and need not have it parsed twice.
+#[allow(clippy::too_many_arguments)]
 pub async fn answer_parsed(
     upstream: &Pool,
     origin: &Origin,
@@ -55,6 +64,7 @@ pub async fn answer_parsed(
     transport: Transport,
     msg: Vec<u8>,
     info: dns::QueryInfo,
+    asked: Instant,
     leg: impl FnOnce(Request) -> LegOptions,
 ) -> Vec<u8> {
     stats.count_query(transport);
@@ -70,11 +80,6 @@ pub async fn answer_parsed(
         stats.count_reply(refused.rcode());
         return dns::error_reply(&msg, Some(&info), refused.rcode(), LegOptions::NONE);
     }
-    // Two readings of the clock per query: this one serves the upstream's
-    // deadline, resend timer and health too. The runtime's clock (the same
-    // as the system's but in tests, where it can be paused and driven), as
-    // the upstream's timers use it.
-    let asked = tokio::time::Instant::now().into_std();
     let outcome = upstream.exchange(&msg, &info, origin, asked).await;
     if outcome.is_ok() {
         let answered = tokio::time::Instant::now().into_std();

@@ -11,6 +11,7 @@
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use hyper::HeaderMap;
 
@@ -175,15 +176,18 @@ impl<'a> Requester<'a> {
 
 /// Answers one request whose body (a POST's) has been read whole; never
 /// fails (every refusal is a status). Counts the response's status.
+/// `received` is when the request was whole, by the runtime's clock (see
+/// [`respond::answer`]).
 pub async fn answer(
     head: &Head,
     body: Option<Vec<u8>>,
+    received: Instant,
     client: &Client,
     shared: &Shared,
 ) -> Answer {
     let who = Requester::of(&head.forwarded, client, shared);
     let mut close = false;
-    let reply = match dns_reply(head, body, client, shared, &who, &mut close).await {
+    let reply = match dns_reply(head, body, received, client, shared, &who, &mut close).await {
         Ok(reply) => Reply::Dns(reply),
         Err(refusal) => {
             tracing::debug!(client = %who.addr, peer = %client, status = refusal.status(), error = %refusal, "DoH request refused");
@@ -205,6 +209,7 @@ pub fn refuse(refusal: Refusal, stats: &Stats) -> Reply {
 async fn dns_reply(
     head: &Head,
     body: Option<Vec<u8>>,
+    received: Instant,
     client: &Client,
     shared: &Shared,
     who: &Requester<'_>,
@@ -275,6 +280,7 @@ async fn dns_reply(
         Transport::Doh,
         message,
         info,
+        received,
         LegOptions::for_http,
     )
     .await)

@@ -45,7 +45,9 @@ pub async fn respond(req: Request<Incoming>, ctx: &Context) -> Response<Full<Byt
     let head = head(&parts, forwarding);
     let reply = match read(&head, body, shared.timeouts.read).await {
         Ok(body) => {
-            let answer = exchange::answer(&head, body, &ctx.client, shared).await;
+            // The body is whole now: the upstream's deadline counts from here.
+            let whole = tokio::time::Instant::now().into_std();
+            let answer = exchange::answer(&head, body, whole, &ctx.client, shared).await;
             if answer.close {
                 ctx.close.cancel();
             }

@@ -171,7 +171,7 @@ where
                         active = true;
                         match event {
                             Event::Request { stream, head, body } => in_flight.push(async move {
-                                let answer = exchange::answer(&head, body, client, shared).await;
+                                let answer = exchange::answer(&head, body, received, client, shared).await;
                                 (stream, (answer, received))
                             }),
                             Event::Refuse { stream, refusal } => {
