@@ -2,11 +2,14 @@
 # bench/ab.sh: two dotgate builds back to back under the same DoH load, for
 # a change's effect on queries per core (see docs/performance.md).
 #
-#   bench/ab.sh [--dot [--clients N] [--outstanding N]] BINARY_A BINARY_B [ROUNDS] [SECONDS]
+#   bench/ab.sh [--dot [--clients N] [--outstanding N]] [--flame PREFIX] BINARY_A BINARY_B [ROUNDS] [SECONDS]
 #
 # --dot: DoT instead, as run.sh measures it: dnsperf over TLS with run.sh's
 # query file (2% of its answers truncated, so retried over TCP), N
 # connections (default 16) and N queries outstanding (default 128).
+# --flame: profile each build in round 1 (perf, DWARF call graphs, 999 Hz)
+# and draw PREFIX-A.svg and PREFIX-B.svg with inferno (`cargo install
+# inferno`); that round's figures include perf's own cost.
 #
 # NSD (authoritative for bench.test., on CPU 0) behind both builds, each on
 # CPU 1 with its own DoH port; h2load (16 connections x 32 POST streams, on
@@ -20,8 +23,10 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export PYTHONDONTWRITEBYTECODE=1
 # shellcheck source=bench/nsd-conf.sh
 . "$here/nsd-conf.sh"
-usage="usage: bench/ab.sh [--dot [--clients N] [--outstanding N]] BINARY_A BINARY_B [ROUNDS] [SECONDS]"
+usage="usage: bench/ab.sh [--dot [--clients N] [--outstanding N]] [--flame PREFIX] BINARY_A BINARY_B [ROUNDS] [SECONDS]"
 dot=0
+flame=""
+
 clients=16
 outstanding=128
 while [[ ${1:-} == --* ]]; do
@@ -29,6 +34,7 @@ while [[ ${1:-} == --* ]]; do
     --dot) dot=1; shift ;;
     --clients) clients=${2:-}; shift 2 ;;
     --outstanding) outstanding=${2:-}; shift 2 ;;
+    --flame) flame=${2:-}; shift 2 ;;
     *) echo "$usage" >&2; exit 2 ;;
   esac
 done
@@ -39,7 +45,9 @@ rounds=${3:-3}
 seconds=${4:-8}
 client_tool=h2load
 ((dot)) && client_tool=dnsperf
-for tool in nsd "$client_tool" openssl python3 taskset timeout; do
+profilers=()
+[ -z "$flame" ] || profilers=(perf inferno-collapse-perf inferno-flamegraph)
+for tool in nsd "$client_tool" openssl python3 taskset timeout "${profilers[@]}"; do
   command -v "$tool" >/dev/null || { echo "bench/ab.sh: $tool is missing" >&2; exit 2; }
 done
 
@@ -81,6 +89,13 @@ cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 for ((round = 1; round <= rounds; round++)); do
   for i in 0 1; do
+    name=$([ "$i" = 0 ] && echo A || echo B)
+    profiler=""
+    if [ -n "$flame" ] && ((round == 1 && seconds > 3)); then
+      timeout $((seconds + 30)) perf record -F 999 --call-graph dwarf,16384 -p "${fe_pid[$i]}" \
+        -o "$work/perf-$name.data" -- sleep $((seconds - 2)) > "$work/perf-$name.log" 2>&1 &
+      profiler=$!
+    fi
     c0=$(cpu_ticks "${fe_pid[$i]}")
     t0=$(date +%s.%N)
     if ((dot)); then
@@ -100,7 +115,14 @@ for ((round = 1; round <= rounds; round++)); do
       qps=$(awk '/^finished in/ { sub(/,$/, "", $4); print $4 + 0; exit }' <<< "$out")
       failed=$(awk '/^requests:/ { for (f = 1; f <= NF; f++) if ($(f + 1) ~ /^failed/) print $f }' <<< "$out")
     fi
-    awk -v r="$round" -v n="$([ "$i" = 0 ] && echo A || echo B)" -v q="$qps" -v f="${failed:-?}" \
+    if [ -n "$profiler" ]; then
+      wait "$profiler" || true
+      title="$([ "$dot" = 1 ] && echo "DoT, $clients connections, $outstanding outstanding" || echo "DoH, 16 connections x 32 streams"): ${bins[$i]}"
+      timeout 600 perf script -i "$work/perf-$name.data" 2>/dev/null | inferno-collapse-perf \
+        | inferno-flamegraph --title "$title" --minwidth 0.5 > "$flame-$name.svg" \
+        || echo "bench/ab.sh: no flame graph for $name: $(tail -n 3 "$work/perf-$name.log")" >&2
+    fi
+    awk -v r="$round" -v n="$name" -v q="$qps" -v f="${failed:-?}" \
       -v c0="$c0" -v c1="$c1" -v t0="$t0" -v t1="$t1" -v hz="$hz" 'BEGIN {
         cpu = (c1 - c0) / hz / (t1 - t0)
         printf "round %d  %s  %7d QPS  failed %s  frontend %.2f of a core  %7d QPS per core\n", r, n, q, f, cpu, q / cpu
