@@ -26,6 +26,7 @@ mod ids;
 mod origin;
 mod per_client;
 mod policy;
+mod quick_ack;
 mod reply;
 mod stream;
 mod tcp;

@@ -49,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 use super::connect::{ConnectError, DialError};
 use super::dot::DotTarget;
 use super::ids::{Ids, Ticket};
+use super::quick_ack::QuickAck;
 use super::reply::{classify, Reply, UpstreamError, Verdict};
 use crate::metrics::stats::Stats;
 use crate::proto::dns::{self, QueryInfo};
@@ -431,7 +432,7 @@ impl StreamPool {
                 if !self.prelude.is_empty() {
                     stream.write_all(&self.prelude).await?;
                 }
-                self.spawn(stream)
+                self.spawn(QuickAck(stream))
             }
             Connector::Tls(target) => self.spawn(target.connect(&self.prelude).await?),
         };
