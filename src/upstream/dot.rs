@@ -17,10 +17,12 @@ use rustls_pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 
 use super::connect::{self, ConnectError};
+use super::quick_ack::QuickAck;
 use super::reply::UpstreamError;
-use crate::tls::client::{dial, handshake, DialError};
+use crate::tls::client::DialError;
 
 /// Shortest time a bootstrap answer is kept: a TTL of 0 must not turn every
 /// reconnect into a lookup storm.
@@ -59,25 +61,25 @@ impl DotTarget {
 
     /// Opens a verified TLS connection, writing `prelude` (a PROXY header,
     /// or nothing) before the handshake. A certificate that does not cover
-    /// the name fails the handshake: the upstream is never used.
-    pub async fn connect(&self, prelude: &[u8]) -> Result<TlsStream<TcpStream>, UpstreamError> {
+    /// the name fails the handshake: the upstream is never used. The TCP
+    /// connection acknowledges at once (see [`QuickAck`]), as toward a
+    /// `tcp://` upstream.
+    pub async fn connect(&self, prelude: &[u8]) -> Result<TlsStream<QuickAck>, UpstreamError> {
         let ip = self.address().await?;
         let addr = SocketAddr::new(ip, self.port);
-        if prelude.is_empty() {
-            let stream = dial(addr, &self.name, self.config.clone())
-                .await
-                .map_err(ConnectError::from)?;
-            return Ok(stream);
-        }
         let name = ServerName::try_from(self.name.clone())
             .map_err(|_| ConnectError::from(DialError::BadTlsName(self.name.clone())))?;
         let mut tcp = TcpStream::connect(addr)
             .await
             .map_err(|source| ConnectError::from(DialError::Connect { addr, source }))?;
-        tcp.write_all(prelude).await?;
-        let stream = handshake(tcp, name, self.config.clone())
+        tcp.set_nodelay(true)?;
+        if !prelude.is_empty() {
+            tcp.write_all(prelude).await?;
+        }
+        let stream = TlsConnector::from(self.config.clone())
+            .connect(name, QuickAck(tcp))
             .await
-            .map_err(ConnectError::from)?;
+            .map_err(|source| ConnectError::from(DialError::Handshake { addr, source }))?;
         Ok(stream)
     }
 

@@ -1,5 +1,5 @@
-//! A TCP connection toward an upstream that acknowledges what it receives
-//! at once.
+//! A TCP connection toward an upstream (`tcp://`, `tls://`, and the TCP
+//! retries of a UDP upstream) that acknowledges what it receives at once.
 //!
 //! Linux delays acknowledgements on a connection past its first exchanges
 //! (up to 40 ms), counting on data going the other way to carry them. A
