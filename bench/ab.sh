@@ -26,7 +26,6 @@ export PYTHONDONTWRITEBYTECODE=1
 usage="usage: bench/ab.sh [--dot [--clients N] [--outstanding N]] [--flame PREFIX] BINARY_A BINARY_B [ROUNDS] [SECONDS]"
 dot=0
 flame=""
-
 clients=16
 outstanding=128
 while [[ ${1:-} == --* ]]; do
